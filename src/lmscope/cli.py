@@ -1,0 +1,90 @@
+"""Command line: one subcommand per method, thin over the library. Errors print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import LmscopeError
+from .models.loading import DEFAULT_MODEL
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="smollm2 (default), hf:<name-or-path>, gguf:<path> or random:<family>")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+
+
+def _load(args):
+    from .models.loading import load
+    return load(args.model, dtype=args.dtype, device=args.device)
+
+
+def cmd_lens(args) -> None:
+    from .lenses.logit_lens import logit_lens
+    model = _load(args)
+    result = logit_lens(model, args.prompt, target=args.target, top_k=args.top_k)
+    if args.html:
+        path = result.save(args.html)
+        print(f"lmscope: wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.summary())
+
+
+def cmd_sites(args) -> None:
+    model = _load(args)
+    sites = model.sites()
+    if args.json:
+        print(json.dumps({"model": model.spec, "family": model.adapter.family, "n_layers": model.n_layers,
+                          "d_model": model.d_model, "n_heads": model.n_heads, "d_head": model.d_head,
+                          "d_mlp": model.d_mlp, "vocab_size": model.vocab_size, "parallel": model.parallel,
+                          "sites": [str(s) for s in sites]}))
+        return
+    print(model)
+    print(f"adapter: {model.adapter.family}" + (f" ({model.adapter.notes})" if model.adapter.notes else ""))
+    for kind in dict.fromkeys(s.kind for s in sites):
+        shape = model.site_shape(kind if kind in ("embed", "final_norm", "logits") else f"{kind}.0")
+        layers = "" if kind in ("embed", "final_norm", "logits") else f".0 .. {kind}.{model.n_layers - 1}"
+        print(f"  {kind}{layers}  [batch, seq, {', '.join(map(str, shape))}]" if shape else
+              f"  {kind}{layers}  [batch, heads, query, key]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lens", help="logit lens: what each layer would predict")
+    p.add_argument("prompt")
+    _model_args(p)
+    p.add_argument("--target", help="a token to follow through the layers (exactly one token, e.g. ' Tokyo')")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("sites", help="the model's shape and its site names")
+    _model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sites)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LmscopeError as exc:
+        print(f"lmscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmscope: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Edits: what to do to a site's activation. Plain data; `trace.py` applies them inside hooks.
+
+    add(site, vector)          act + vector
+    replace(site, value)       value (a vector, or a full [batch, seq, ...] activation, e.g. from another run)
+    scale(site, factor)        act * factor (negative included)
+    zero(site)                 0
+    mean_ablate(site, mean)    the mean activation (computed by the caller over a reference set)
+    project_out(site, dir)     act - (act . u) u with u = dir / |dir|   (directional ablation)
+
+Each takes `positions` (int, list, slice or a boolean mask over the sequence, [seq] or [batch, seq]; negative
+ints count from the end of the sequence seen so far), `heads` (z sites) and `neurons` (neurons sites).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+OPS = ("add", "replace", "scale", "zero", "project_out")
+
+
+@dataclass(frozen=True)
+class Edit:
+    site: str
+    op: str
+    value: "torch.Tensor | float | None" = None
+    positions: "int | Sequence[int] | slice | torch.Tensor | None" = None
+    heads: "int | Sequence[int] | None" = None
+    neurons: "int | Sequence[int] | None" = None
+
+
+def add(site, vector, *, positions=None, heads=None, neurons=None) -> Edit:
+    return Edit(site, "add", vector, positions, heads, neurons)
+
+
+def replace(site, value, *, positions=None, heads=None, neurons=None) -> Edit:
+    return Edit(site, "replace", value, positions, heads, neurons)
+
+
+def scale(site, factor: float, *, positions=None, heads=None, neurons=None) -> Edit:
+    return Edit(site, "scale", factor, positions, heads, neurons)
+
+
+def zero(site, *, positions=None, heads=None, neurons=None) -> Edit:
+    return Edit(site, "zero", None, positions, heads, neurons)
+
+
+def mean_ablate(site, mean, *, positions=None, heads=None, neurons=None) -> Edit:
+    return Edit(site, "replace", mean, positions, heads, neurons)
+
+
+def project_out(site, direction, *, positions=None, heads=None) -> Edit:
+    return Edit(site, "project_out", direction, positions, heads, None)

@@ -1,0 +1,128 @@
+"""Logit lens (nostalgebraist 2020): read every layer's residual stream through the model's own final norm and
+unembedding (and final soft-capping, where the model has it), as if the model stopped there.
+
+The last layer's entry is the model's own output distribution (its logits, not a recomputation).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..report import write_atomic, write_page
+
+
+@dataclass
+class TopToken:
+    token: str
+    id: int
+    prob: float
+
+
+@dataclass
+class TargetTrace:
+    token: str
+    id: int
+    rank: list[int]     # per layer, at the last position; 1 = the top token
+    prob: list[float]
+
+
+@dataclass
+class LensResult:
+    model: str
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    top: list[list[list[TopToken]]]        # [layer][position][k]
+    target: TargetTrace | None = None
+
+    def to_json(self) -> dict:
+        out = {"model": self.model, "prompt": self.prompt, "tokens": self.tokens,
+               "layers": [{"layer": i, "positions": [{"top": [{"token": t.token, "id": t.id, "prob": t.prob}
+                                                               for t in pos]} for pos in layer]}
+                          for i, layer in enumerate(self.top)]}
+        if self.target is not None:
+            out["target"] = asdict(self.target)
+        return out
+
+    def figure(self):
+        import plotly.graph_objects as go
+        n_layers, n_pos = len(self.top), len(self.tokens)
+        z = [[self.top[layer][p][0].prob for p in range(n_pos)] for layer in range(n_layers)]
+        text = [[_short(self.top[layer][p][0].token) for p in range(n_pos)] for layer in range(n_layers)]
+        hover = [["<br>".join(f"{t.token!r}: {t.prob:.3f}" for t in self.top[layer][p]) for p in range(n_pos)]
+                 for layer in range(n_layers)]
+        x = [f"{p}: {tok!r}" for p, tok in enumerate(self.tokens)]
+        y = [f"layer {i}" for i in range(n_layers)]
+        y[-1] += " (output)"
+        fig = go.Figure(go.Heatmap(z=z, x=x, y=y, text=text, texttemplate="%{text}", customdata=hover,
+                                   hovertemplate="%{y}, position %{x}<br>%{customdata}<extra></extra>",
+                                   colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "top-1 prob"}))
+        title = f"Logit lens: {self.model}"
+        if self.target is not None:
+            title += f" | target {self.target.token!r}: final rank {self.target.rank[-1]}"
+        fig.update_layout(title=title, height=max(400, 22 * n_layers + 150), width=max(700, 110 * n_pos + 250),
+                          xaxis={"side": "top"})
+        return fig
+
+    def save(self, path) -> Path:
+        """Write the result: .html as a self-contained page, anything else as JSON."""
+        path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            return write_page(path, self.figure(), f"Logit lens - {self.model}",
+                              f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream "
+                              f"is read through the final norm and unembedding; colour = its probability; hover "
+                              f"for the top-{len(self.top[0][0])}.")
+        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+
+    def summary(self, max_positions: int = 8) -> str:
+        n_pos = len(self.tokens)
+        cols = list(range(max(0, n_pos - max_positions), n_pos))
+        width = 14
+        lines = [f"logit lens | {self.model} | top-1 token (probability) per layer and position"]
+        lines.append("layer  " + "".join(_short(self.tokens[p], width - 1).ljust(width) for p in cols))
+        for i, layer in enumerate(self.top):
+            cells = "".join(f"{_short(layer[p][0].token, 8)} {layer[p][0].prob:.2f}".ljust(width) for p in cols)
+            lines.append(f"{i:>5}  {cells}")
+        if self.target is not None:
+            t = self.target
+            lines.append(f"target {t.token!r} at the last position: rank " + " ".join(map(str, t.rank)))
+            lines.append(f"  first layer where it is top-1: "
+                         f"{next((i for i, r in enumerate(t.rank) if r == 1), 'never')}")
+        return "\n".join(lines)
+
+
+def _short(token: str, n: int = 10) -> str:
+    s = repr(token)[1:-1]
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+@torch.no_grad()
+def logit_lens(model, prompt: str, *, target: str | None = None, top_k: int = 5) -> LensResult:
+    """Top-k tokens per layer and position, and the rank and probability of `target` at the last position."""
+    if not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    target_id = model.token_id(target) if target is not None else None
+    run = model.run(prompt, read="resid_post.*")
+    if run.input_ids.shape[0] != 1:
+        raise InputError("logit_lens takes one prompt")
+    top, ranks, probs = [], [], []
+    for layer in range(model.n_layers):
+        if layer == model.n_layers - 1:
+            logits = run.logits[0]
+        else:
+            logits = model.unembed(run.acts[f"resid_post.{layer}"][0])
+        p = torch.softmax(logits.float(), dim=-1)
+        values, ids = p.topk(min(top_k, p.shape[-1]), dim=-1)
+        top.append([[TopToken(model.tokenizer.decode([i]), i, round(v, 6))
+                     for v, i in zip(vs.tolist(), row.tolist())] for vs, row in zip(values, ids)])
+        if target_id is not None:
+            last = logits[-1].float()
+            ranks.append(int((last > last[target_id]).sum()) + 1)
+            probs.append(round(float(p[-1, target_id]), 6))
+    tokens = model.to_str_tokens(run.input_ids[0])
+    trace = TargetTrace(target, target_id, ranks, probs) if target_id is not None else None
+    return LensResult(model.spec, prompt, tokens, run.input_ids[0].tolist(), top, trace)

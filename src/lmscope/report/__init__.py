@@ -1,0 +1,4 @@
+from .files import write_atomic
+from .html import write_page
+
+__all__ = ["write_atomic", "write_page"]
