@@ -324,7 +324,8 @@ class Trace:
             self._stash_resid_pre(layer)
 
     def _track_offset(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        # transformers 5 names the KV cache `cache`; older releases `past_key_values`
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and hasattr(cache, "get_seq_length"):
             self._offset = int(cache.get_seq_length())
         elif kwargs.get("cache_position") is not None:
