@@ -138,3 +138,10 @@ def test_generation_with_edits_and_reads(model):
     assert late.token_ids[: n_prompt + 2] == early.token_ids[: n_prompt + 2]
     diff = (late.acts["resid_post.0"] - early.acts["resid_post.0"]).abs().amax(-1)[0]
     assert torch.all(diff[: n_prompt + 1] == 0) and diff[n_prompt + 1] > 1
+
+
+def test_a_size_1_sequence_axis_broadcasts(model, ids):
+    vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(7))
+    flat = model.run(ids, read=["resid_post.0"], edits=[lmscope.add("resid_post.0", vector, positions=[2])])
+    row = model.run(ids, read=["resid_post.0"], edits=[lmscope.add("resid_post.0", vector[None], positions=[2])])
+    assert torch.equal(flat.acts["resid_post.0"], row.acts["resid_post.0"])

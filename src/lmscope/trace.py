@@ -105,7 +105,9 @@ def _check_value(model, site, edit, shapes, feature_ndim):
                 break
             if edit.op == "project_out" and not torch.all(value.norm(dim=-1) > 0):
                 raise EditError(f"project_out on '{site}': the direction has zero norm")
-            return value, value.dim() > feature_ndim
+            # A sequence axis of size 1 broadcasts over positions, like any size-1 axis.
+            has_seq = value.dim() > feature_ndim and value.shape[value.dim() - feature_ndim - 1] > 1
+            return value, has_seq
     want = " or ".join(str(tuple(s)) for s in shapes)
     raise EditError(f"{edit.op} on '{site}': value of shape {tuple(value.shape)} does not fit; the site's "
                     f"activation ends in {want}" + ("" if edit.op == "project_out" else

@@ -68,11 +68,28 @@ class LensResult:
                           xaxis={"side": "top"})
         return fig
 
+    def target_figure(self):
+        """Rank (log scale) and probability of the target token at the last position, layer by layer."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        t = self.target
+        layers = list(range(len(t.rank)))
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        fig.add_trace(go.Scatter(x=layers, y=t.rank, name="rank (1 = top)", mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=layers, y=t.prob, name="probability", mode="lines+markers"), secondary_y=True)
+        fig.update_yaxes(type="log", autorange="reversed", title_text="rank", secondary_y=False)
+        fig.update_yaxes(range=[0, 1], tickmode="linear", tick0=0, dtick=0.2, showgrid=False,
+                         title_text="probability", secondary_y=True)
+        fig.update_layout(title=f"Target {t.token!r} at the last position ({self.tokens[-1]!r})",
+                          xaxis_title="layer", height=380, width=800)
+        return fig
+
     def save(self, path) -> Path:
         """Write the result: .html as a self-contained page, anything else as JSON."""
         path = Path(path)
         if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, self.figure(), f"Logit lens - {self.model}",
+            figures = [self.figure()] + ([self.target_figure()] if self.target is not None else [])
+            return write_page(path, figures, f"Logit lens - {self.model}",
                               f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream "
                               f"is read through the final norm and unembedding; colour = its probability; hover "
                               f"for the top-{len(self.top[0][0])}.")
@@ -96,7 +113,8 @@ class LensResult:
 
 
 def _short(token: str, n: int = 10) -> str:
-    s = repr(token)[1:-1]
+    # spaces made visible: ' Tokyo' and 'Tokyo' are different tokens
+    s = repr(token)[1:-1].replace(" ", "␣")
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
