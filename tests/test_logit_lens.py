@@ -53,3 +53,10 @@ def test_summary_names_every_layer():
     lines = result.summary().splitlines()
     assert sum(line.strip().split(" ")[0].isdigit() for line in lines) == 3
     assert "target 'e'" in result.summary()
+
+
+def test_saved_json_round_trips_with_a_normal_file_mode(tmp_path):
+    result = lmscope.logit_lens(random_model("llama"), "hi", top_k=2)
+    path = result.save(tmp_path / "lens.json")
+    assert json.loads(path.read_text()) == result.to_json()
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)

@@ -155,6 +155,8 @@ def _position_mask(bound: _BoundEdit, offset: int, seq: int, device) -> "torch.T
 def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int) -> torch.Tensor:
     seq = act.shape[1]
     value = bound.value
+    if isinstance(value, torch.Tensor) and value.device != act.device:  # layers spread over devices (device_map)
+        value = value.to(act.device)
     if isinstance(value, torch.Tensor) and bound.value_has_seq:
         seq_dim = value.dim() - bound.feature_ndim - 1
         if value.shape[seq_dim] < offset + seq:
@@ -180,7 +182,8 @@ def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int) -> torch.Tenso
     if mask is not None:
         mask = mask.view(mask.shape + (1,) * bound.feature_ndim)
     if bound.feature_mask is not None:
-        mask = bound.feature_mask if mask is None else mask & bound.feature_mask
+        features = bound.feature_mask.to(act.device)
+        mask = features if mask is None else mask & features
     return new if mask is None else torch.where(mask, new, act)
 
 
