@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import lmscope
+
 from conftest import plain_logits
 
 
@@ -95,3 +97,12 @@ def test_to_cpu_detach_and_grad(model, ids):
     run.logits[0, -1, 3].backward()
     assert act.grad is not None and act.grad.abs().sum() > 0
     model.hf.zero_grad(set_to_none=True)
+
+
+def test_results_accept_any_spelling_of_a_site(model, ids):
+    run = model.run(ids, read=["blocks.-1.hook_resid_post", "blocks.0.mlp.hook_post"])
+    last = model.n_layers - 1
+    assert list(run.acts) == [f"resid_post.{last}", "neurons.0"]  # in the order asked
+    assert run["resid_post.-1"] is run[f"blocks.{last}.hook_resid_post"] is run.acts[f"resid_post.{last}"]
+    with pytest.raises(lmscope.SiteError, match="was not read"):
+        run["resid_pre.0"]

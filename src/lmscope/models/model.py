@@ -6,7 +6,7 @@ from functools import cached_property
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, SiteError
 from .adapters import Adapter, adapter_for, final_logit_softcap, in_features
 from .sites import LAYER_KINDS, Site, expand_sites, parse_site
 
@@ -16,10 +16,15 @@ class RunResult:
     input_ids: torch.Tensor            # [batch, seq]
     attention_mask: torch.Tensor       # [batch, seq]; 0 where a shorter prompt was padded (on the right)
     logits: "torch.Tensor | None"      # None when the pass stopped early
-    acts: dict[str, torch.Tensor]      # site name -> activation
+    acts: dict[str, torch.Tensor]      # canonical site name ('resid_post.5') -> activation
+    n_layers: int
 
-    def __getitem__(self, site: str) -> torch.Tensor:
-        return self.acts[site]
+    def __getitem__(self, site) -> torch.Tensor:
+        """Any spelling of a site that was read: 'resid_post.-1', 'blocks.5.hook_resid_post', a Site."""
+        name = str(parse_site(site, self.n_layers))
+        if name not in self.acts:
+            raise SiteError(f"site '{name}' was not read in this run (read: {', '.join(self.acts) or 'none'})")
+        return self.acts[name]
 
 
 @dataclass
@@ -151,7 +156,7 @@ class Model:
         with torch.set_grad_enabled(grad), self.trace(read, edits, stop_early=stop_early, grad=grad,
                                                       **options) as tr:
             out = self.hf(input_ids=ids, attention_mask=mask, use_cache=False)
-        return RunResult(ids, mask, None if out is None else out.logits, tr.acts())
+        return RunResult(ids, mask, None if out is None else out.logits, tr.acts(), self.n_layers)
 
     @torch.no_grad()
     def generate(self, prompt: str, edits=(), read=(), *, max_new_tokens: int = 20, **generate_kwargs
