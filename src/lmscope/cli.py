@@ -26,13 +26,7 @@ def cmd_lens(args) -> None:
     from .lenses.logit_lens import logit_lens
     model = _load(args)
     result = logit_lens(model, args.prompt, target=args.target, top_k=args.top_k)
-    if args.html:
-        path = result.save(args.html)
-        print(f"lmscope: wrote {path}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        print(result.summary())
+    _emit(args, result)
 
 
 def cmd_sites(args) -> None:
@@ -53,6 +47,30 @@ def cmd_sites(args) -> None:
               f"  {kind}{layers}  [batch, heads, query, key]")
 
 
+def _emit(args, result) -> None:
+    """The common tail of a command: --html page, then --json or the readable summary."""
+    if getattr(args, "html", None):
+        path = result.save(args.html)
+        print(f"lmscope: wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.summary())
+
+
+def cmd_neuron(args) -> None:
+    from .neurons import profile_neuron
+    model = _load(args)
+    _emit(args, profile_neuron(model, args.layer, args.index, args.corpus, n_tokens=args.tokens, k=args.top_k,
+                               seed=args.seed, progress=not args.json))
+
+
+def cmd_knowledge_neurons(args) -> None:
+    from .neurons import number_agreement_experiment
+    model = _load(args)
+    _emit(args, number_agreement_experiment(model, attribution_prompts=args.prompts, steps=args.steps))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
     p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("neuron", help="one neuron: top contexts, statistics, ablation, dose-response")
+    p.add_argument("layer", type=int)
+    p.add_argument("index", type=int)
+    _model_args(p)
+    p.add_argument("--corpus", default="wiki", help="wiki (default), wiki-fr, wiki-es, python, shakespeare, bible")
+    p.add_argument("--tokens", type=int, default=100_000, help="corpus tokens to record (default 100000)")
+    p.add_argument("--top-k", type=int, default=20, help="top contexts to keep")
+    p.add_argument("--seed", type=int, default=0, help="corpus order")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_neuron)
+
+    p = sub.add_parser("knowledge-neurons", help="knowledge-neuron attribution, re-examined on number agreement")
+    p.add_argument("--task", default="number-agreement", choices=["number-agreement"])
+    _model_args(p)
+    p.add_argument("--prompts", type=int, default=16, help="plural prompts used for attribution")
+    p.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_knowledge_neurons)
 
     p = sub.add_parser("sites", help="the model's shape and its site names")
     _model_args(p)

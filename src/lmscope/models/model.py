@@ -115,15 +115,24 @@ class Model:
             if ids.dtype not in (torch.int64, torch.int32) or ids.min() < 0 or ids.max() >= self.vocab_size:
                 raise InputError(f"token ids must be integers in 0..{self.vocab_size - 1}")
             return ids.to(self.device), torch.ones_like(ids, device=self.device)
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, (list, tuple)) for r in inputs):
+            return self._pad([list(r) for r in inputs])
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise InputError("empty prompt: give some text")
         if self.tokenizer is None:
             raise InputError(f"{self.spec} has no tokenizer: pass token ids")
-        pad = self.tokenizer.pad_token_id
+        return self._pad([self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts])
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of token ids, padded on the right (so positions and causal reads of real tokens are unchanged)."""
+        if not rows or any(len(r) == 0 for r in rows):
+            raise InputError("empty input: no tokens")
+        if any(not isinstance(i, int) or not 0 <= i < self.vocab_size for r in rows for i in r):
+            raise InputError(f"token ids must be integers in 0..{self.vocab_size - 1}")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
         if pad is None:
-            pad = self.tokenizer.eos_token_id or 0
-        rows = [self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+            pad = getattr(self.tokenizer, "eos_token_id", None) or 0
         length = max(len(r) for r in rows)
         ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])

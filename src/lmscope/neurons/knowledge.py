@@ -1,0 +1,195 @@
+"""Knowledge-neuron attribution (Dai et al. 2022), re-examined on number agreement as in Niu et al. 2024.
+
+Integrated gradients of P(target | prompt) with respect to one layer's neuron activations at the last token:
+    attr_i = a_i * mean_k dP/da_i (alpha_k * a),   alpha_k = (k - 0.5) / m, k = 1..m   (baseline 0, midpoint rule)
+Coarse neurons: attribution above `threshold` x the prompt's max. Refined: coarse for at least `share` of prompts.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import edits
+from ..errors import InputError
+from ..report import write_atomic, write_page
+from .records import check_layers
+
+
+def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps: int = 20) -> torch.Tensor:
+    """Attribution of every neuron of `layers` (default: all) to P(target) at the prompt's last token.
+    Returns [len(layers), d_mlp] (float32)."""
+    layers = check_layers(model, range(model.n_layers) if layers is None else layers)
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    target_id = model.token_id(target)
+    ids, _ = model.encode(prompt)
+    last = ids.shape[1] - 1
+    clean = model.run(ids, read=[f"neurons.{layer}" for layer in layers], stop_early=True).acts
+    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(model.device, model.dtype)
+    batch = ids.expand(steps, -1)
+    out = []
+    for layer in layers:
+        a = clean[f"neurons.{layer}"][0, last]                                   # [d_mlp]
+        scaled = (alphas[:, None] * a[None]).detach().requires_grad_(True)       # [steps, d_mlp]
+        edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
+        run = model.run(batch, edits=[edit], grad=True)
+        prob = torch.softmax(run.logits[:, last].float(), -1)[:, target_id]
+        (grad,) = torch.autograd.grad(prob.sum(), scaled)
+        out.append((a * grad.mean(0)).float().detach())
+    return torch.stack(out)
+
+
+@dataclass
+class KnowledgeNeurons:
+    layers: list[int]
+    prompts: list[str]
+    targets: list[str]
+    threshold: float
+    share: float
+    neurons: list[tuple[int, int]]                  # refined: (layer, index)
+    mean_attribution: list[float]                   # per refined neuron, over prompts
+    ranking: list[tuple[int, int]] = field(default_factory=list)   # all neurons by mean attribution, top 500
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def find_knowledge_neurons(model, prompts, targets, *, layers=None, steps: int = 20, threshold: float = 0.2,
+                           share: float = 0.5) -> KnowledgeNeurons:
+    """Coarse-to-refined knowledge neurons for prompts that share a fact (or a property, e.g. plural)."""
+    prompts, targets = list(prompts), list(targets)
+    if not prompts or len(prompts) != len(targets):
+        raise InputError("give one target per prompt, and at least one prompt")
+    layers = check_layers(model, range(model.n_layers) if layers is None else layers)
+    attrs = torch.stack([integrated_gradients(model, p, t, layers=layers, steps=steps)
+                         for p, t in zip(prompts, targets)])                     # [n, L, d]
+    coarse = attrs > threshold * attrs.flatten(1).max(1).values[:, None, None]
+    votes = coarse.float().mean(0)                                              # [L, d]
+    mean = attrs.mean(0)
+    refined = torch.nonzero(votes >= share).tolist()
+    refined.sort(key=lambda li: -float(mean[li[0], li[1]]))
+    order = mean.flatten().argsort(descending=True)[:500]
+    d = mean.shape[1]
+    ranking = [(layers[int(i) // d], int(i) % d) for i in order]
+    return KnowledgeNeurons(layers, prompts, targets, threshold, share,
+                            [(layers[li], n) for li, n in refined],
+                            [float(mean[li, n]) for li, n in refined], ranking)
+
+
+def suppress(neurons) -> list[edits.Edit]:
+    """Zero the given (layer, index) neurons (Dai et al.'s 'suppress' edit)."""
+    return _per_layer(neurons, lambda site, idx: edits.zero(site, neurons=idx))
+
+
+def amplify(neurons, factor: float = 2.0) -> list[edits.Edit]:
+    """Scale the given (layer, index) neurons by `factor` (Dai et al.'s 'amplify' doubles them)."""
+    return _per_layer(neurons, lambda site, idx: edits.scale(site, factor, neurons=idx))
+
+
+def _per_layer(neurons, make):
+    by_layer: dict[int, list[int]] = {}
+    for layer, index in neurons:
+        by_layer.setdefault(layer, []).append(index)
+    return [make(f"neurons.{layer}", idx) for layer, idx in sorted(by_layer.items())]
+
+
+@torch.no_grad()
+def agreement_margins(model, items, edit_list=(), batch_size: int = 32) -> torch.Tensor:
+    """log P(correct) - log P(wrong) at the next token, per item (objects with prompt / correct / wrong)."""
+    items = list(items)
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start: start + batch_size]
+        run = model.run([it.prompt for it in chunk], edits=list(edit_list))
+        last = run.attention_mask.sum(1) - 1
+        logp = torch.log_softmax(run.logits[torch.arange(len(chunk)), last].float(), -1)
+        good = torch.tensor([model.token_id(it.correct) for it in chunk])
+        bad = torch.tensor([model.token_id(it.wrong) for it in chunk])
+        out.append(logp[torch.arange(len(chunk)), good] - logp[torch.arange(len(chunk)), bad])
+    return torch.cat(out)
+
+
+@dataclass
+class AgreementExperiment:
+    """Niu et al.'s test of the knowledge-neuron thesis on number agreement."""
+    model: str
+    attribution_prompts: int
+    neurons: list[tuple[int, int]]        # refined "plural" neurons, suppressed
+    n_prompts: int                        # plural prompts evaluated
+    margin_before: float
+    margin_after: float
+    flip_fraction: float                  # prompts whose preferred form flips (margin changes sign)
+    accuracy_before: float
+    accuracy_after: float
+    amplified_margin: float               # mean margin with the neurons doubled
+    singular_margin_before: float         # control: singular prompts
+    singular_margin_after: float
+    sweep: list[dict]                     # top-k neurons by attribution suppressed: k, margin, flip fraction
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [f"number agreement | {self.model} | {len(self.neurons)} refined plural neurons from "
+                 f"{self.attribution_prompts} prompts: {self.neurons[:10]}{' ...' if len(self.neurons) > 10 else ''}",
+                 f"plural prompts: {self.n_prompts}; margin log P(correct) - log P(wrong): {self.margin_before:.3f} "
+                 f"-> {self.margin_after:.3f} suppressed ({self.amplified_margin:.3f} amplified)",
+                 f"accuracy {self.accuracy_before:.1%} -> {self.accuracy_after:.1%}; preferred form flips on "
+                 f"{self.flip_fraction:.1%}",
+                 f"control, singular prompts: margin {self.singular_margin_before:.3f} -> "
+                 f"{self.singular_margin_after:.3f}",
+                 "suppressing the top-k neurons by attribution:"]
+        lines += [f"  k={s['k']:>4}: margin {s['margin']:.3f}, flips {s['flip_fraction']:.1%}" for s in self.sweep]
+        return "\n".join(lines)
+
+    def figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        ks = [s["k"] for s in self.sweep]
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        fig.add_trace(go.Scatter(x=ks, y=[s["flip_fraction"] for s in self.sweep], name="flip fraction",
+                                 mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=ks, y=[s["margin"] for s in self.sweep], name="mean margin",
+                                 mode="lines+markers"), secondary_y=True)
+        fig.update_xaxes(type="log", title_text="top-k 'plural' neurons zeroed")
+        fig.update_yaxes(range=[0, 1], title_text="share of plural prompts flipped", secondary_y=False)
+        fig.update_yaxes(title_text="log P(correct) - log P(wrong)", secondary_y=True)
+        fig.update_layout(title=f"How many neurons does it take? ({self.model})", height=420, width=780)
+        return fig
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            return write_page(path, self.figure(), "Knowledge neurons: number agreement", self.summary())
+        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+
+
+def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: int = 10, layers=None,
+                                threshold: float = 0.2, share: float = 0.5,
+                                sweep=(1, 2, 5, 10, 20, 50, 100, 200, 500)) -> AgreementExperiment:
+    from ..data.number_agreement import load_number_agreement
+    items = load_number_agreement()
+    plural = [it for it in items if it.number == "plural"]
+    singular = [it for it in items if it.number == "singular"]
+    # attribution on an evenly spaced subset of plural prompts (deterministic), evaluation on all of them
+    stride = max(1, len(plural) // attribution_prompts)
+    chosen = plural[::stride][:attribution_prompts]
+    kn = find_knowledge_neurons(model, [it.prompt for it in chosen], [it.correct for it in chosen], layers=layers,
+                                steps=steps, threshold=threshold, share=share)
+    before = agreement_margins(model, plural)
+    after = agreement_margins(model, plural, suppress(kn.neurons)) if kn.neurons else before
+    amplified = agreement_margins(model, plural, amplify(kn.neurons)) if kn.neurons else before
+    s_before = agreement_margins(model, singular)
+    s_after = agreement_margins(model, singular, suppress(kn.neurons)) if kn.neurons else s_before
+    rows = []
+    for k in sweep:
+        m = agreement_margins(model, plural, suppress(kn.ranking[:k]))
+        rows.append({"k": k, "margin": float(m.mean()), "flip_fraction": float(((m > 0) != (before > 0)).float()
+                                                                                .mean())})
+    return AgreementExperiment(model.spec, len(chosen), kn.neurons, len(plural), float(before.mean()),
+                               float(after.mean()), float(((after > 0) != (before > 0)).float().mean()),
+                               float((before > 0).float().mean()), float((after > 0).float().mean()),
+                               float(amplified.mean()), float(s_before.mean()), float(s_after.mean()), rows)
