@@ -157,14 +157,16 @@ class Model:
         from ..trace import Trace
         return Trace(self, read, edits, **options)
 
-    def run(self, inputs, read=(), edits=(), *, stop_early: bool = False, grad: bool = False, **options) -> RunResult:
+    def run(self, inputs, read=(), edits=(), *, stop_early: bool = False, grad: bool = False,
+            forward_kwargs: dict | None = None, **options) -> RunResult:
         """One forward pass over `inputs`, reading and editing sites. With stop_early the pass ends after the last
-        site read and `logits` is None (unless 'logits' is read)."""
+        site read and `logits` is None (unless 'logits' is read). `forward_kwargs` go to the HF forward (e.g.
+        logits_to_keep=1 when only the last position's logits are needed)."""
         ids, mask = self.encode(inputs)
         out = None
         with torch.set_grad_enabled(grad), self.trace(read, edits, stop_early=stop_early, grad=grad,
                                                       **options) as tr:
-            out = self.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+            out = self.hf(input_ids=ids, attention_mask=mask, use_cache=False, **(forward_kwargs or {}))
         return RunResult(ids, mask, None if out is None else out.logits, tr.acts(), self.n_layers)
 
     @torch.no_grad()

@@ -35,8 +35,8 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
         a = clean[f"neurons.{layer}"][0, last]                                   # [d_mlp]
         scaled = (alphas[:, None] * a[None]).detach().requires_grad_(True)       # [steps, d_mlp]
         edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
-        run = model.run(batch, edits=[edit], grad=True)
-        prob = torch.softmax(run.logits[:, last].float(), -1)[:, target_id]
+        run = model.run(batch, edits=[edit], grad=True, forward_kwargs={"logits_to_keep": 1})
+        prob = torch.softmax(run.logits[:, -1].float(), -1)[:, target_id]
         (grad,) = torch.autograd.grad(prob.sum(), scaled)
         out.append((a * grad.mean(0)).float().detach())
     return torch.stack(out)
@@ -127,7 +127,7 @@ class AgreementExperiment:
     amplified_margin: float               # mean margin with the neurons doubled
     singular_margin_before: float         # control: singular prompts
     singular_margin_after: float
-    sweep: list[dict]                     # top-k neurons by attribution suppressed: k, margin, flip fraction
+    sweep: list[dict]   # top-k neurons by attribution suppressed: k, margin, flip fraction, and the same for k random
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -142,7 +142,8 @@ class AgreementExperiment:
                  f"control, singular prompts: margin {self.singular_margin_before:.3f} -> "
                  f"{self.singular_margin_after:.3f}",
                  "suppressing the top-k neurons by attribution:"]
-        lines += [f"  k={s['k']:>4}: margin {s['margin']:.3f}, flips {s['flip_fraction']:.1%}" for s in self.sweep]
+        lines += [f"  k={s['k']:>4}: margin {s['margin']:.3f}, flips {s['flip_fraction']:.1%}   (k random neurons: "
+                  f"margin {s['random_margin']:.3f}, flips {s['random_flip_fraction']:.1%})" for s in self.sweep]
         return "\n".join(lines)
 
     def figure(self):
@@ -152,6 +153,8 @@ class AgreementExperiment:
         fig = make_subplots(specs=[[{"secondary_y": True}]])
         fig.add_trace(go.Scatter(x=ks, y=[s["flip_fraction"] for s in self.sweep], name="flip fraction",
                                  mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=ks, y=[s["random_flip_fraction"] for s in self.sweep],
+                                 name="flip fraction, random neurons", mode="lines+markers", line_dash="dot"))
         fig.add_trace(go.Scatter(x=ks, y=[s["margin"] for s in self.sweep], name="mean margin",
                                  mode="lines+markers"), secondary_y=True)
         fig.update_xaxes(type="log", title_text="top-k 'plural' neurons zeroed")
@@ -185,10 +188,16 @@ def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: 
     s_before = agreement_margins(model, singular)
     s_after = agreement_margins(model, singular, suppress(kn.neurons)) if kn.neurons else s_before
     rows = []
+    flips = lambda m: float(((m > 0) != (before > 0)).float().mean())  # noqa: E731
+    generator = torch.Generator().manual_seed(0)
     for k in sweep:
         m = agreement_margins(model, plural, suppress(kn.ranking[:k]))
-        rows.append({"k": k, "margin": float(m.mean()), "flip_fraction": float(((m > 0) != (before > 0)).float()
-                                                                                .mean())})
+        # control: as many random neurons from the same layers, so "k neurons flip X%" has a baseline
+        pick = torch.randperm(len(kn.layers) * model.d_mlp, generator=generator)[:k].tolist()
+        r = agreement_margins(model, plural, suppress([(kn.layers[i // model.d_mlp], i % model.d_mlp)
+                                                       for i in pick]))
+        rows.append({"k": k, "margin": float(m.mean()), "flip_fraction": flips(m),
+                     "random_margin": float(r.mean()), "random_flip_fraction": flips(r)})
     return AgreementExperiment(model.spec, len(chosen), kn.neurons, len(plural), float(before.mean()),
                                float(after.mean()), float(((after > 0) != (before > 0)).float().mean()),
                                float((before > 0).float().mean()), float((after > 0).float().mean()),

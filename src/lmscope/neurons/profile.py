@@ -66,6 +66,8 @@ class NeuronProfile:
     def figures(self):
         import plotly.graph_objects as go
         edges, counts = self.histogram["edges"], self.histogram["counts"]
+        used = [i for i, c in enumerate(counts) if c]  # the bins are shared by the layer: show this neuron's range
+        edges, counts = edges[used[0]: used[-1] + 2], counts[used[0]: used[-1] + 1]
         centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
         hist = go.Figure(go.Bar(x=centres, y=counts, width=[b - a for a, b in zip(edges, edges[1:])]))
         hist.update_yaxes(type="log", title_text="tokens")

@@ -1,0 +1,35 @@
+"""Part 1 on the default model: real corpus contexts, and the number-agreement experiment end to end (small)."""
+import json
+
+import pytest
+
+from lmscope.cli import main
+from lmscope.data.number_agreement import load_number_agreement
+from lmscope.neurons import agreement_margins, number_agreement_experiment, suppress
+
+pytestmark = pytest.mark.default_model
+
+
+def test_neuron_profile_on_wiki(smollm2, capsys):
+    assert main(["neuron", "12", "100", "--tokens", "1500", "--top-k", "5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_tokens"] == 1500 and len(out["top_contexts"]) == 5
+    top = out["top_contexts"][0]
+    assert top["value"] == out["stats"]["max"]
+    assert len(top["text"]) > 20 and any(ch.isalpha() for ch in top["text"])  # real text around the token
+    assert 0 < out["stats"]["frac_active"] < 1
+
+
+def test_number_agreement_experiment_is_consistent(smollm2):
+    result = number_agreement_experiment(smollm2, attribution_prompts=2, steps=3, layers=[27, 28, 29], sweep=(1, 5))
+    plural = [it for it in load_number_agreement() if it.number == "plural"]
+    before = agreement_margins(smollm2, plural)
+    assert result.n_prompts == len(plural) == 150
+    assert abs(result.margin_before - float(before.mean())) < 1e-4
+    assert result.accuracy_before == float((before > 0).float().mean()) > 0.9
+    if result.neurons:
+        after = agreement_margins(smollm2, plural, suppress(result.neurons))
+        assert abs(result.margin_after - float(after.mean())) < 1e-4
+        assert result.flip_fraction == float(((after > 0) != (before > 0)).float().mean())
+    assert [row["k"] for row in result.sweep] == [1, 5]
+    assert set(result.to_json()) >= {"neurons", "n_prompts", "margin_before", "margin_after", "flip_fraction"}
