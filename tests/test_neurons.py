@@ -46,6 +46,7 @@ def test_records_match_a_direct_computation(llama):
     assert torch.equal(layer.hist.sum(1), torch.full((llama.d_mlp,), 300))
     assert torch.equal(layer.top_values, acts.topk(5, dim=0).values)
     stats = rec.stats(1, 7)
+    assert rec.stats(-2, 7) == stats  # negative layers count from the model's last layer
     assert stats["frac_active"] == int((acts[:, 7] > 0).sum()) / 300
     # a top context is the window around the token it fired on
     top = rec.top_contexts(1, 7)[0]

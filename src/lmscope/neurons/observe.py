@@ -36,6 +36,7 @@ class NeuronRecords:
     layers: dict[int, LayerRecord]
     windows: WindowTable
     tokenizer: object
+    n_layers: int                   # of the model, so negative layer indices mean what they do elsewhere
 
     def stats(self, layer: int, index: int) -> dict:
         rec = self._record(layer, index)
@@ -76,9 +77,8 @@ class NeuronRecords:
         return rec.samples[: min(rec.seen_for_samples, rec.n_samples)]
 
     def _record(self, layer: int, index: int) -> LayerRecord:
-        n_layers = max(self.layers) + 1
-        if layer < 0:
-            layer += n_layers
+        if isinstance(layer, int) and layer < 0:
+            layer += self.n_layers
         if layer not in self.layers:
             raise InputError(f"layer {layer} was not recorded (recorded: {sorted(self.layers)})")
         rec = self.layers[layer]
@@ -124,7 +124,7 @@ def record_neurons(model, layers, texts="wiki", *, n_tokens: int = 100_000, wind
         raise InputError("the text set gave no tokens")
     table.prune(records)
     name = texts if isinstance(texts, str) else f"{len(texts)} texts"
-    return NeuronRecords(model.spec, name, seen, seed, records, table, model.tokenizer)
+    return NeuronRecords(model.spec, name, seen, seed, records, table, model.tokenizer, model.n_layers)
 
 
 def _run_batch(model, batch, sites, layers, records, table, window_no, k, context, bins, n_samples, generator, seen,
