@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from lmscope.cli import main
 from lmscope.data.number_agreement import load_number_agreement
@@ -33,3 +34,18 @@ def test_number_agreement_experiment_is_consistent(smollm2):
         assert result.flip_fraction == float(((after > 0) != (before > 0)).float().mean())
     assert [row["k"] for row in result.sweep] == [1, 5]
     assert set(result.to_json()) >= {"neurons", "n_prompts", "margin_before", "margin_after", "flip_fraction"}
+
+
+def test_mean_activations_are_computed_once_then_cached(smollm2, tmp_path, monkeypatch):
+    import lmscope.neurons.means as means
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path))
+    first = means.mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False)
+    assert first.shape == (smollm2.d_mlp,) and first.dtype == torch.float64
+    direct = means.record_neurons(smollm2, [5], "wiki", n_tokens=300, progress=False).mean(5)
+    assert torch.equal(first, direct)
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the mean should come from the cache")
+    monkeypatch.setattr(means, "record_neurons", no_second_pass)
+    assert torch.equal(means.mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False), first)
+    assert len(list((tmp_path / "means").glob("*.safetensors"))) == 1

@@ -3,10 +3,11 @@ attribute (knowledge neurons)."""
 from .intervene import DoseResponse, EffectReport, dose_response, neuron_edit, neuron_effects
 from .knowledge import (AgreementExperiment, KnowledgeNeurons, agreement_margins, amplify, find_knowledge_neurons,
                         integrated_gradients, number_agreement_experiment, suppress)
+from .means import mean_activations
 from .observe import NeuronRecords, TopContext, record_neurons
 from .profile import NeuronProfile, profile_neuron
 
 __all__ = ["AgreementExperiment", "DoseResponse", "EffectReport", "KnowledgeNeurons", "NeuronProfile",
            "NeuronRecords", "TopContext", "agreement_margins", "amplify", "dose_response", "find_knowledge_neurons",
-           "integrated_gradients", "neuron_edit", "neuron_effects", "number_agreement_experiment", "profile_neuron",
+           "integrated_gradients", "mean_activations", "neuron_edit", "neuron_effects", "number_agreement_experiment", "profile_neuron",
            "record_neurons", "suppress"]
