@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..models.loading import cache_root
+from ..report.files import atomic_path
 from .observe import record_neurons
 
 
@@ -28,12 +27,6 @@ def mean_activations(model, layer: int, corpus: str = "wiki", *, n_tokens: int =
                           progress=progress).mean(layer)
     if cacheable:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"mean": mean.contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"mean": mean.contiguous()}, str(tmp), metadata={"key": key})
     return mean
