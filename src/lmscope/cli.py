@@ -71,6 +71,41 @@ def cmd_knowledge_neurons(args) -> None:
     _emit(args, number_agreement_experiment(model, attribution_prompts=args.prompts, steps=args.steps))
 
 
+def cmd_introspect(args) -> None:
+    from .errors import InputError
+    from .introspection import introspect
+
+    def numbers(text, kind, what):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    concepts = (int(args.concepts) if args.concepts.strip().isdigit()
+                else [w.strip() for w in args.concepts.split(",") if w.strip()])
+    start = int(args.start) if args.start.lstrip("-").isdigit() else args.start
+    model = _load(args)
+    _emit(args, introspect(model, concepts=concepts,
+                           layers=numbers(args.layers, int, "--layers") if args.layers else None,
+                           strengths=numbers(args.strengths, float, "--strengths"), start=start,
+                           max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json))
+
+
+def cmd_icl_update(args) -> None:
+    from .icl_dynamics import icl_update
+    # a shell gives '\n' as two characters; a one-line prompt with them means line breaks
+    prompt = args.prompt if "\n" in args.prompt else args.prompt.replace("\\n", "\n")
+    model = _load(args)
+    _emit(args, icl_update(model, prompt, position=args.position, n_orders=args.orders))
+
+
+def cmd_icl_regression(args) -> None:
+    from dataclasses import replace as with_changes
+
+    from .icl_regression import TINY, RegressionConfig, icl_regression
+    config = TINY if args.tiny else RegressionConfig()
+    _emit(args, icl_regression(with_changes(config, seed=args.seed)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", metavar="FILE")
     p.set_defaults(func=cmd_knowledge_neurons)
+
+    p = sub.add_parser("introspect", help="concept injection: does the model notice an injected thought?")
+    _model_args(p)
+    p.add_argument("--concepts", default="10", help="how many bundled concepts (default 10, seeded), or words: a,b,c")
+    p.add_argument("--layers", help="comma-separated layers (default: 1/4, 1/2 and 2/3 of the depth)")
+    p.add_argument("--strengths", default="0.125,0.25,0.5", help="multiples of the residual norm at the layer")
+    p.add_argument("--start", default="question",
+                   help="inject from: question (default, the paper's), assistant, all, or a token position")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0, help="which bundled concepts are drawn")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_introspect)
+
+    p = sub.add_parser("icl-update", help="in-context learning as an implicit rank-1 update of the MLP weights")
+    _model_args(p)
+    p.set_defaults(dtype="float64")  # the identity is checked to float64 round-off
+    p.add_argument("--prompt", default="hot -> cold\nbig -> small\nfast ->",
+                   help="few-shot prompt: one example per line, the query on the last line")
+    p.add_argument("--position", type=int, default=-1, help="query token to read (default -1, the last)")
+    p.add_argument("--orders", type=int, default=2, help="orders of the examples: given, reversed, then shuffles")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_icl_update)
+
+    p = sub.add_parser("icl-regression", help="the paper's toy: one-block transformer, in-context linear regression")
+    p.add_argument("--tiny", action="store_true", help="a tiny configuration (seconds), for smoke tests")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_icl_regression)
 
     p = sub.add_parser("sites", help="the model's shape and its site names")
     _model_args(p)
