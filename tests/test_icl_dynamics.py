@@ -193,3 +193,20 @@ def test_cli_icl_regression_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert {"max_abs_error", "increment_norms", "final_mse_icl", "final_mse_gd"} <= set(out)
     assert out["max_abs_error"] < 1e-12 and out["final_mse_icl"] == out["mse_icl"][-1]
+
+
+def test_token_increments_match_the_full_updates():
+    from lmscope.icl_dynamics import _read, _token_ids, rank1_update, _first_matrices, token_increments
+    model = lmscope.load("random:llama", dtype=torch.float64)
+    context, query = "ab\ncd\n", "ef"
+    increments = token_increments(model, context, query)
+    assert len(increments) == len(model.tokenizer(context, add_special_tokens=False)["input_ids"]) == 6
+    full, alone = _token_ids(model, context, query)
+    a = _read(model, alone, -1)["A"]
+    def updates(ids):
+        A = _read(model, ids, -1)["A"]
+        return [rank1_update(m, a[layer], A[layer] - a[layer]) for layer in range(model.n_layers)
+                for m in _first_matrices(model, layer).values()]
+    first, second = updates(full[:1] + alone), updates(full[:2] + alone)
+    direct = sum(float((x - y).square().sum()) for x, y in zip(second, first)) ** 0.5
+    assert abs(increments[1] - direct) < 1e-9 * max(1.0, direct) and direct > 0

@@ -88,6 +88,7 @@ class IclUpdateResult:
     examples: list[str] = field(default_factory=list)
     trajectories: list[UpdateTrajectory] = field(default_factory=list)
     order_gap: float | None = None  # ||dW_n(order 0) - dW_n(order 1)|| / ||dW_n(order 0)||
+    token_increment_norms: list[float] = field(default_factory=list)  # ||dW_{t+1} - dW_t||, context read t tokens
 
     @property
     def max_abs_error_mlp(self) -> float:
@@ -109,7 +110,8 @@ class IclUpdateResult:
         return {"model": self.model, "prompt": self.prompt, "context": self.context, "query": self.query,
                 "dtype": self.dtype, "position": self.position, "max_abs_error_mlp": self.max_abs_error_mlp,
                 "max_abs_error_block": self.max_abs_error_block, "rank": self.rank,
-                "increment_norms": self.increment_norms, "order_gap": self.order_gap, "examples": self.examples,
+                "increment_norms": self.increment_norms, "order_gap": self.order_gap,
+                "token_increment_norms": self.token_increment_norms, "examples": self.examples,
                 "trajectories": [asdict(t) for t in self.trajectories],
                 "layers": [asdict(layer) for layer in self.layers]}
 
@@ -123,6 +125,15 @@ class IclUpdateResult:
         fig.update_layout(title=f"Implicit update increments | {self.model} | query {self.query!r}",
                           xaxis_title="examples consumed (i + 1)", yaxis_title="||dW_{i+1} - dW_i|| (Frobenius)",
                           height=420, width=800)
+        return fig
+
+    def token_figure(self):
+        """Increments as the context is read one token at a time (in order), the paper's online view."""
+        import plotly.graph_objects as go
+        fig = go.Figure(go.Scatter(x=list(range(1, len(self.token_increment_norms) + 1)),
+                                   y=self.token_increment_norms, mode="lines+markers"))
+        fig.update_layout(title="Increments, context read token by token", xaxis_title="context tokens read (t + 1)",
+                          yaxis_title="||dW_{t+1} - dW_t|| (Frobenius)", yaxis_type="log", height=420, width=800)
         return fig
 
     def layer_figure(self):
@@ -141,7 +152,8 @@ class IclUpdateResult:
     def save(self, path) -> Path:
         path = Path(path)
         if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure(), self.layer_figure()], f"Implicit ICL update - {self.model}",
+            return write_page(path, [self.figure(), self.token_figure(), self.layer_figure()],
+                              f"Implicit ICL update - {self.model}",
                               f"Context {self.context!r}, query {self.query!r}. The MLP with context equals the MLP "
                               f"with W + dW (rank 1) without context: max error {self.max_abs_error_mlp:.2e} "
                               f"({self.dtype}); the block adds the residual term resid_mid(C,x) - resid_mid(x).")
@@ -164,6 +176,9 @@ class IclUpdateResult:
                          + " ".join(f"{v:.4g}" for v in t.increment_norms))
         if self.order_gap is not None:
             lines.append(f"final update, order 0 vs order 1: relative difference {self.order_gap:.3f}")
+        if self.token_increment_norms:
+            lines.append("context read token by token: increments "
+                         + " ".join(f"{v:.3g}" for v in self.token_increment_norms))
         return "\n".join(lines)
 
 
@@ -306,6 +321,19 @@ def update_trajectory(model, examples: list[str], query: str, order: list[int], 
 
 
 @torch.no_grad()
+def token_increments(model, context: str, query: str, *, position: int = -1) -> list[float]:
+    """||dW_{t+1} - dW_t|| where dW_t is the update from the context's first t tokens (read in order) + the query."""
+    full_ids, query_ids = _token_ids(model, context, query)
+    position = _position_from_end(position, len(query_ids))
+    prefix_len = len(full_ids) - len(query_ids) - len(model.tokenizer(context, add_special_tokens=False)["input_ids"])
+    prefix, context_ids = full_ids[:prefix_len], full_ids[prefix_len: len(full_ids) - len(query_ids)]
+    a_query = _read(model, prefix + query_ids, position)["A"]
+    inputs = [a_query] + [_read(model, prefix + context_ids[:t] + query_ids, position)["A"]
+                          for t in range(1, len(context_ids) + 1)]
+    return [_update_distance(model, a_query, inputs[t + 1], inputs[t]) for t in range(len(context_ids))]
+
+
+@torch.no_grad()
 def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, seed: int = 0) -> IclUpdateResult:
     """The implicit update of a few-shot prompt (query = last line, examples = the lines before), its identities
     at every layer, and the token-by-token trajectory for `n_orders` orders of the examples: the given order, then
@@ -330,4 +358,5 @@ def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, see
         order_gap = (_update_distance(model, a_query, finals[0], finals[1])
                      / max(_update_distance(model, a_query, finals[0], a_query), 1e-300))
     return IclUpdateResult(model.spec, prompt, context, query, str(model.dtype).removeprefix("torch."), position,
-                           layers, examples, trajectories, order_gap)
+                           layers, examples, trajectories, order_gap,
+                           token_increments(model, context, query, position=position))

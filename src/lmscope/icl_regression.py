@@ -16,8 +16,9 @@ Implicit vs explicit updates, on the same examples of each test task (a fresh w,
 - implicit (ICL): the model's prediction with the last i examples as context = the no-context model with W + dW_i.
 - explicit (GD): starting from the trained W, `gd_steps` full-batch gradient steps on W alone (the same matrix the
   implicit update changes) minimising the mean squared error of the no-context model over those i examples (each
-  x_j given alone as a query, target y_j); then the no-context prediction of the query. The step size is picked, for
-  each i, from a grid on separate validation tasks (never on the test tasks).
+  x_j given alone as a query, target y_j); then the no-context prediction of the query. Steps are normalised by the
+  task's mean |A(x_j)|^2 (normalised LMS); the step size is picked, for each i, from a grid on separate validation
+  tasks (never on the test tasks).
 Both report the mean squared error on the query per number of examples i; `mse_least_squares` is the minimum-norm
 least-squares fit on the same examples, a reference that knows the task is linear.
 """
@@ -132,6 +133,9 @@ def explicit_gd(model: OneBlockTransformer, context, lr: float, steps: int) -> t
     with torch.no_grad():  # the contextual layer does not change: compute the examples' A once
         a_examples = model.contextual(context[:, :0].repeat_interleave(n, 0), examples_x.reshape(n_tasks * n, -1))
     a_examples = a_examples.reshape(n_tasks, n, -1)
+    # normalised step (as in normalised LMS): the curvature of the loss in W scales with |A|^2, so dividing by each
+    # task's mean |A_j|^2 keeps one step size stable across tasks (a plain step diverged on a few test tasks)
+    power = a_examples.square().sum(-1).mean(-1)[:, None, None]
     for _ in range(steps):
         with torch.enable_grad():  # callers may hold no_grad; these gradients are the method
             w1.requires_grad_(True)
@@ -140,7 +144,7 @@ def explicit_gd(model: OneBlockTransformer, context, lr: float, steps: int) -> t
             # the sum over tasks of per-task mean losses: each task's gradient is its own
             loss = (predictions - examples_y).square().mean(-1).sum()
             (grad,) = torch.autograd.grad(loss, w1)
-        w1 = (w1 - lr * grad).detach()
+        w1 = (w1 - lr * grad / power).detach()
     return w1
 
 
