@@ -103,6 +103,11 @@ def test_controls_are_plain_generation(llama):
         assert control.layer is None and control.concept is None
     # and the injected trials are not: a strong injection changes the answers
     assert [t.answer for t in result.trials] != [c.answer for c in result.controls]
+    # random-direction controls: same layer and strength as their trial, no concept, and not plain generation
+    assert [(r.trial, r.layer, r.strength, r.concept) for r in result.random_controls] == \
+        [(t.trial, t.layer, t.strength, None) for t in result.trials]
+    assert [r.answer for r in result.random_controls] != [c.answer for c in result.controls]
+    assert result.random_detection_rate == sum(r.detected for r in result.random_controls) / 3
 
 
 @pytest.mark.parametrize("answer, concept, claim, detected, identified", [

@@ -45,7 +45,7 @@ import math
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -158,6 +158,8 @@ class IntrospectionResult:
     injection_start: int                # token position where injection starts in trial 1's prompt
     trials: list[Trial]
     controls: list[Trial]
+    # the same layer and strength, a random direction instead of the concept: does "yes" need the concept at all?
+    random_controls: list[Trial] = field(default_factory=list)
 
     # rates -------------------------------------------------------------------------------------------------------
     @property
@@ -175,6 +177,11 @@ class IntrospectionResult:
     @property
     def false_positive_rate(self) -> float:
         return _rate([t.detected for t in self.controls])
+
+    @property
+    def random_detection_rate(self) -> float:
+        """Claims of an injected thought when a random direction of the same norm is injected."""
+        return _rate([t.detected for t in self.random_controls])
 
     def grid(self) -> list[dict]:
         cells = []
@@ -202,9 +209,14 @@ class IntrospectionResult:
         if excess <= 0:
             return (f"no evidence of introspection: the best cell claims detection no more often "
                     f"({best['detection_rate']:.0%}) than the controls ({self.false_positive_rate:.0%})")
-        return (f"best cell (layer {best['layer']}, strength {best['strength']}): detection {best['detection_rate']:.0%}"
+        text = (f"best cell (layer {best['layer']}, strength {best['strength']}): detection {best['detection_rate']:.0%}"
                 f" vs {self.false_positive_rate:.0%} false positives, identification "
                 f"{best['identification_rate']:.0%}, over {best['n']} trials")
+        if self.random_controls:
+            same = [t for t in self.random_controls if t.layer == best["layer"] and t.strength == best["strength"]]
+            text += (f"; a random direction of the same norm there is 'detected' "
+                     f"{_rate([t.detected for t in same]):.0%} of the time")
+        return text
 
     # output ------------------------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -218,7 +230,9 @@ class IntrospectionResult:
                 "residual_norm": {str(k): v for k, v in self.residual_norm.items()}, "start": self.start,
                 "injection_start": self.injection_start, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
                 "context": self.context, "question": self.question, "example_prompt": self.example_prompt,
-                "trials": [asdict(t) for t in self.trials], "controls": [asdict(t) for t in self.controls]}
+                "random_detection_rate": self.random_detection_rate,
+                "trials": [asdict(t) for t in self.trials], "controls": [asdict(t) for t in self.controls],
+                "random_controls": [asdict(t) for t in self.random_controls]}
 
     @classmethod
     def from_json(cls, data: dict) -> "IntrospectionResult":
@@ -227,7 +241,7 @@ class IntrospectionResult:
                    data["strengths"], data["concepts"], data["n_baselines"],
                    {int(k): v for k, v in data["residual_norm"].items()}, data["max_new_tokens"], data["seed"],
                    data["example_prompt"], data["injection_start"], [Trial(**t) for t in data["trials"]],
-                   [Trial(**t) for t in data["controls"]])
+                   [Trial(**t) for t in data["controls"]], [Trial(**t) for t in data.get("random_controls", [])])
 
     def figure(self):
         import plotly.graph_objects as go
@@ -281,7 +295,8 @@ class IntrospectionResult:
         lines = [f"introspection | {self.model} | {len(self.trials)} injected trials ({len(self.concepts)} concepts x "
                  f"{len(self.layers)} layers x {len(self.strengths)} strengths), {len(self.controls)} controls",
                  f"detection {self.detection_rate:.1%}  identification {self.identification_rate:.1%}  "
-                 f"false positives {self.false_positive_rate:.1%}  concept mentioned {self.mention_rate:.1%}",
+                 f"false positives {self.false_positive_rate:.1%}  concept mentioned {self.mention_rate:.1%}  "
+                 f"random direction 'detected' {self.random_detection_rate:.1%}",
                  "layer  strength  detected  identified  mentioned   n"]
         for c in self.grid():
             lines.append(f"{c['layer']:>5}  {c['strength']:>8}  {c['detection_rate']:>8.0%}  "
@@ -509,12 +524,18 @@ def introspect(model, *, concepts: "Sequence[str] | int" = 10, baselines: "Seque
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=2 * len(cells), unit="trial", desc="introspection", file=sys.stderr)
+        bar = tqdm(total=3 * len(cells), unit="trial", desc="introspection", file=sys.stderr)
     answers: dict[tuple[str, int], str] = {}
     try:
         injections = [(layer, (vectors[(layer, concept)] * strength).to(model.dtype).to(model.device))
                       for layer, strength, concept in cells]
-        for kind, items in (("trial", injections), ("control", [None] * len(cells))):
+        generator = torch.Generator().manual_seed(seed)
+        randoms = []
+        for layer, strength, _ in cells:
+            direction = torch.randn(model.d_model, generator=generator, dtype=torch.float64)
+            randoms.append((layer, (direction / direction.norm() * residual_norm[layer] * strength)
+                            .to(model.dtype).to(model.device)))
+        for kind, items in (("trial", injections), ("control", [None] * len(cells)), ("random", randoms)):
             for pairs in _batches(prompts, items, batch_size):
                 texts = _generate(model, [p for p, _ in pairs], None if kind == "control" else [i for _, i in pairs],
                                   max_new_tokens)
@@ -526,12 +547,14 @@ def introspect(model, *, concepts: "Sequence[str] | int" = 10, baselines: "Seque
         if bar is not None:
             bar.close()
 
-    trials, controls = [], []
+    trials, controls, randoms_scored = [], [], []
     for prompt, (layer, strength, concept) in zip(prompts, cells):
         answer = answers[("trial", prompt.trial)]
         trials.append(Trial(prompt.trial, layer, strength, concept, answer, **asdict(score_answer(answer, concept))))
         answer = answers[("control", prompt.trial)]
         controls.append(Trial(prompt.trial, None, None, None, answer, **asdict(score_answer(answer))))
+        answer = answers[("random", prompt.trial)]
+        randoms_scored.append(Trial(prompt.trial, layer, strength, None, answer, **asdict(score_answer(answer))))
     return IntrospectionResult(model.spec, context, question, start, layers, strengths, concepts, len(baselines),
                                residual_norm, max_new_tokens, seed, prompts[0].text, prompts[0].start, trials,
-                               controls)
+                               controls, randoms_scored)
