@@ -83,6 +83,16 @@ def cmd_introspect(args) -> None:
     concepts = (int(args.concepts) if args.concepts.strip().isdigit()
                 else [w.strip() for w in args.concepts.split(",") if w.strip()])
     start = int(args.start) if args.start.lstrip("-").isdigit() else args.start
+    layers = numbers(args.layers, int, "--layers") if args.layers else None
+    if args.prefill:
+        from .introspection_prefill import prefill_trials
+        if start != "question":
+            raise InputError("--start does not apply to --prefill (it injects before the prefilled word)")
+        model = _load(args)
+        _emit(args, prefill_trials(model, concepts=concepts, layers=layers,
+                                   strengths=numbers(args.strengths, float, "--strengths"),
+                                   max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json))
+        return
     model = _load(args)
     _emit(args, introspect(model, concepts=concepts,
                            layers=numbers(args.layers, int, "--layers") if args.layers else None,
@@ -149,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inject from: question (default, the paper's), assistant, all, or a token position")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0, help="which bundled concepts are drawn")
+    p.add_argument("--prefill", action="store_true",
+                   help="the prefill variant: prefill an out-of-place word, inject its concept before it, "
+                        "ask 'Did you mean to say that, or was it an accident?'")
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", metavar="FILE")
     p.set_defaults(func=cmd_introspect)

@@ -475,6 +475,33 @@ def _check_options(model, context, question, layers, strengths, start, max_new_t
 
 
 @torch.no_grad()
+def concept_vectors(model, concepts: Sequence[str], baselines: Sequence[str], layers: Sequence[int]
+                    ) -> tuple[dict[tuple[int, str], torch.Tensor], dict[int, float]]:
+    """Concept vectors and the residual norm that strength 1 means, for every layer at once (step 1 of the module
+    docstring): ({(layer, concept): float64 vector of norm residual_norm[layer]}, {layer: residual_norm}).
+    Multiply a vector by a strength to get the injection."""
+    sites = [f"resid_post.{layer}" for layer in layers]
+    base_sum = {s: torch.zeros(model.d_model, dtype=torch.float64) for s in sites}
+    norm_sum = {s: 0.0 for s in sites}
+    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(b) for b in baselines], sites):
+        for s in sites:
+            base_sum[s] += acts[s].sum(0).cpu()
+            norm_sum[s] += float(acts[s].norm(dim=-1).sum())
+    concept_acts = {s: [] for s in sites}
+    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(c) for c in concepts], sites):
+        for s in sites:
+            concept_acts[s].append(acts[s].cpu())
+    vectors, residual_norm = {}, {}
+    for layer, s in zip(layers, sites):
+        residual_norm[layer] = round(norm_sum[s] / len(baselines), 4)
+        diffs = torch.cat(concept_acts[s]) - base_sum[s] / len(baselines)
+        units = diffs / diffs.norm(dim=-1, keepdim=True)
+        for concept, unit in zip(concepts, units):
+            vectors[(layer, concept)] = unit * residual_norm[layer]   # float64; scaled per strength by the caller
+    return vectors, residual_norm
+
+
+@torch.no_grad()
 def introspect(model, *, concepts: "Sequence[str] | int" = 10, baselines: "Sequence[str] | None" = None,
                layers: "Sequence[int] | None" = None, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                start: "str | int" = "question", context: str = CONTEXT, question: str = QUESTION,
@@ -501,25 +528,7 @@ def introspect(model, *, concepts: "Sequence[str] | int" = 10, baselines: "Seque
     cells = [(layer, strength, concept) for layer in layers for strength in strengths for concept in concepts]
     prompts = build_trial_prompts(model, context, question, len(cells), start)  # checks start before any model work
 
-    # Concept vectors and the residual norm that strength 1 means, for every layer of the sweep at once.
-    sites = [f"resid_post.{layer}" for layer in layers]
-    base_sum = {s: torch.zeros(model.d_model, dtype=torch.float64) for s in sites}
-    norm_sum = {s: 0.0 for s in sites}
-    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(b) for b in baselines], sites):
-        for s in sites:
-            base_sum[s] += acts[s].sum(0).cpu()
-            norm_sum[s] += float(acts[s].norm(dim=-1).sum())
-    concept_acts = {s: [] for s in sites}
-    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(c) for c in concepts], sites):
-        for s in sites:
-            concept_acts[s].append(acts[s].cpu())
-    vectors, residual_norm = {}, {}
-    for layer, s in zip(layers, sites):
-        residual_norm[layer] = round(norm_sum[s] / len(baselines), 4)
-        diffs = torch.cat(concept_acts[s]) - base_sum[s] / len(baselines)
-        units = diffs / diffs.norm(dim=-1, keepdim=True)
-        for concept, unit in zip(concepts, units):
-            vectors[(layer, concept)] = unit * residual_norm[layer]   # float64; scaled per strength below
+    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
 
     bar = None
     if progress:
