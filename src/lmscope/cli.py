@@ -116,6 +116,79 @@ def cmd_icl_regression(args) -> None:
     _emit(args, icl_regression(with_changes(config, seed=args.seed)))
 
 
+def _int_list(text, what):
+    from .errors import InputError
+    try:
+        return [int(x) for x in text.replace(",", " ").split()] if text else None
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def cmd_dla(args) -> None:
+    from .lenses.dla import direct_logit_attribution
+    model = _load(args)
+    result = direct_logit_attribution(model, args.prompt, args.target, position=args.position)
+    if getattr(args, "html", None):
+        print(f"lmscope: wrote {result.save(args.html)}", file=sys.stderr)
+    print(json.dumps(result.to_json()) if args.json else result.summary(args.top))
+
+
+def cmd_patchscope(args) -> None:
+    from .lenses.patchscope import patchscope
+    model = _load(args)
+    _emit(args, patchscope(model, args.source_prompt, position=args.position, template=args.template,
+                           placeholder=args.placeholder, layers=_int_list(args.layers, "--layers"),
+                           target_layers=_int_list(args.target_layers, "--target-layers"),
+                           max_new_tokens=args.max_new_tokens))
+
+
+def cmd_backpatch(args) -> None:
+    from .lenses.backpatch import backpatch
+    model = _load(args)
+    _emit(args, backpatch(model, layers=_int_list(args.layers, "--layers"), step=args.step))
+
+
+def cmd_tuned_lens(args) -> None:
+    from .lenses.tuned_lens import TunedLens, evaluate_tuned_lens, train_tuned_lens
+    model = _load(args)
+    if args.action == "train":
+        lens = train_tuned_lens(model, args.corpus, n_tokens=args.tokens, steps=args.steps, lr=args.lr,
+                                seed=args.seed, progress=not args.json)
+        path = lens.save(args.out)
+        print(f"lmscope: wrote {path}", file=sys.stderr)
+        _emit(args, lens)
+        return
+    lens = TunedLens.load(args.lens, model)
+    _emit(args, evaluate_tuned_lens(model, lens, args.corpus, n_tokens=args.tokens, seed=args.seed))
+
+
+def cmd_latent_language(args) -> None:
+    from .lenses.latent_language import latent_language
+    model = _load(args)
+    _emit(args, latent_language(model, src=args.src, dst=args.dst, n_shots=args.shots, seed=args.seed))
+
+
+def cmd_lre(args) -> None:
+    from .errors import InputError
+    from .lenses.lre import load_relation, lre, relation_from_pairs
+
+    def numbers(text, kind, what):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    if (args.relation is None) == (args.pairs is None):
+        raise InputError("give --relation NAME or --pairs FILE --template TEXT")
+    if args.pairs is not None and args.template is None:
+        raise InputError("--pairs needs --template, e.g. --template 'The capital of {} is'")
+    relation = (load_relation(args.relation) if args.relation else relation_from_pairs(args.pairs, args.template))
+    layers = numbers(args.layer, int, "--layer") if args.layer else None
+    model = _load(args)
+    _emit(args, lre(model, relation, layers=layers, betas=numbers(args.beta, float, "--beta"),
+                    ranks=numbers(args.ranks, int, "--ranks"), n_train=args.train, seed=args.seed,
+                    progress=not args.json))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +256,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", metavar="FILE")
     p.set_defaults(func=cmd_icl_regression)
+
+    p = sub.add_parser("dla", help="direct logit attribution: embedding, layers and heads -> target logit")
+    p.add_argument("prompt")
+    p.add_argument("--target", required=True, help="exactly one token, e.g. ' Tokyo'")
+    p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
+    _model_args(p)
+    p.add_argument("--top", type=int, default=12, help="largest contributions to list")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_dla)
+
+    p = sub.add_parser("patchscope", help="PatchScope: a hidden state decoded by the model in a target prompt")
+    p.add_argument("source_prompt")
+    p.add_argument("--position", type=int, default=-1, help="source token position (default -1, the last)")
+    p.add_argument("--template", default="identity", help="identity (default), entity, or a text with a placeholder")
+    p.add_argument("--placeholder", default=None, help="placeholder of a custom template (default '?')")
+    p.add_argument("--layers", help="source layers, comma-separated (default: all)")
+    p.add_argument("--target-layers", help="target layers for a grid (default: target layer = source layer)")
+    p.add_argument("--max-new-tokens", type=int, default=4)
+    _model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_patchscope)
+
+    p = sub.add_parser("backpatch", help="back-patching two-hop queries (oracle upper bound)")
+    p.add_argument("--layers", help="layer grid, comma-separated (default: every --step-th layer)")
+    p.add_argument("--step", type=int, default=3)
+    _model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_backpatch)
+
+    p = sub.add_parser("tuned-lens", help="tuned lens: train per-layer affine translators, evaluate vs logit lens")
+    tl = p.add_subparsers(dest="action", required=True)
+    for action, help_text in (("train", "train a tuned lens on corpus text, save it (safetensors)"),
+                              ("eval", "held-out KL and perplexity per layer: logit lens vs tuned lens")):
+        q = tl.add_parser(action, help=help_text)
+        if action == "eval":
+            q.add_argument("lens", help="a .safetensors file written by 'tuned-lens train'")
+        _model_args(q)
+        q.add_argument("--corpus", default="wiki")
+        q.add_argument("--tokens", type=int, default=20_000 if action == "train" else 2048,
+                       help="corpus tokens (default 20000 to train, 2048 to evaluate)")
+        q.add_argument("--seed", type=int, default=0 if action == "train" else 1, help="corpus order")
+        if action == "train":
+            q.add_argument("--steps", type=int, default=200, help="Adam steps (default 200)")
+            q.add_argument("--lr", type=float, default=1e-3)
+            q.add_argument("--out", default="tuned_lens.safetensors", metavar="FILE.safetensors")
+        else:
+            q.add_argument("--html", metavar="FILE")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=cmd_tuned_lens)
+
+    p = sub.add_parser("latent-language", help="latent language: logit-lens P(English) vs P(target) in translation")
+    _model_args(p)
+    p.add_argument("--src", default="fr")
+    p.add_argument("--dst", default="es")
+    p.add_argument("--shots", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_latent_language)
+
+    p = sub.add_parser("lre", help="linear relational embeddings: is a relation an affine map W s + b?")
+    p.add_argument("--relation", help="a bundled relation: country_capital, country_language, object_colour, "
+                                      "word_opposite, company_country")
+    p.add_argument("--pairs", metavar="FILE", help="a jsonl of {\"subject\": ..., \"object\": ...} lines")
+    p.add_argument("--template", help="with --pairs: a prompt where {} is the subject, e.g. 'The capital of {} is'")
+    _model_args(p)
+    p.add_argument("--layer", help="layer(s) of s, comma-separated (default: every 3rd layer)")
+    p.add_argument("--beta", default="1,2,4,8", help="scales of W s, comma-separated (default 1,2,4,8)")
+    p.add_argument("--ranks", default="32,96,256", help="ranks of the pseudo-inverse for causality")
+    p.add_argument("--train", type=int, default=5, help="pairs to fit W and b on (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="train / test split")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=cmd_lre)
 
     p = sub.add_parser("sites", help="the model's shape and its site names")
     _model_args(p)

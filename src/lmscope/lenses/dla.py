@@ -1,0 +1,253 @@
+"""Residual decomposition / direct logit attribution (DLA).
+
+The last layer's residual stream at one position is a sum of parts: the embedding (`resid_pre.0`; GPT-2: token +
+position embedding), what every attention layer adds (`attn_out.L`) and what every MLP adds (`mlp_out.L`). The final
+norm is linear once its normalisation factor is FROZEN at the value of the clean run, so each part's direct effect
+on the target logit is
+
+    contribution(c) = (c [- mean(c) for LayerNorm]) * scale * gain . W_U[target]
+
+with scale = 1 / sqrt(mean(x^2) + eps) (RMSNorm) or 1 / sqrt(var(x) + eps) (LayerNorm) of the clean x =
+resid_post of the last layer at that position, and gain the norm's elementwise weight as the model applies it (read
+from the model's own norm module with a +-1 probe, so Gemma's (1 + weight) needs no special case). Everything that
+is not linear in the parts is the REMAINDER, reported term by term:
+
+    norm_bias    the final norm's bias . W_U[target]          (LayerNorm; 0 for RMSNorm)
+    lm_head_bias the unembedding's bias for the target         (0 when it has none)
+    softcap      model logit - (logit before final soft-capping)   (Gemma 2/3; 0 otherwise)
+
+so sum(contributions) + remainder = the model's own target logit (checked on every call).
+
+Per head: attention's output projection is linear in z, so head h contributes z.L[..., h, :] @ W_O[h-slice]^T; the
+heads of a layer sum to its attention contribution minus the projection's bias term (reported separately). Gemma
+normalises attention's output after the projection (post-attention norm): the heads are not additive there and
+per-head attribution is refused for that family.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..models.adapters import final_logit_softcap
+from ..report import write_atomic, write_page
+from .logit_lens import _short
+
+
+@dataclass
+class Component:
+    name: str                 # 'embed', 'attn.5', 'mlp.5', 'head.5.3', 'attn_bias.5'
+    kind: str                 # embed | attn | mlp | head | attn_bias
+    layer: int | None
+    head: int | None
+    contribution: float       # to the target logit, frozen final-norm scale
+    top_tokens: list[str] = field(default_factory=list)   # the component's own top tokens, unembedded the same way
+
+
+@dataclass
+class DLAResult:
+    model: str
+    prompt: str
+    tokens: list[str]
+    position: int
+    target: str
+    target_id: int
+    logit: float                       # the model's own target logit at the position
+    components: list[Component]        # embed, then attn.L, mlp.L per layer (these sum with the remainder)
+    heads: list[list[float]] | None    # [layer][head]; None where refused or not asked
+    head_bias: list[float] | None      # per layer: the output projection's bias term (0 without a bias)
+    remainder: dict[str, float]        # norm_bias, lm_head_bias, softcap, total
+    norm_scale: float                  # the frozen normalisation factor
+    heads_note: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(c.contribution for c in self.components) + self.remainder["total"]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "prompt": self.prompt, "tokens": self.tokens, "position": self.position,
+                "target": self.target, "target_id": self.target_id, "logit": self.logit,
+                "sum_of_parts": self.total, "norm_scale": self.norm_scale, "remainder": self.remainder,
+                "components": [asdict(c) for c in self.components], "heads": self.heads,
+                "head_bias": self.head_bias, "heads_note": self.heads_note}
+
+    def largest(self, n: int = 10) -> list[Component]:
+        parts = list(self.components)
+        if self.heads is not None:
+            parts += [Component(f"head.{layer}.{h}", "head", layer, h, v)
+                      for layer, row in enumerate(self.heads) for h, v in enumerate(row)]
+        return sorted(parts, key=lambda c: -abs(c.contribution))[:n]
+
+    def figure(self, n: int = 20):
+        import plotly.graph_objects as go
+        parts = sorted(self.largest(n), key=lambda c: c.contribution)
+        fig = go.Figure(go.Bar(x=[c.contribution for c in parts], y=[c.name for c in parts], orientation="h",
+                               marker_color=["#c0392b" if c.contribution < 0 else "#2471a3" for c in parts],
+                               hovertext=[", ".join(map(repr, c.top_tokens)) for c in parts]))
+        fig.update_layout(title=f"Direct logit attribution to {self.target!r} at position {self.position} "
+                                f"({self.tokens[self.position]!r}): logit {self.logit:.3f}",
+                          xaxis_title="contribution to the target logit (frozen final-norm scale)",
+                          height=max(400, 24 * len(parts) + 150), width=900)
+        return fig
+
+    def heads_figure(self):
+        import plotly.graph_objects as go
+        z = self.heads
+        lim = max(1e-9, max(abs(v) for row in z for v in row))
+        fig = go.Figure(go.Heatmap(z=z, x=[f"head {h}" for h in range(len(z[0]))],
+                                   y=[f"layer {i}" for i in range(len(z))], colorscale="RdBu", zmid=0,
+                                   zmin=-lim, zmax=lim, colorbar={"title": "logit"}))
+        fig.update_layout(title=f"Per-head direct contribution to {self.target!r}", height=max(400, 18 * len(z) + 150),
+                          width=700)
+        return fig
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            figures = [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])
+            r = self.remainder
+            return write_page(path, figures, f"Direct logit attribution - {self.model}",
+                              f"Prompt: {self.prompt!r}. Target {self.target!r} at position {self.position}; model "
+                              f"logit {self.logit:.4f} = sum of the parts {self.total - r['total']:.4f} + remainder "
+                              f"{r['total']:.4f} (norm bias {r['norm_bias']:.4f}, lm_head bias "
+                              f"{r['lm_head_bias']:.4f}, soft-capping {r['softcap']:.4f}). The final norm's scale "
+                              f"is frozen at the clean run's value ({self.norm_scale:.4f}). {self.heads_note}")
+        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+
+    def summary(self, n: int = 12) -> str:
+        r = self.remainder
+        lines = [f"direct logit attribution | {self.model} | target {self.target!r} at position {self.position} "
+                 f"({self.tokens[self.position]!r})",
+                 f"model logit {self.logit:.4f} = parts {self.total - r['total']:.4f} + remainder {r['total']:.4f} "
+                 f"(norm bias {r['norm_bias']:.4f}, lm_head bias {r['lm_head_bias']:.4f}, softcap {r['softcap']:.4f})"
+                 f"; frozen norm scale {self.norm_scale:.4f}",
+                 f"largest {n} contributions:"]
+        for c in self.largest(n):
+            tops = " ".join(_short(t, 10) for t in c.top_tokens[:5])
+            lines.append(f"  {c.name:<12} {c.contribution:+9.4f}   {tops}")
+        if self.heads is None and self.heads_note:
+            lines.append(self.heads_note)
+        return "\n".join(lines)
+
+
+def _norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """(gain, bias, centred, eps) of the model's final norm, read by probing the module itself with +-v."""
+    centred = isinstance(norm, nn.LayerNorm)
+    eps = getattr(norm, "eps", None)
+    if eps is None:
+        eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        raise InputError(f"direct logit attribution: cannot read the epsilon of the final norm "
+                         f"({type(norm).__name__})")
+    if d % 2:
+        raise InputError("direct logit attribution needs an even d_model (the norm is probed with +-1)")
+    p = next(norm.parameters())
+    v = torch.ones(d, dtype=p.dtype, device=p.device)
+    v[1::2] = -1                                          # mean 0, mean square 1, variance 1
+    with torch.no_grad():
+        plus, minus = norm(v[None]).double()[0], norm(-v[None]).double()[0]
+    gain = (plus - minus) / 2 * (1 + float(eps)) ** 0.5 / v.double()
+    bias = (plus + minus) / 2
+    return gain, bias, centred, float(eps)
+
+
+@torch.no_grad()
+def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads: bool | None = None,
+                             top_k: int = 5) -> DLAResult:
+    """Decompose the target logit at `position` into embedding, attention layers, heads and MLP layers.
+
+    heads: None = per head where the model allows it (not Gemma); True = required (Gemma: error); False = off.
+    """
+    if not isinstance(top_k, int) or top_k < 0:
+        raise InputError(f"top_k must be a non-negative integer, got {top_k!r}")
+    gemma = model.adapter.family == "gemma"
+    if heads and gemma:
+        raise InputError("per-head attribution is not linear on gemma (attention output passes through its "
+                         "post-attention norm after the heads are summed); use heads=False for layer-level DLA")
+    do_heads = (not gemma) if heads is None else bool(heads)
+    target_id = target if isinstance(target, int) and not isinstance(target, bool) else model.token_id(target)
+    if not 0 <= target_id < model.vocab_size:
+        raise InputError(f"target id {target_id} is outside the vocabulary 0..{model.vocab_size - 1}")
+    n = model.n_layers
+    read = ["resid_pre.0", "attn_out.*", "mlp_out.*", f"resid_post.{n - 1}", "final_norm"] + (
+        ["z.*"] if do_heads else [])
+    run = model.run(prompt, read=read)
+    if run.input_ids.shape[0] != 1:
+        raise InputError("direct_logit_attribution takes one prompt")
+    seq = run.input_ids.shape[1]
+    if not isinstance(position, int) or not -seq <= position < seq:
+        raise InputError(f"position {position!r} is outside the prompt ({seq} tokens: 0..{seq - 1} or -1..-{seq})")
+    pos = position % seq
+    a = run.acts
+
+    def at(name):
+        return a[name][0, pos].double()
+
+    parts = [("embed", "embed", None, at("resid_pre.0"))]
+    for layer in range(n):
+        parts.append((f"attn.{layer}", "attn", layer, at(f"attn_out.{layer}")))
+        parts.append((f"mlp.{layer}", "mlp", layer, at(f"mlp_out.{layer}")))
+    x = at(f"resid_post.{n - 1}")
+    summed = torch.stack([p[3] for p in parts]).sum(0)
+    if not torch.allclose(summed, x, rtol=1e-4, atol=1e-4 * float(x.abs().max())):
+        raise InputError(f"the residual stream of {model.spec} is not the sum of embedding, attn_out and mlp_out "
+                         f"(max gap {float((summed - x).abs().max()):.3g}); DLA does not apply")
+
+    norm = model.module(model.adapter.final_norm)
+    gain, bias, centred, eps = _norm_affine(norm, model.d_model)
+    xc = x - x.mean() if centred else x
+    scale = 1.0 / float((xc.pow(2).mean() + eps).sqrt())
+    normed = xc * scale * gain + bias
+    seen = at("final_norm")
+    if not torch.allclose(normed, seen, rtol=1e-3, atol=1e-3 * float(seen.abs().max())):
+        raise InputError(f"the final norm of {model.spec} ({type(norm).__name__}) is not a (Layer|RMS)Norm with an "
+                         f"elementwise gain; DLA does not apply")
+    head = model.module(model.adapter.lm_head)
+    w_u = head.weight.double()                               # [vocab, d_model]
+    u = w_u[target_id]
+    read_dir = scale * gain * u                              # contribution(c) = centre(c) . read_dir
+
+    def centre(v):
+        return v - v.mean(-1, keepdim=True) if centred else v
+
+    vecs = torch.stack([p[3] for p in parts])
+    contribs = centre(vecs) @ read_dir
+    tops: list[list[str]] = [[] for _ in parts]
+    if top_k:
+        logits = (centre(vecs) * (scale * gain)) @ w_u.T       # each part's own frozen-scale logits
+        ids = logits.topk(min(top_k, logits.shape[-1]), dim=-1).indices
+        tops = [model.to_str_tokens(row) for row in ids]
+    components = [Component(name, kind, layer, None, float(c), t)
+                  for (name, kind, layer, _), c, t in zip(parts, contribs.tolist(), tops)]
+
+    lm_bias = float(head.bias[target_id]) if getattr(head, "bias", None) is not None else 0.0
+    norm_bias = float(bias @ u)
+    raw = float(normed @ u) + lm_bias                       # the logit before soft-capping
+    model_logit = float(run.logits[0, pos, target_id])
+    cap = final_logit_softcap(model.hf.config)
+    softcap = (model_logit - raw) if cap else 0.0
+    remainder = {"norm_bias": norm_bias, "lm_head_bias": lm_bias, "softcap": softcap,
+                 "total": norm_bias + lm_bias + softcap}
+
+    head_rows, head_bias, note = None, None, ""
+    if do_heads:
+        head_rows, head_bias = [], []
+        for layer in range(n):
+            o = model.block_module(layer, model.adapter.o_proj)
+            w = o.weight.double()
+            w_o = w if isinstance(o, nn.Linear) else w.T        # [d_model, heads * d_head] (GPT-2 Conv1D: [in, out])
+            z = a[f"z.{layer}"][0, pos].double()                # [heads, d_head]
+            w_h = w_o.reshape(model.d_model, model.n_heads, model.d_head)
+            per_head = torch.einsum("hk,dhk->hd", z, w_h)       # each head's write into the residual
+            head_rows.append((centre(per_head) @ read_dir).tolist())
+            b = getattr(o, "bias", None)
+            head_bias.append(float(centre(b.double()) @ read_dir) if b is not None else 0.0)
+    elif gemma:
+        note = "per-head attribution refused on gemma: its post-attention norm makes heads non-additive"
+    return DLAResult(model.spec, prompt if isinstance(prompt, str) else str(prompt),
+                     model.to_str_tokens(run.input_ids[0]), pos, model.tokenizer.decode([target_id]), target_id,
+                     model_logit, components, head_rows, head_bias, remainder, scale, note)

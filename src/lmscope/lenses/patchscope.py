@@ -1,0 +1,189 @@
+"""PatchScope (Ghandeharioun et al. 2024): let the model put one of its hidden states into words.
+
+The residual stream (resid_post) of a SOURCE prompt at (layer, position) replaces the residual stream of a TARGET
+prompt at (layer*, position*), where position* is the template's placeholder token; the model then generates a few
+tokens greedily (the patch stays in place at that position during generation, which never revisits it).
+
+Shipped templates:
+    identity  "cat -> cat; 1135 -> 1135; hello -> hello; ? ->"   placeholder "?": decodes which token the state holds
+    entity    "Leonardo da Vinci: Italian painter. TSMC: Taiwanese company. x:"   placeholder "x": describes it
+A custom template is any text with its placeholder (the last occurrence is patched).
+
+`decoded` says whether the generation starts with the source token (case-insensitive, surrounding spaces ignored).
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..edits import replace
+from ..errors import InputError
+from ..report import write_atomic, write_page
+
+TEMPLATES = {
+    "identity": ("cat -> cat; 1135 -> 1135; hello -> hello; ? ->", "?"),
+    "entity": ("Leonardo da Vinci: Italian painter. TSMC: Taiwanese company. x:", "x"),
+}
+
+
+@dataclass
+class PatchCell:
+    source_layer: int
+    target_layer: int
+    text: str          # the generated continuation
+    decoded: bool      # the generation starts with the source token
+
+
+@dataclass
+class PatchscopeResult:
+    model: str
+    source_prompt: str
+    source_position: int
+    source_token: str
+    template: str
+    placeholder: str
+    target_position: int
+    unpatched: str               # the template's own generation, no patch
+    cells: list[PatchCell]
+
+    def decoded_layers(self) -> list[int]:
+        return sorted({c.source_layer for c in self.cells if c.decoded})
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "source_prompt": self.source_prompt, "source_position": self.source_position,
+                "source_token": self.source_token, "template": self.template, "placeholder": self.placeholder,
+                "target_position": self.target_position, "unpatched": self.unpatched,
+                "decoded_source_layers": self.decoded_layers(), "cells": [asdict(c) for c in self.cells]}
+
+    def figure(self):
+        import plotly.graph_objects as go
+        src = sorted({c.source_layer for c in self.cells})
+        tgt = sorted({c.target_layer for c in self.cells})
+        cell = {(c.source_layer, c.target_layer): c for c in self.cells}
+        z = [[(1.0 if cell[(s, t)].decoded else 0.0) if (s, t) in cell else None for s in src] for t in tgt]
+        text = [[cell[(s, t)].text[:14] if (s, t) in cell else "" for s in src] for t in tgt]
+        fig = go.Figure(go.Heatmap(z=z, x=[f"src {s}" for s in src], y=[f"tgt {t}" for t in tgt], text=text,
+                                   texttemplate="%{text}", colorscale=[[0, "#f4f4f4"], [1, "#7fb3d5"]], zmin=0,
+                                   zmax=1, showscale=False,
+                                   hovertemplate="%{x} -> %{y}<br>%{text}<extra></extra>"))
+        fig.update_layout(title=f"PatchScope: {self.source_token!r} from {self.source_prompt!r} "
+                                f"(blue: generation starts with it)",
+                          height=max(350, 28 * len(tgt) + 160), width=max(700, 70 * len(src) + 200))
+        return fig
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        if path.suffix.lower() in (".html", ".htm"):
+            rows = "".join(f"<tr><td>{c.source_layer}</td><td>{c.target_layer}</td><td>{'yes' if c.decoded else ''}"
+                           f"</td><td><code>{html.escape(repr(c.text))}</code></td></tr>" for c in self.cells)
+            table = (f"<table border=1 cellpadding=3><tr><th>source layer</th><th>target layer</th><th>decoded</th>"
+                     f"<th>generation</th></tr>{rows}</table>")
+            return write_page(path, [self.figure()], f"PatchScope - {self.model}",
+                              f"resid_post of {self.source_prompt!r} at position {self.source_position} "
+                              f"({self.source_token!r}) replaces the target prompt {self.template!r} at its "
+                              f"placeholder {self.placeholder!r} (position {self.target_position}); greedy "
+                              f"generation. Unpatched: {self.unpatched!r}.", body_html=table)
+        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+
+    def summary(self) -> str:
+        lines = [f"patchscope | {self.model} | source {self.source_token!r} (position {self.source_position} of "
+                 f"{self.source_prompt!r})",
+                 f"target {self.template!r}, placeholder {self.placeholder!r} at position {self.target_position}; "
+                 f"unpatched: {self.unpatched!r}",
+                 "src  tgt  decoded  generation"]
+        for c in self.cells:
+            lines.append(f"{c.source_layer:>3}  {c.target_layer:>3}  {'yes' if c.decoded else '   '}      {c.text!r}")
+        layers = self.decoded_layers()
+        lines.append(f"source token decoded from source layers: {_ranges(layers) if layers else 'none'}")
+        return "\n".join(lines)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start = [], None
+    for i, x in enumerate(xs):
+        if start is None:
+            start = x
+        if i + 1 == len(xs) or xs[i + 1] != x + 1:
+            out.append(f"{start}" if start == x else f"{start}-{x}")
+            start = None
+    return ", ".join(out)
+
+
+def resolve_template(template: str, placeholder: str | None = None) -> tuple[str, str]:
+    """A shipped template name, or custom text with its placeholder ('?' by default)."""
+    if template in TEMPLATES and placeholder is None:
+        return TEMPLATES[template]
+    if not isinstance(template, str) or not template.strip():
+        raise InputError("empty template: give identity, entity or a text with a placeholder")
+    placeholder = "?" if placeholder is None else placeholder
+    if not placeholder or placeholder not in template:
+        raise InputError(f"template {template!r} has no placeholder {placeholder!r}: mark the patched token with it")
+    return template, placeholder
+
+
+def placeholder_position(model, template: str, placeholder: str) -> int:
+    """The token position of the last occurrence of the placeholder (the token it ends in)."""
+    end = template.rindex(placeholder) + len(placeholder)
+    full = model.encode(template)[0][0].tolist()
+    prefix = model.encode(template[:end])[0][0].tolist()
+    if full[:len(prefix)] != prefix:
+        raise InputError(f"placeholder {placeholder!r} does not end on a token boundary in {template!r}; "
+                         f"put a space or punctuation after it")
+    return len(prefix) - 1
+
+
+def patch_edit(layer: int, state: torch.Tensor, position: int):
+    """The PatchScope intervention: resid_post.layer at `position` replaced by `state` ([d_model])."""
+    return replace(f"resid_post.{layer}", state, positions=[position])
+
+
+def _layers(model, layers, what: str) -> list[int]:
+    if layers is None:
+        return list(range(model.n_layers))
+    out = []
+    for x in layers:
+        if not isinstance(x, int) or isinstance(x, bool) or not -model.n_layers <= x < model.n_layers:
+            raise InputError(f"{what} {x!r} is outside 0..{model.n_layers - 1}")
+        out.append(x % model.n_layers)
+    if not out:
+        raise InputError(f"no {what}s given")
+    return out
+
+
+def _starts_with(text: str, token: str) -> bool:
+    t = token.strip().lower()
+    return bool(t) and text.strip().lower().startswith(t)
+
+
+@torch.no_grad()
+def patchscope(model, source_prompt: str, *, position: int = -1, template: str = "identity",
+               placeholder: str | None = None, layers=None, target_layers=None, max_new_tokens: int = 4
+               ) -> PatchscopeResult:
+    """Sweep source layers (default: all); target layer = source layer unless `target_layers` gives a grid."""
+    template, placeholder = resolve_template(template, placeholder)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    src_layers = _layers(model, layers, "layer")
+    tgt_layers = None if target_layers is None else _layers(model, target_layers, "target layer")
+    run = model.run(source_prompt, read=[f"resid_post.{layer}" for layer in sorted(set(src_layers))])
+    if run.input_ids.shape[0] != 1:
+        raise InputError("patchscope takes one source prompt")
+    seq = run.input_ids.shape[1]
+    if not isinstance(position, int) or not -seq <= position < seq:
+        raise InputError(f"position {position!r} is outside the source prompt ({seq} tokens)")
+    pos = position % seq
+    source_token = model.tokenizer.decode([int(run.input_ids[0, pos])])
+    tpos = placeholder_position(model, template, placeholder)
+    unpatched = model.generate(template, max_new_tokens=max_new_tokens).text
+    cells = []
+    for s in src_layers:
+        state = run.acts[f"resid_post.{s}"][0, pos]
+        for t in ([s] if tgt_layers is None else tgt_layers):
+            text = model.generate(template, edits=[patch_edit(t, state, tpos)], max_new_tokens=max_new_tokens).text
+            cells.append(PatchCell(s, t, text, _starts_with(text, source_token)))
+    return PatchscopeResult(model.spec, source_prompt, pos, source_token, template, placeholder, tpos, unpatched,
+                            cells)
