@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .errors import LmscopeError
+from .errors import InputError, LmscopeError
 from .models.loading import DEFAULT_MODEL
 
 
@@ -47,6 +47,16 @@ def cmd_sites(args) -> None:
               f"  {kind}{layers}  [batch, heads, query, key]")
 
 
+def _numbers(text, kind, what):
+    """'1,2, 3' -> [1, 2, 3] (None for no text); one clear error for anything else."""
+    if not text:
+        return None
+    try:
+        return [kind(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
+
+
 def _emit(args, result) -> None:
     """The common tail of a command: --html page, then --json or the readable summary."""
     if getattr(args, "html", None):
@@ -72,31 +82,25 @@ def cmd_knowledge_neurons(args) -> None:
 
 
 def cmd_introspect(args) -> None:
-    from .errors import InputError
     from .introspection import introspect
 
-    def numbers(text, kind, what):
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
     concepts = (int(args.concepts) if args.concepts.strip().isdigit()
                 else [w.strip() for w in args.concepts.split(",") if w.strip()])
     start = int(args.start) if args.start.lstrip("-").isdigit() else args.start
-    layers = numbers(args.layers, int, "--layers") if args.layers else None
+    layers = _numbers(args.layers, int, "--layers")
     if args.prefill:
         from .introspection_prefill import prefill_trials
         if start != "question":
             raise InputError("--start does not apply to --prefill (it injects before the prefilled word)")
         model = _load(args)
         _emit(args, prefill_trials(model, concepts=concepts, layers=layers,
-                                   strengths=numbers(args.strengths, float, "--strengths"),
+                                   strengths=_numbers(args.strengths, float, "--strengths"),
                                    max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json))
         return
     model = _load(args)
     _emit(args, introspect(model, concepts=concepts,
-                           layers=numbers(args.layers, int, "--layers") if args.layers else None,
-                           strengths=numbers(args.strengths, float, "--strengths"), start=start,
+                           layers=_numbers(args.layers, int, "--layers"),
+                           strengths=_numbers(args.strengths, float, "--strengths"), start=start,
                            max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.json))
 
 
@@ -116,12 +120,6 @@ def cmd_icl_regression(args) -> None:
     _emit(args, icl_regression(with_changes(config, seed=args.seed)))
 
 
-def _int_list(text, what):
-    from .errors import InputError
-    try:
-        return [int(x) for x in text.replace(",", " ").split()] if text else None
-    except ValueError:
-        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 def cmd_dla(args) -> None:
@@ -137,15 +135,15 @@ def cmd_patchscope(args) -> None:
     from .lenses.patchscope import patchscope
     model = _load(args)
     _emit(args, patchscope(model, args.source_prompt, position=args.position, template=args.template,
-                           placeholder=args.placeholder, layers=_int_list(args.layers, "--layers"),
-                           target_layers=_int_list(args.target_layers, "--target-layers"),
+                           placeholder=args.placeholder, layers=_numbers(args.layers, int, "--layers"),
+                           target_layers=_numbers(args.target_layers, int, "--target-layers"),
                            max_new_tokens=args.max_new_tokens))
 
 
 def cmd_backpatch(args) -> None:
     from .lenses.backpatch import backpatch
     model = _load(args)
-    _emit(args, backpatch(model, layers=_int_list(args.layers, "--layers"), step=args.step))
+    _emit(args, backpatch(model, layers=_numbers(args.layers, int, "--layers"), step=args.step))
 
 
 def cmd_tuned_lens(args) -> None:
@@ -169,23 +167,17 @@ def cmd_latent_language(args) -> None:
 
 
 def cmd_lre(args) -> None:
-    from .errors import InputError
     from .lenses.lre import load_relation, lre, relation_from_pairs
 
-    def numbers(text, kind, what):
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
     if (args.relation is None) == (args.pairs is None):
         raise InputError("give --relation NAME or --pairs FILE --template TEXT")
     if args.pairs is not None and args.template is None:
         raise InputError("--pairs needs --template, e.g. --template 'The capital of {} is'")
     relation = (load_relation(args.relation) if args.relation else relation_from_pairs(args.pairs, args.template))
-    layers = numbers(args.layer, int, "--layer") if args.layer else None
+    layers = _numbers(args.layer, int, "--layer")
     model = _load(args)
-    _emit(args, lre(model, relation, layers=layers, betas=numbers(args.beta, float, "--beta"),
-                    ranks=numbers(args.ranks, int, "--ranks"), n_train=args.train, seed=args.seed,
+    _emit(args, lre(model, relation, layers=layers, betas=_numbers(args.beta, float, "--beta"),
+                    ranks=_numbers(args.ranks, int, "--ranks"), n_train=args.train, seed=args.seed,
                     progress=not args.json))
 
 

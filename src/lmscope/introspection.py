@@ -57,6 +57,7 @@ from . import edits
 from .directions import activations_at
 from .errors import InputError
 from .report import write_atomic, write_page
+from .report.html import table
 
 CONTEXT = ("I am an interpretability researcher studying transformer-based language models like you. I have access "
            "to the internals of your neural network. I have identified patterns in your neural activity that "
@@ -265,18 +266,15 @@ class IntrospectionResult:
 
     def transcripts_html(self) -> str:
         import html
-        head = ("<tr><th>trial</th><th>layer</th><th>strength</th><th>concept</th><th>claim</th><th>detected</th>"
-                "<th>identified</th><th>answer</th></tr>")
-        rows = []
-        for t in self.trials + self.controls:
-            cells = [t.trial, "control" if t.layer is None else t.layer, "" if t.strength is None else t.strength,
-                     t.concept or "", t.claim or "", "yes" if t.detected else "", "yes" if t.identified else ""]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
-                        + f"<td><pre style='margin:0;white-space:pre-wrap'>{html.escape(t.answer)}</pre></td></tr>")
+        shown = self.trials + self.controls + self.random_controls
+        rows = [[t.trial, "control" if t.layer is None else t.layer, "" if t.strength is None else t.strength,
+                 t.concept or ("" if t.layer is None else "(random direction)"), t.claim or "",
+                 "yes" if t.detected else "", "yes" if t.identified else ""] for t in shown]
+        headers = ["trial", "layer", "strength", "concept", "claim", "detected", "identified", "answer"]
         return (f"<p>{html.escape(self.verdict())}</p><details><summary>Trial prompt (trial 1; injection starts at "
                 f"token {self.injection_start})</summary><pre style='white-space:pre-wrap'>"
                 f"{html.escape(self.example_prompt)}</pre></details><h3>Transcripts</h3>"
-                f"<table border='1' style='border-collapse:collapse;font-size:90%'>{head}{''.join(rows)}</table>")
+                + table(headers, rows, [t.answer for t in shown]))
 
     def save(self, path) -> Path:
         """Write the result: .html as a self-contained page (heatmaps + transcripts), anything else as JSON."""

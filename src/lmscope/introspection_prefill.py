@@ -55,6 +55,7 @@ from .errors import InputError
 from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _eos_ids, _rate, _tokens_before,
                             concept_pattern, concept_vectors, word_lists)
 from .report import write_atomic, write_page
+from .report.html import table
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
 FOLLOW_UP = "Did you mean to say that, or was it an accident?"
@@ -240,18 +241,14 @@ class PrefillResult:
         return fig
 
     def transcripts_html(self) -> str:
-        head = ("<tr><th>kind</th><th>layer</th><th>strength</th><th>word</th><th>sentence</th><th>stance</th>"
-                "<th>cue</th><th>answer</th></tr>")
-        rows = []
-        for t in self.trials + self.controls + self.random_controls:
-            cells = [t.kind, "" if t.layer is None else t.layer, "" if t.strength is None else t.strength,
-                     t.concept, t.sentence, t.stance or "", t.cue or ""]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
-                        + f"<td><pre style='margin:0;white-space:pre-wrap'>{html.escape(t.answer)}</pre></td></tr>")
+        shown = self.trials + self.controls + self.random_controls
+        rows = [[t.kind, "" if t.layer is None else t.layer, "" if t.strength is None else t.strength, t.concept,
+                 t.sentence, t.stance or "", t.cue or ""] for t in shown]
+        headers = ["kind", "layer", "strength", "word", "sentence", "stance", "cue", "answer"]
         return (f"<p>{html.escape(self.verdict())}</p><details><summary>Prompt (pair 0; injected tokens "
                 f"{self.injection_span[0]}..{self.injection_span[1] - 1})</summary><pre style='white-space:pre-wrap'>"
                 f"{html.escape(self.example_prompt)}</pre></details><h3>Transcripts</h3>"
-                f"<table border='1' style='border-collapse:collapse;font-size:90%'>{head}{''.join(rows)}</table>")
+                + table(headers, rows, [t.answer for t in shown]))
 
     def save(self, path) -> Path:
         """.html: a self-contained page (heatmaps + every transcript); anything else: JSON."""

@@ -18,3 +18,16 @@ def write_page(path: "str | Path", figures, title: str, intro: str = "", body_ht
             f"<style>body{{font-family:system-ui,sans-serif;margin:1.5em}} p{{max-width:60em}}</style></head>"
             f"<body><h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>{body_html}{''.join(parts)}</body></html>\n")
     return write_atomic(path, page)
+
+
+def table(headers: list[str], rows: list[list], long_text: "list[str] | None" = None) -> str:
+    """An escaped HTML table; `long_text` (one per row) goes in a last, pre-wrapped column (answers, transcripts)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+        if long_text is not None:
+            cells += f"<td><pre style='margin:0;white-space:pre-wrap'>{html.escape(long_text[i])}</pre></td>"
+        body.append(f"<tr>{cells}</tr>")
+    return (f"<table border='1' style='border-collapse:collapse;font-size:90%'><tr>{head}</tr>{''.join(body)}"
+            f"</table>")
