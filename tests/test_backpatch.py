@@ -39,6 +39,20 @@ def test_counts_and_oracle_fix():
     assert j["oracle"] is True and j["n_queries"] == 3 and j["n_wrong"] == 2 and j["fixed_fraction"] == 0.5
     assert j["pair_fixes"]["2->0"] >= 1 and set(j["pair_fixes"]) == {"1->0", "2->0", "2->1"}
     assert "ORACLE" in r.summary()
+    # control: the patched state comes from the next query in the set; counted the same way
+    assert r.control_fixed == sum(bool(q.control_fixed_by) for q in r.queries) <= r.n_wrong
+    assert j["control_fixed_fraction"] == r.control_fixed / 2
+
+
+def test_control_with_the_query_as_its_own_donor_equals_the_search():
+    m = random_model("qwen2")
+    q = "ab cd ef"
+    last = len(q) - 1
+    state = m.run(q, read=["resid_post.2"]).acts["resid_post.2"][0, last]
+    answer = m.generate(q, edits=[replace("resid_post.0", state, positions=[last])], max_new_tokens=3).text.strip()[:1]
+    r = backpatch(m, [{"query": q, "answer": answer}], layers=[0, 1, 2])  # one item: it is its own donor
+    assert r.n_wrong == 1 and r.n_fixed == 1
+    assert r.queries[0].control_fixed_by == r.queries[0].fixed_by and r.control_fixed == 1
 
 
 def test_bad_input():

@@ -15,7 +15,7 @@ default model answers alone were kept.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -33,6 +33,7 @@ class QueryResult:
     clean: str                          # the unpatched generation
     correct: bool
     fixed_by: list[tuple[int, int, str]]  # (source layer, target layer, generation) for each fixing pair
+    control_fixed_by: list[tuple[int, int, str]] = field(default_factory=list)  # the same, from another query's state
 
 
 @dataclass
@@ -46,12 +47,20 @@ class BackpatchResult:
     pair_fixes: dict[str, int]          # "s->t" -> number of wrong queries this pair fixes
     queries: list[QueryResult]
     oracle: bool = True
+    control_fixed: int = 0              # wrong queries "fixed" by some pair when the patched state is another query's
+
+    @property
+    def control_fixed_fraction(self) -> float | None:
+        return self.control_fixed / self.n_wrong if self.n_wrong else None
 
     def to_json(self) -> dict:
         return {"model": self.model, "layers": self.layers, "n_queries": self.n_queries, "n_wrong": self.n_wrong,
                 "n_fixed": self.n_fixed, "fixed_fraction": self.fixed_fraction, "oracle": self.oracle,
+                "control_fixed": self.control_fixed, "control_fixed_fraction": self.control_fixed_fraction,
                 "note": "fixed_fraction = share of wrong queries fixed by at least one (source, target) pair chosen "
-                        "per query with the answer known: an oracle upper bound",
+                        "per query with the answer known: an oracle upper bound. control_fixed_fraction: the same "
+                        "search when the patched state comes from another query (the next one in the set), i.e. "
+                        "how often any perturbation of that size lands on the answer",
                 "pair_fixes": self.pair_fixes,
                 "queries": [dict(asdict(q), fixed_by=[list(f) for f in q.fixed_by]) for q in self.queries]}
 
@@ -74,9 +83,10 @@ class BackpatchResult:
 
     def _headline(self) -> str:
         frac = "n/a" if self.fixed_fraction is None else f"{self.fixed_fraction:.1%}"
+        control = "n/a" if self.control_fixed_fraction is None else f"{self.control_fixed_fraction:.1%}"
         return (f"{self.n_queries} two-hop queries, {self.n_wrong} answered wrongly; some back-patching pair fixes "
                 f"{self.n_fixed} of them ({frac}, ORACLE upper bound: the pair is chosen per query knowing the "
-                f"answer).")
+                f"answer). Control, the state taken from another query: {self.control_fixed} fixed ({control}).")
 
     def summary(self) -> str:
         lines = [f"back-patching | {self.model} | layers {self.layers}", self._headline()]
@@ -129,23 +139,35 @@ def backpatch(model, items=None, *, layers=None, step: int = 3) -> BackpatchResu
         raise InputError(f"back-patching needs at least two layers in 0..{model.n_layers - 1}")
     pairs = [(s, t) for s in layers for t in layers if s > t]
     pair_fixes = {f"{s}->{t}": 0 for s, t in pairs}
-    queries = []
-    for x in items:
+    queries, control_fixed = [], 0
+    donor_acts: dict[int, torch.Tensor] = {}
+
+    def last_states(i: int) -> torch.Tensor:
+        """resid_post of query i's last token at every swept layer, [len(layers), d_model]."""
+        if i not in donor_acts:
+            run = model.run(items[i]["query"], read=[f"resid_post.{s}" for s in layers])
+            donor_acts[i] = torch.stack([run.acts[f"resid_post.{s}"][0, -1] for s in layers])
+        return donor_acts[i]
+
+    for index, x in enumerate(items):
         n_new = _n_answer_tokens(model, x["answer"]) + 1
         clean = model.generate(x["query"], max_new_tokens=n_new).text
         correct = answer_starts(clean, x["answer"])
-        fixed_by = []
+        fixed_by, control_by = [], []
         if not correct:
-            run = model.run(x["query"], read=[f"resid_post.{s}" for s in layers])
-            last = run.input_ids.shape[1] - 1
+            last = model.encode(x["query"])[0].shape[1] - 1
+            own, other = last_states(index), last_states((index + 1) % len(items))
             for s, t in pairs:
-                edit = replace(f"resid_post.{t}", run.acts[f"resid_post.{s}"][0, last], positions=[last])
-                text = model.generate(x["query"], edits=[edit], max_new_tokens=n_new).text
-                if answer_starts(text, x["answer"]):
-                    fixed_by.append((s, t, text))
-                    pair_fixes[f"{s}->{t}"] += 1
-        queries.append(QueryResult(x["query"], x["answer"], clean, correct, fixed_by))
+                for states, found in ((own, fixed_by), (other, control_by)):
+                    edit = replace(f"resid_post.{t}", states[layers.index(s)], positions=[last])
+                    text = model.generate(x["query"], edits=[edit], max_new_tokens=n_new).text
+                    if answer_starts(text, x["answer"]):
+                        found.append((s, t, text))
+            for s, t, _ in fixed_by:
+                pair_fixes[f"{s}->{t}"] += 1
+            control_fixed += bool(control_by)
+        queries.append(QueryResult(x["query"], x["answer"], clean, correct, fixed_by, control_by))
     n_wrong = sum(not q.correct for q in queries)
     n_fixed = sum(bool(q.fixed_by) for q in queries)
     return BackpatchResult(model.spec, layers, len(queries), n_wrong, n_fixed,
-                           n_fixed / n_wrong if n_wrong else None, pair_fixes, queries)
+                           n_fixed / n_wrong if n_wrong else None, pair_fixes, queries, True, control_fixed)
