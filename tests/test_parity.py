@@ -106,3 +106,10 @@ def test_results_accept_any_spelling_of_a_site(model, ids):
     assert run["resid_post.-1"] is run[f"blocks.{last}.hook_resid_post"] is run.acts[f"resid_post.{last}"]
     with pytest.raises(lmscope.SiteError, match="was not read"):
         run["resid_pre.0"]
+
+
+def test_at_last_picks_each_rows_last_real_token(model):
+    run = model.run(["hello there", "hi"], read=["resid_post.0"])
+    assert torch.equal(run.at_last(run.logits), torch.stack([run.logits[0, 10], run.logits[1, 1]]))
+    alone = model.run("hi", read=["resid_post.0"])
+    torch.testing.assert_close(run.at_last(run["resid_post.0"])[1], alone["resid_post.0"][0, -1])

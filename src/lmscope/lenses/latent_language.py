@@ -150,15 +150,14 @@ def latent_language(model, words: list[dict] | None = None, *, src: str = "fr", 
     top1 = 0
     for b in range(0, len(prompts), batch_size):
         run = model.run(prompts[b:b + batch_size], read="resid_post.*")
-        last = run.attention_mask.sum(1) - 1
-        rows = torch.arange(len(last))
+        rows = torch.arange(run.input_ids.shape[0])
         e = torch.tensor(en_ids[b:b + batch_size])
         t = torch.tensor(dst_ids[b:b + batch_size])
         for layer in range(n):
-            probs = torch.softmax(model.unembed(run.acts[f"resid_post.{layer}"][rows, last]).float(), -1).cpu()
+            probs = torch.softmax(model.unembed(run.at_last(run.acts[f"resid_post.{layer}"])).float(), -1).cpu()
             p_en[layer] += probs[rows, e].double().sum()
             p_dst[layer] += probs[rows, t].double().sum()
-        top1 += int((run.logits[rows, last].argmax(-1).cpu() == t).sum())
+        top1 += int((run.at_last(run.logits).argmax(-1).cpu() == t).sum())
     k = len(prompts)
     return LatentLanguageResult(model.spec, src, dst, k, n_shots, [float(f"{v:.6g}") for v in (p_en / k).tolist()],
                                 [float(f"{v:.6g}") for v in (p_dst / k).tolist()], round(top1 / k, 4), prompts[0],

@@ -19,6 +19,11 @@ class RunResult:
     acts: dict[str, torch.Tensor]      # canonical site name ('resid_post.5') -> activation
     n_layers: int
 
+    def at_last(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Each row's value at its last real token ([batch, seq, ...] -> [batch, ...]); prompts are right-padded."""
+        last = self.attention_mask.sum(1) - 1
+        return tensor[torch.arange(len(last), device=last.device), last]
+
     def __getitem__(self, site) -> torch.Tensor:
         """Any spelling of a site that was read: 'resid_post.-1', 'blocks.5.hook_resid_post', a Site."""
         name = str(parse_site(site, self.n_layers))

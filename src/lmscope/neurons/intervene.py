@@ -101,8 +101,7 @@ class EffectReport:
 
 def _last_logits(model, prompts, edit_list) -> torch.Tensor:
     run = model.run(prompts, edits=edit_list)
-    last = run.attention_mask.sum(1) - 1
-    return run.logits[torch.arange(len(last)), last].float()
+    return run.at_last(run.logits).float()
 
 
 @torch.no_grad()

@@ -104,8 +104,7 @@ def agreement_margins(model, items, edit_list=(), batch_size: int = 32) -> torch
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         run = model.run([it.prompt for it in chunk], edits=list(edit_list))
-        last = run.attention_mask.sum(1) - 1
-        logp = torch.log_softmax(run.logits[torch.arange(len(chunk)), last].float(), -1)
+        logp = torch.log_softmax(run.at_last(run.logits).float(), -1)
         good = torch.tensor([model.token_id(it.correct) for it in chunk])
         bad = torch.tensor([model.token_id(it.wrong) for it in chunk])
         out.append(logp[torch.arange(len(chunk)), good] - logp[torch.arange(len(chunk)), bad])
