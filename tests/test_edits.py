@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lmscope
-from lmscope import EditError, SiteError
+from lmscope import SiteError
 from conftest import plain_logits
 
 

@@ -37,7 +37,6 @@ same for every i, so dW_{i+1} - dW_i = W (A(C_{i+1}, x) - A(C_i, x)) A(x)^T / |A
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .errors import InputError
-from .report import write_atomic, write_page
+from .report import save_result, write_page
 
 # The MLP's first matrices (the ones that read A), per adapter family, relative to the block's MLP module.
 FIRST_MATRICES = {"gpt2": ("c_fc",), "gpt_neox": ("dense_h_to_4h",), "llama": ("gate_proj", "up_proj"),
@@ -150,14 +149,14 @@ class IclUpdateResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure(), self.token_figure(), self.layer_figure()],
-                              f"Implicit ICL update - {self.model}",
-                              f"Context {self.context!r}, query {self.query!r}. The MLP with context equals the MLP "
-                              f"with W + dW (rank 1) without context: max error {self.max_abs_error_mlp:.2e} "
-                              f"({self.dtype}); the block adds the residual term resid_mid(C,x) - resid_mid(x).")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure(), self.token_figure(), self.layer_figure()],
+                          f"Implicit ICL update - {self.model}",
+                          f"Context {self.context!r}, query {self.query!r}. The MLP with context equals the MLP "
+                          f"with W + dW (rank 1) without context: max error {self.max_abs_error_mlp:.2e} "
+                          f"({self.dtype}); the block adds the residual term resid_mid(C,x) - resid_mid(x).")
 
     def summary(self) -> str:
         lines = [f"implicit ICL update | {self.model} | {self.dtype} | context {len(self.examples)} examples, "

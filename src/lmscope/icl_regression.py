@@ -24,7 +24,6 @@ least-squares fit on the same examples, a reference that knows the task is linea
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .report import write_atomic, write_page
+from .report import save_result, write_page
 
 
 @dataclass(frozen=True)
@@ -195,13 +194,13 @@ class RegressionResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, self.figure(), "Learning without training: in-context linear regression",
-                              f"Prediction with context = prediction without context with W + dW: max error "
-                              f"{self.max_abs_error:.2e} (float64). Explicit GD: {self.config['gd_steps']} steps on W, "
-                              f"step sizes {self.gd_lrs} chosen on validation tasks.")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, self.figure(), "Learning without training: in-context linear regression",
+                          f"Prediction with context = prediction without context with W + dW: max error "
+                          f"{self.max_abs_error:.2e} (float64). Explicit GD: {self.config['gd_steps']} steps on W, "
+                          f"step sizes {self.gd_lrs} chosen on validation tasks.")
 
     def summary(self) -> str:
         c = self.config

@@ -56,7 +56,7 @@ import torch
 from . import edits
 from .directions import activations_at
 from .errors import InputError
-from .report import write_atomic, write_page
+from .report import save_result, write_page
 from .report.html import table
 
 CONTEXT = ("I am an interpretability researcher studying transformer-based language models like you. I have access "
@@ -278,15 +278,15 @@ class IntrospectionResult:
 
     def save(self, path) -> Path:
         """Write the result: .html as a self-contained page (heatmaps + transcripts), anything else as JSON."""
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure()], f"Concept injection - {self.model}",
-                              f"Lindsey 2025 protocol. Detection: the answer claims an injected thought before it "
-                              f"names the concept; identification: it then names it; controls: the same prompts "
-                              f"with no injection. Strength is a multiple of the residual norm at the layer; "
-                              f"injection from '{self.start}'. Greedy, {self.max_new_tokens} new tokens.",
-                              body_html=self.transcripts_html())
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Concept injection - {self.model}",
+                          f"Lindsey 2025 protocol. Detection: the answer claims an injected thought before it "
+                          f"names the concept; identification: it then names it; controls: the same prompts "
+                          f"with no injection. Strength is a multiple of the residual norm at the layer; "
+                          f"injection from '{self.start}'. Greedy, {self.max_new_tokens} new tokens.",
+                          body_html=self.transcripts_html())
 
     def summary(self, examples: int = 4) -> str:
         best = self.best()

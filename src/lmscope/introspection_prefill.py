@@ -54,7 +54,7 @@ from . import edits
 from .errors import InputError
 from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _eos_ids, _rate, _tokens_before,
                             concept_pattern, concept_vectors, word_lists)
-from .report import write_atomic, write_page
+from .report import save_result, write_page
 from .report.html import table
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
@@ -252,14 +252,14 @@ class PrefillResult:
 
     def save(self, path) -> Path:
         """.html: a self-contained page (heatmaps + every transcript); anything else: JSON."""
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure()], f"Prefill introspection - {self.model}",
-                              "Lindsey 2025 prefill protocol: the assistant turn is prefilled with an out-of-place "
-                              "word, then the user asks whether it was meant. Injected: the word's concept vector "
-                              "on the tokens before the prefilled word only. Controls: the same prompts with no "
-                              f"edit. Greedy, {self.max_new_tokens} new tokens.", body_html=self.transcripts_html())
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Prefill introspection - {self.model}",
+                          "Lindsey 2025 prefill protocol: the assistant turn is prefilled with an out-of-place "
+                          "word, then the user asks whether it was meant. Injected: the word's concept vector "
+                          "on the tokens before the prefilled word only. Controls: the same prompts with no "
+                          f"edit. Greedy, {self.max_new_tokens} new tokens.", body_html=self.transcripts_html())
 
     def summary(self, examples: int = 3) -> str:
         lines = [f"prefill introspection | {self.model} | {len(self.trials)} injected trials ({len(self.concepts)} "

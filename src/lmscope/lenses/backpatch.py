@@ -23,7 +23,7 @@ import torch
 
 from ..edits import replace
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 
 
 @dataclass
@@ -75,11 +75,11 @@ class BackpatchResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure()], f"Back-patching - {self.model}", self._headline() +
-                              " resid_post of the last token at the source layer replaces the target layer's.")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Back-patching - {self.model}", self._headline() +
+                          " resid_post of the last token at the source layer replaces the target layer's.")
 
     def _headline(self) -> str:
         frac = "n/a" if self.fixed_fraction is None else f"{self.fixed_fraction:.1%}"

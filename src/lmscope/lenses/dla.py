@@ -25,7 +25,6 @@ per-head attribution is refused for that family.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models.adapters import final_logit_softcap
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 from .logit_lens import _short
 
 
@@ -106,17 +105,17 @@ class DLAResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            figures = [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])
-            r = self.remainder
-            return write_page(path, figures, f"Direct logit attribution - {self.model}",
-                              f"Prompt: {self.prompt!r}. Target {self.target!r} at position {self.position}; model "
-                              f"logit {self.logit:.4f} = sum of the parts {self.total - r['total']:.4f} + remainder "
-                              f"{r['total']:.4f} (norm bias {r['norm_bias']:.4f}, lm_head bias "
-                              f"{r['lm_head_bias']:.4f}, soft-capping {r['softcap']:.4f}). The final norm's scale "
-                              f"is frozen at the clean run's value ({self.norm_scale:.4f}). {self.heads_note}")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        figures = [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])
+        r = self.remainder
+        return write_page(path, figures, f"Direct logit attribution - {self.model}",
+                          f"Prompt: {self.prompt!r}. Target {self.target!r} at position {self.position}; model "
+                          f"logit {self.logit:.4f} = sum of the parts {self.total - r['total']:.4f} + remainder "
+                          f"{r['total']:.4f} (norm bias {r['norm_bias']:.4f}, lm_head bias "
+                          f"{r['lm_head_bias']:.4f}, soft-capping {r['softcap']:.4f}). The final norm's scale "
+                          f"is frozen at the clean run's value ({self.norm_scale:.4f}). {self.heads_note}")
 
     def summary(self, n: int = 12) -> str:
         r = self.remainder

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 
 LANGUAGES = {"fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano", "en": "English"}
 
@@ -91,15 +91,15 @@ class LatentLanguageResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            import html
-            body = f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
-            return write_page(path, [self.figure()], f"Latent language - {self.model}",
-                              "Mean over words of the logit-lens probability of the first token of the English "
-                              "word and of the target word, at the last position of the prompt, per layer.",
-                              body_html=body)
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        import html
+        body = f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
+        return write_page(path, [self.figure()], f"Latent language - {self.model}",
+                          "Mean over words of the logit-lens probability of the first token of the English "
+                          "word and of the target word, at the last position of the prompt, per layer.",
+                          body_html=body)
 
     def summary(self) -> str:
         lines = [f"latent language | {self.model} | {LANGUAGES[self.src]} -> {LANGUAGES[self.dst]}, {self.n_words} "

@@ -5,14 +5,13 @@ The last layer's entry is the model's own output distribution (its logits, not a
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 
 
 @dataclass
@@ -86,14 +85,14 @@ class LensResult:
 
     def save(self, path) -> Path:
         """Write the result: .html as a self-contained page, anything else as JSON."""
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            figures = [self.figure()] + ([self.target_figure()] if self.target is not None else [])
-            return write_page(path, figures, f"Logit lens - {self.model}",
-                              f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream "
-                              f"is read through the final norm and unembedding; colour = its probability; hover "
-                              f"for the top-{len(self.top[0][0])}.")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        figures = [self.figure()] + ([self.target_figure()] if self.target is not None else [])
+        return write_page(path, figures, f"Logit lens - {self.model}",
+                          f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream "
+                          f"is read through the final norm and unembedding; colour = its probability; hover "
+                          f"for the top-{len(self.top[0][0])}.")
 
     def summary(self, max_positions: int = 8) -> str:
         n_pos = len(self.tokens)

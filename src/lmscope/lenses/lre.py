@@ -31,7 +31,7 @@ import torch
 
 from .. import edits
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 
 
 @dataclass(frozen=True)
@@ -207,10 +207,10 @@ class LreResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, self.figure(), f"LRE - {self.relation}", self.summary())
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, self.figure(), f"LRE - {self.relation}", self.summary())
 
 
 def _top1(model, resid: torch.Tensor) -> torch.Tensor:

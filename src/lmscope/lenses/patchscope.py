@@ -14,7 +14,6 @@ A custom template is any text with its placeholder (the last occurrence is patch
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from ..edits import replace
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 
 TEMPLATES = {
     "identity": ("cat -> cat; 1135 -> 1135; hello -> hello; ? ->", "?"),
@@ -76,18 +75,18 @@ class PatchscopeResult:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            rows = "".join(f"<tr><td>{c.source_layer}</td><td>{c.target_layer}</td><td>{'yes' if c.decoded else ''}"
-                           f"</td><td><code>{html.escape(repr(c.text))}</code></td></tr>" for c in self.cells)
-            table = (f"<table border=1 cellpadding=3><tr><th>source layer</th><th>target layer</th><th>decoded</th>"
-                     f"<th>generation</th></tr>{rows}</table>")
-            return write_page(path, [self.figure()], f"PatchScope - {self.model}",
-                              f"resid_post of {self.source_prompt!r} at position {self.source_position} "
-                              f"({self.source_token!r}) replaces the target prompt {self.template!r} at its "
-                              f"placeholder {self.placeholder!r} (position {self.target_position}); greedy "
-                              f"generation. Unpatched: {self.unpatched!r}.", body_html=table)
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        rows = "".join(f"<tr><td>{c.source_layer}</td><td>{c.target_layer}</td><td>{'yes' if c.decoded else ''}"
+                       f"</td><td><code>{html.escape(repr(c.text))}</code></td></tr>" for c in self.cells)
+        table = (f"<table border=1 cellpadding=3><tr><th>source layer</th><th>target layer</th><th>decoded</th>"
+                 f"<th>generation</th></tr>{rows}</table>")
+        return write_page(path, [self.figure()], f"PatchScope - {self.model}",
+                          f"resid_post of {self.source_prompt!r} at position {self.source_position} "
+                          f"({self.source_token!r}) replaces the target prompt {self.template!r} at its "
+                          f"placeholder {self.placeholder!r} (position {self.target_position}); greedy "
+                          f"generation. Unpatched: {self.unpatched!r}.", body_html=table)
 
     def summary(self) -> str:
         lines = [f"patchscope | {self.model} | source {self.source_token!r} (position {self.source_position} of "

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 from ..report.files import atomic_path
 
 FORMAT = "lmscope-tuned-lens/1"
@@ -210,9 +210,9 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
         raise InputError(f"corpus {corpus!r} gave no training text")
     lens.weight[:n_train] = weight.detach().cpu()
     lens.bias[:n_train] = bias.detach().cpu()
-    kept_identity = _keep_identity_where_better(model, lens, corpus, window, seed)
+    identity_layers = _select_layer_scales(model, lens, corpus, window, seed)
     lens.meta.update(corpus=corpus, train_tokens=seen, tokens=seen, seed=seed, steps=step,
-                     identity_layers=kept_identity,
+                     identity_layers=identity_layers,
                      positions_per_step=positions_per_step, lr=lr, window=window, bf16=bf16,
                      wall_s=round(time.perf_counter() - start, 2), loss_first=round(losses[0], 6),
                      loss_last=round(sum(losses[-10:]) / len(losses[-10:]), 6))
@@ -220,7 +220,7 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
 
 
 @torch.no_grad()
-def _keep_identity_where_better(model, lens: "TunedLens", corpus: str, window: int, seed: int,
+def _select_layer_scales(model, lens: "TunedLens", corpus: str, window: int, seed: int,
                                 n_tokens: int = 256) -> list[int]:
     """Model selection on validation documents (neither trained on nor used by evaluate_tuned_lens): per layer, the
     trained translator scaled by the best of 1, 1/2, 1/4 or 0 (0 = the identity, i.e. the logit lens). Short
@@ -282,13 +282,13 @@ class TunedLensEval:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, [self.figure()], f"Tuned lens - {self.model}",
-                              "Per layer: mean KL from the model's final distribution to the lens's (lower is "
-                              "closer to the output) and perplexity of the actual next token, on held-out "
-                              "documents. The last layer is the model's output for both lenses.")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Tuned lens - {self.model}",
+                          "Per layer: mean KL from the model's final distribution to the lens's (lower is "
+                          "closer to the output) and perplexity of the actual next token, on held-out "
+                          "documents. The last layer is the model's output for both lenses.")
 
     def summary(self) -> str:
         lines = [f"tuned lens vs logit lens | {self.model} | held-out {self.corpus!r}, {self.n_tokens} tokens, "

@@ -11,7 +11,7 @@ import torch
 
 from .. import edits
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_atomic, write_page
 from ..trace import bind_edit
 
 HOW = ("zero", "mean", "resample", "scale")
@@ -165,10 +165,10 @@ class DoseResponse:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, self.figure(), f"Dose-response, layer {self.layer}")
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, self.figure(), f"Dose-response, layer {self.layer}")
 
 
 NEXT = "next token (per prompt)"

@@ -6,7 +6,6 @@ Coarse neurons: attribution above `threshold` x the prompt's max. Refined: coars
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from .. import edits
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 from .records import check_layers
 
 
@@ -163,10 +162,10 @@ class AgreementExperiment:
         return fig
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            return write_page(path, self.figure(), "Knowledge neurons: number agreement", self.summary())
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, self.figure(), "Knowledge neurons: number agreement", self.summary())
 
 
 def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: int = 10, layers=None,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..report import write_atomic, write_page
+from ..report import save_result, write_page
 from .intervene import NEXT, DoseResponse, dose_response, neuron_effects
 from .observe import TopContext, record_neurons
 
@@ -97,14 +96,14 @@ class NeuronProfile:
                 + f". Mean ablation: mean KL {self.mean_ablation['mean_kl']:.4g}.</p>")
 
     def save(self, path) -> Path:
-        path = Path(path)
-        if path.suffix.lower() in (".html", ".htm"):
-            s = self.stats
-            intro = (f"{self.model}, {self.n_tokens} tokens of {self.corpus}. mean {s['mean']:.4f}, std "
-                     f"{s['std']:.4f}, active (>0) {s['frac_active']:.1%}, max {s['max']:.3f}.")
-            return write_page(path, self.figures(), f"Neuron {self.layer}.{self.index}", intro,
-                              self.contexts_html())
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        s = self.stats
+        intro = (f"{self.model}, {self.n_tokens} tokens of {self.corpus}. mean {s['mean']:.4f}, std "
+                 f"{s['std']:.4f}, active (>0) {s['frac_active']:.1%}, max {s['max']:.3f}.")
+        return write_page(path, self.figures(), f"Neuron {self.layer}.{self.index}", intro,
+                          self.contexts_html())
 
 
 def profile_neuron(model, layer: int, index: int, corpus="wiki", *, n_tokens: int = 100_000, k: int = 20,
