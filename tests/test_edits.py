@@ -145,3 +145,14 @@ def test_a_size_1_sequence_axis_broadcasts(model, ids):
     flat = model.run(ids, read=["resid_post.0"], edits=[lmscope.add("resid_post.0", vector, positions=[2])])
     row = model.run(ids, read=["resid_post.0"], edits=[lmscope.add("resid_post.0", vector[None], positions=[2])])
     assert torch.equal(flat.acts["resid_post.0"], row.acts["resid_post.0"])
+
+
+def test_generate_rows_matches_one_prompt_at_a_time(model):
+    rows = [model.encode("hello")[0][0].tolist(), model.encode("world")[0][0].tolist()]
+    vector = torch.randn(model.d_model, generator=torch.Generator().manual_seed(8)) * 5
+    edit = [lmscope.add("resid_post.0", vector)]
+    batched = model.generate_rows(rows, edit, max_new_tokens=4)
+    alone = [model.generate(text, edit, max_new_tokens=4).text for text in ("hello", "world")]
+    assert batched == alone and batched != model.generate_rows(rows, max_new_tokens=4)
+    with pytest.raises(lmscope.InputError, match="equal length"):
+        model.generate_rows([rows[0], rows[0][:-1]])

@@ -385,15 +385,6 @@ def build_trial_prompts(model, context: str, question: str, n: int, start: "str 
     return prompts
 
 
-def _eos_ids(model) -> set[int]:
-    ids = set()
-    for value in (model.hf.generation_config.eos_token_id, model.tokenizer.eos_token_id,
-                  model.tokenizer.pad_token_id):
-        if value is not None:
-            ids.update(value if isinstance(value, (list, tuple)) else [value])
-    return ids
-
-
 def injection_edits(injections: "list[tuple[int, torch.Tensor]]", start: int) -> list[edits.Edit]:
     """The edits that inject `injections[i]` = (layer, vector) into row i of a batch, at resid_post.layer, from
     token position `start` on (prompt and generated tokens alike)."""
@@ -410,18 +401,8 @@ def _generate(model, prompts: list[TrialPrompt], injections: "list[tuple[int, to
               max_new_tokens: int) -> list[str]:
     """Greedy answers for prompts of equal length and equal injection start (no padding: each row computes
     exactly what it would alone). `injections[i]` = (layer, vector) for row i; None = no edit at all (controls)."""
-    ids = torch.tensor([p.ids for p in prompts], device=model.device)
     batch_edits = [] if injections is None else injection_edits(injections, prompts[0].start)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-    with model.trace(edits=batch_edits):
-        out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-    stop = _eos_ids(model)
-    answers = []
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-        answers.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return answers
+    return model.generate_rows([p.ids for p in prompts], batch_edits, max_new_tokens=max_new_tokens)
 
 
 def _batches(prompts: list[TrialPrompt], items: list, batch_size: int):

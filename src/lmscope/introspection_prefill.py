@@ -52,7 +52,7 @@ import torch
 
 from . import edits
 from .errors import InputError
-from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _eos_ids, _rate, _tokens_before,
+from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _rate, _tokens_before,
                             concept_pattern, concept_vectors, word_lists)
 from .report import save_result, write_page
 from .report.html import table
@@ -361,18 +361,8 @@ def _generate(model, prompt: PrefillPrompt, injections: "list[tuple[int, torch.T
               max_new_tokens: int) -> list[str]:
     """Greedy answers to one prompt, one row per injection (None: one row, no edit at all)."""
     n = 1 if injections is None else len(injections)
-    ids = torch.tensor([prompt.ids] * n, device=model.device)
     batch_edits = [] if injections is None else span_edits(injections, prompt.first, prompt.end)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-    with model.trace(edits=batch_edits):
-        out = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-    stop = _eos_ids(model)
-    answers = []
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-        answers.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True))
-    return answers
+    return model.generate_rows([prompt.ids] * n, batch_edits, max_new_tokens=max_new_tokens)
 
 
 @torch.no_grad()

@@ -192,6 +192,33 @@ class Model:
         text = self.tokenizer.decode(full[ids.shape[1]:], skip_special_tokens=True)
         return GenerationResult(prompt, text, full, tr.acts())
 
+    @torch.no_grad()
+    def generate_rows(self, rows: list[list[int]], edits=(), *, max_new_tokens: int = 20) -> list[str]:
+        """Greedy continuations of equal-length token rows in one batch (no padding, so each row computes exactly
+        what it would alone), with edits applied at every step; each text is cut at the first end-of-sequence."""
+        if not rows or len({len(r) for r in rows}) != 1:
+            raise InputError("generate_rows takes a non-empty list of token rows of equal length")
+        ids = torch.tensor(rows, device=self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self.trace(edits=edits):
+            out = self.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+        stop = self._end_ids()
+        texts = []
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
+        return texts
+
+    def _end_ids(self) -> set[int]:
+        """Token ids that end a generated answer (generation config and tokenizer's eos, and pad)."""
+        ids = set()
+        for value in (self.hf.generation_config.eos_token_id, self.tokenizer.eos_token_id,
+                      self.tokenizer.pad_token_id):
+            if value is not None:
+                ids.update(value if isinstance(value, (list, tuple)) else [value])
+        return ids
+
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Residual stream -> logits through the model's own final norm and unembedding (and final soft-capping)."""
         a = self.adapter
