@@ -49,3 +49,12 @@ def test_order_follows_the_forward_pass():
     ordered = sorted((parse_site(n, 2) for n in names), key=lambda s: s.order_key(2))
     assert [str(s) for s in ordered] == ["embed", "resid_post.0", "resid_pre.1", "z.1", "attn_out.1", "resid_mid.1",
                                          "neurons.1", "mlp_out.1", "resid_post.1", "final_norm", "logits"]
+
+
+def test_resolve_position():
+    from lmscope import InputError
+    from lmscope.models.sites import resolve_position
+    assert [resolve_position(p, 5) for p in (0, 4, -1, -5)] == [0, 4, 4, 0]
+    for bad in (5, -6, 1.0, True, None):
+        with pytest.raises(InputError, match=r"out of range for the prompt \(5 tokens: 0..4 or -5..-1\)"):
+            resolve_position(bad, 5)

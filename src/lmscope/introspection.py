@@ -57,6 +57,7 @@ from . import edits
 from .directions import activations_at
 from .errors import InputError
 from .report import save_result, write_page
+from .models.sites import resolve_position
 from .report.html import table
 
 CONTEXT = ("I am an interpretability researcher studying transformer-based language models like you. I have access "
@@ -374,9 +375,7 @@ def build_trial_prompts(model, context: str, question: str, n: int, start: "str 
         text, offsets = trial_prompt(model, context, question, trial)
         ids = model.encode(text)[0][0].tolist()
         if isinstance(start, int):
-            position = start + len(ids) if start < 0 else start
-            if not 0 <= position < len(ids):
-                raise InputError(f"position {start} is out of range: the trial prompt has {len(ids)} tokens")
+            position = resolve_position(start, len(ids), "the trial prompt")
         elif start == "all":
             position = 0
         else:

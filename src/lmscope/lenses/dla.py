@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models.sites import resolve_position
 from ..models.adapters import final_logit_softcap
 from ..report import save_result, write_page
 from .logit_lens import _short
@@ -177,10 +178,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     run = model.run(prompt, read=read)
     if run.input_ids.shape[0] != 1:
         raise InputError("direct_logit_attribution takes one prompt")
-    seq = run.input_ids.shape[1]
-    if not isinstance(position, int) or not -seq <= position < seq:
-        raise InputError(f"position {position!r} is outside the prompt ({seq} tokens: 0..{seq - 1} or -1..-{seq})")
-    pos = position % seq
+    pos = resolve_position(position, run.input_ids.shape[1])
     a = run.acts
 
     def at(name):

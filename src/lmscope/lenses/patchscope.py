@@ -21,6 +21,7 @@ import torch
 
 from ..edits import replace
 from ..errors import InputError
+from ..models.sites import resolve_position
 from ..report import save_result, write_page
 
 TEMPLATES = {
@@ -171,10 +172,7 @@ def patchscope(model, source_prompt: str, *, position: int = -1, template: str =
     run = model.run(source_prompt, read=[f"resid_post.{layer}" for layer in sorted(set(src_layers))])
     if run.input_ids.shape[0] != 1:
         raise InputError("patchscope takes one source prompt")
-    seq = run.input_ids.shape[1]
-    if not isinstance(position, int) or not -seq <= position < seq:
-        raise InputError(f"position {position!r} is outside the source prompt ({seq} tokens)")
-    pos = position % seq
+    pos = resolve_position(position, run.input_ids.shape[1], "the source prompt")
     source_token = model.tokenizer.decode([int(run.input_ids[0, pos])])
     tpos = placeholder_position(model, template, placeholder)
     unpatched = model.generate(template, max_new_tokens=max_new_tokens).text

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import SiteError
+from ..errors import InputError, SiteError
 
 LAYER_KINDS = ("resid_pre", "z", "pattern", "attn_out", "resid_mid", "neurons", "mlp_out", "resid_post")
 GLOBAL_KINDS = ("embed", "final_norm", "logits")
@@ -80,6 +80,14 @@ def parse_site(name: "str | Site", n_layers: int) -> Site:
         raise SiteError(f"layer {layer} out of range for '{name}': the model has {n_layers} layers "
                         f"(0..{n_layers - 1}, or -{n_layers}..-1)")
     return Site(kind, layer % n_layers)
+
+
+def resolve_position(position, length: int, what: str = "the prompt") -> int:
+    """A token position (negative counts from the end) in a sequence of `length` tokens, as 0..length-1."""
+    if not isinstance(position, int) or isinstance(position, bool) or not -length <= position < length:
+        raise InputError(f"position {position!r} is out of range for {what} ({length} tokens: 0..{length - 1} "
+                         f"or -{length}..-1)")
+    return position % length
 
 
 def expand_sites(names, n_layers: int) -> list[Site]:
