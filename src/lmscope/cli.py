@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -181,6 +182,10 @@ def cmd_lre(args) -> None:
                     progress=not args.json))
 
 
+# Parts that keep their subcommands next to their code; each module has `register(subparsers)`.
+_PARTS = ("cli_directions", "cli_icl_vectors", "harvest.cli", "sae.cli", "circuits.cli_patching", "circuits.cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmscope", description="Look inside language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--html", metavar="FILE")
     p.set_defaults(func=cmd_lre)
+
+    for part in _PARTS:
+        importlib.import_module(f"lmscope.{part}").register(sub)
 
     p = sub.add_parser("sites", help="the model's shape and its site names")
     _model_args(p)
