@@ -1,0 +1,281 @@
+"""Train an SAE (or transcoder) from a `Source` of activations.
+
+One step: a global batch (split over ranks under torchrun; DistributedDataParallel averages the gradients), the
+architecture's loss, Adam, then the decoder rows back to unit norm (topk, batchtopk, jumprelu; the relu SAE's L1 is
+weighted by the row norms instead). Before the first step the activations' scale is estimated on the first batches
+(float64, averaged over ranks) so the SAE sees unit mean squared norm; the decoder bias starts at the mean. Dead
+latents (not fired for `dead_tokens` tokens, counted over all ranks) feed AuxK. Learning rate: linear warm-up,
+constant, linear decay to 0 over the last `decay_frac` of the steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+from ..report import save_result, write_page
+from ..report.files import write_atomic
+from .architectures import SAE, build_sae
+from .config import SAEConfig, TrainConfig
+from .data import Source
+from .interop import save_sae
+
+NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
+
+
+@dataclass
+class TrainResult:
+    sae: SAE
+    config: dict                     # the TrainConfig
+    sae_config: dict
+    history: list[dict]              # one row per logged step
+    n_tokens: int
+    n_steps: int
+    wall_s: float
+    step_s: float                    # time inside the SAE's forward/backward/update only
+    world_size: int
+    out: str = ""
+    final: dict = field(default_factory=dict)   # mean of the last logged rows: fvu, l0, dead_frac
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / max(self.wall_s, 1e-9)
+
+    def to_json(self) -> dict:
+        return {"config": self.config, "sae_config": self.sae_config, "n_tokens": self.n_tokens,
+                "n_steps": self.n_steps, "wall_s": self.wall_s, "step_s": self.step_s,
+                "tokens_per_s": self.tokens_per_s, "sae_tokens_per_s": self.n_tokens / max(self.step_s, 1e-9),
+                "world_size": self.world_size, "out": self.out, "final": self.final, "history": self.history}
+
+    def figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("FVU (batch)", "L0", "dead fraction"))
+        steps = [h["step"] for h in self.history]
+        for col, key in enumerate(("fvu", "l0", "dead_frac"), 1):
+            fig.add_trace(go.Scatter(x=steps, y=[h[key] for h in self.history], name=key), row=1, col=col)
+        fig.update_layout(title=f"SAE training ({self.sae_config['architecture']}, d_sae "
+                                f"{self.sae_config['d_sae']}, {self.n_tokens} tokens)", height=380, width=1100,
+                          showlegend=False)
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, lambda p: write_page(p, self.figure(), "SAE training",
+                                                                    self.summary()))
+
+    def summary(self) -> str:
+        f = self.final
+        return (f"trained {self.sae_config['architecture']} SAE {self.sae_config['site_in']}"
+                + (f" -> {self.sae_config['site_out']}" if self.sae_config['site_out'] != self.sae_config['site_in']
+                   else "")
+                + f" d_in {self.sae_config['d_in']} d_sae {self.sae_config['d_sae']} on {self.n_tokens} tokens "
+                f"({self.n_steps} steps, {self.world_size} rank(s)) in {self.wall_s:.1f} s: "
+                f"{self.tokens_per_s:.0f} tokens/s overall, {self.n_tokens / max(self.step_s, 1e-9):.0f} tokens/s "
+                f"in SAE steps\nlast steps: FVU {f.get('fvu', float('nan')):.4f}  L0 {f.get('l0', float('nan')):.1f}"
+                f"  dead {f.get('dead_frac', float('nan')):.1%}" + (f"\nsaved to {self.out}" if self.out else ""))
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world_size); joins the torchrun group (gloo on CPU, nccl on GPUs) when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def check_out_folder(out: str) -> None:
+    """An output folder may be new or empty; one that holds anything (another run) is refused, untouched."""
+    if not out:
+        return
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise InputError(f"output folder {out} already exists and is not empty (another run?); choose a new one")
+    if not path.parent.exists():
+        raise InputError(f"folder {path.parent} does not exist")
+
+
+def lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    decay_start = int(n_steps * (1 - decay_frac))
+    if decay_frac > 0 and step >= decay_start:
+        return max(0.0, (n_steps - step) / max(1, n_steps - decay_start))
+    return 1.0
+
+
+def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device=None) -> TrainResult:
+    rank, world = _dist()
+    if cfg.n_tokens < cfg.batch_size:
+        raise InputError(f"n_tokens ({cfg.n_tokens}) is smaller than one batch ({cfg.batch_size})")
+    if cfg.batch_size % world:
+        raise InputError(f"batch size {cfg.batch_size} does not split over {world} ranks")
+    if cfg.architecture not in NORMALIZED_DECODER + ("relu",):
+        raise InputError(f"unknown SAE architecture {cfg.architecture!r}; one of relu, topk, batchtopk, jumprelu")
+    check_out_folder(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if world > 1:
+        dist.barrier()  # every rank checked the folder before rank 0 creates it
+    if device is None:
+        device = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if rank == 0 and cfg.out:
+        Path(cfg.out).mkdir(parents=False, exist_ok=True)
+        write_atomic(Path(cfg.out) / "train_config.json", json.dumps(cfg.to_json(), indent=1))
+    d_sae = cfg.d_sae or cfg.expansion * source.d_in
+    sae_cfg = SAEConfig(architecture=cfg.architecture, d_in=source.d_in, d_sae=d_sae, d_out=source.d_out,
+                        k=cfg.k, auxk_coeff=cfg.auxk_coeff, l1_coeff=cfg.l1_coeff, l0_coeff=cfg.l0_coeff,
+                        seed=cfg.seed, model=source.model_spec, model_config_hash=source.model_config_hash,
+                        site_in=source.site_in, site_out=source.site_out, skip_first=source.skip_first)
+    n_steps = cfg.n_tokens // cfg.batch_size
+    t0 = time.perf_counter()
+    stream = source.batches(cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed)
+    first = []
+    for _ in range(max(1, cfg.norm_batches)):
+        item = next(stream, None)
+        if item is None:
+            break
+        first.append(item)
+    if not first:
+        raise InputError("the data source gave no batch")
+    if cfg.outlier_factor > 0:
+        norms = torch.cat([x.norm(dim=1) for x, _ in first])
+        sae_cfg.max_norm = float(cfg.outlier_factor * _allreduce(norms.median().reshape(1)) / world)
+    kept = [_drop_outliers(x, t, sae_cfg.max_norm) if sae_cfg.max_norm else (x, t) for x, t in first]
+    sae_cfg.harvest = os.path.abspath(cfg.harvest) if cfg.harvest else ""
+    sae_cfg.input_scale, sae_cfg.output_scale = _scales(kept)
+    sae = build_sae(sae_cfg)
+    with torch.no_grad():
+        targets = torch.cat([x if t is None else t for x, t in kept]).double() * sae_cfg.output_scale
+        mean = _allreduce(torch.cat([targets.sum(0), torch.tensor([len(targets)], dtype=torch.float64)]))
+        sae.b_dec.copy_((mean[:-1] / mean[-1]).float())
+    sae.to(device)
+    model = sae if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        sae, device_ids=[device.index] if device.type == "cuda" else None)
+    lr = cfg.resolved_lr(d_sae)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, cfg.warmup_steps,
+                                                                        cfg.decay_frac))
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+    history, step_s, tokens, dropped = [], 0.0, 0, 0
+    log_every = max(1, n_steps // 50)
+    bar = _bar(n_steps * cfg.batch_size, progress and rank == 0)
+    normalize = cfg.architecture in NORMALIZED_DECODER
+    step = 0
+    try:
+        for x, t in chain(first, stream):
+            if step >= n_steps:
+                break
+            if world > 1 and int(_allreduce(torch.tensor([1]), dist.ReduceOp.MIN)) == 0:
+                break
+            ts = time.perf_counter()
+            if sae_cfg.max_norm:
+                n_before = len(x)
+                x, t = _drop_outliers(x, t, sae_cfg.max_norm)
+                dropped += n_before - len(x)
+            x = x.to(device)
+            t = None if t is None else t.to(device)
+            dead = since_fired >= cfg.dead_tokens
+            out = model(x, t, dead)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if normalize:
+                sae.remove_parallel_grad()
+            opt.step()
+            sched.step()
+            if normalize:
+                sae.normalize_decoder()
+            with torch.no_grad():
+                fired = out.fired.to(torch.int32)
+                fired = _allreduce(fired, dist.ReduceOp.MAX) if world > 1 else fired
+                since_fired += cfg.batch_size
+                since_fired[fired.bool()] = 0
+            step_s += time.perf_counter() - ts
+            tokens += cfg.batch_size
+            step += 1
+            if step % log_every == 0 or step == n_steps:
+                history.append(_log_row(step, tokens, out, x, t, sae, since_fired, cfg, sched))
+            if bar is not None:
+                bar.update(cfg.batch_size)
+                bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}" if history else "-", refresh=False)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and rank == 0 and cfg.out:
+                sae_cfg.n_tokens_trained = tokens
+                save_sae(sae, Path(cfg.out) / "checkpoints" / f"step_{step:06d}")
+        if world > 1 and step < n_steps:
+            _allreduce(torch.tensor([0]), dist.ReduceOp.MIN)  # release ranks still waiting for this step
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    if step == 0:
+        raise InputError("the data source ran out before the first step")
+    sae_cfg.n_tokens_trained = tokens
+    sae.eval()
+    last = history[-max(1, len(history) // 10):]
+    final = {k: sum(h[k] for h in last) / len(last) for k in ("fvu", "l0", "dead_frac", "mse")}
+    final["outlier_rows_dropped"] = dropped
+    final["max_norm"] = sae_cfg.max_norm
+    result = TrainResult(sae, cfg.to_json(), sae_cfg.to_json(), history, tokens, step, wall, step_s, world,
+                         cfg.out, final)
+    if rank == 0 and cfg.out:
+        save_sae(sae, cfg.out)
+        write_atomic(Path(cfg.out) / "train.json", json.dumps(result.to_json(), indent=1))
+    return result
+
+
+def _drop_outliers(x, t, max_norm):
+    keep = x.norm(dim=1) <= max_norm
+    if bool(keep.all()):
+        return x, t
+    return x[keep], None if t is None else t[keep]
+
+
+def _scales(first) -> tuple[float, float]:
+    """Scalars making inputs and targets unit mean squared norm (float64, averaged over ranks)."""
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, t in first:
+        sums[0] += x.double().pow(2).sum()
+        sums[1] += (x if t is None else t).double().pow(2).sum()
+        sums[2] += len(x)
+    sums = _allreduce(sums)
+    if sums[0] == 0 or sums[1] == 0:
+        raise InputError("the activations are all zero; nothing to learn")
+    return float((sums[2] / sums[0]).sqrt()), float((sums[2] / sums[1]).sqrt())
+
+
+@torch.no_grad()
+def _log_row(step, tokens, out, x, t, sae, since_fired, cfg, sched) -> dict:
+    target = (x if t is None else t).double()
+    err = (target - out.recon.double()).pow(2).sum()
+    var = (target - target.mean(0)).pow(2).sum()
+    vals = torch.tensor([float(err), float(var), float(out.terms["mse"]), float(out.terms["l0"]),
+                         float(out.terms.get("auxk", 0.0))], dtype=torch.float64)
+    if dist.is_initialized():
+        vals = _allreduce(vals)
+        vals[2:] /= dist.get_world_size()
+    return {"step": step, "tokens": tokens, "fvu": float(vals[0] / vals[1]), "mse": float(vals[2]),
+            "l0": float(vals[3]), "auxk": float(vals[4]),
+            "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean()), "lr": sched.get_last_lr()[0]}
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit="tok", unit_scale=True, desc="training SAE", file=sys.stderr, dynamic_ncols=True,
+                mininterval=2.0)
