@@ -6,6 +6,7 @@
     zero(site)                 0
     mean_ablate(site, mean)    the mean activation (computed by the caller over a reference set)
     project_out(site, dir)     act - (act . u) u with u = dir / |dir|   (directional ablation)
+    interpolate(site, value, w)  w * act + (1 - w) * value, w per unit (head, neuron); a differentiable mask
 
 Each takes `positions` (int, list, slice or a boolean mask over the sequence, [seq] or [batch, seq]; negative
 ints count from the end of the sequence seen so far), `heads` (z sites) and `neurons` (neurons sites).
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-OPS = ("add", "replace", "scale", "zero", "project_out")
+OPS = ("add", "replace", "scale", "zero", "project_out", "interpolate")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Edit:
     positions: "int | Sequence[int] | slice | torch.Tensor | None" = None
     heads: "int | Sequence[int] | None" = None
     neurons: "int | Sequence[int] | None" = None
+    weight: "torch.Tensor | float | None" = None     # interpolate only
 
 
 def add(site, vector, *, positions=None, heads=None, neurons=None) -> Edit:
@@ -52,3 +54,10 @@ def mean_ablate(site, mean, *, positions=None, heads=None, neurons=None) -> Edit
 
 def project_out(site, direction, *, positions=None, heads=None) -> Edit:
     return Edit(site, "project_out", direction, positions, heads, None)
+
+
+def interpolate(site, value, weight, *, positions=None, heads=None, neurons=None) -> Edit:
+    """weight * act + (1 - weight) * value. `weight` is a number or a tensor with one entry per unit of the site
+    ([n_heads] on z, [d_mlp] on neurons, [d_model] elsewhere); it may require grad, so a mask over heads or neurons
+    can be learned. Weight exactly 1 keeps the activation bit for bit, exactly 0 gives the value bit for bit."""
+    return Edit(site, "interpolate", value, positions, heads, neurons, weight)

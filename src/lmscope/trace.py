@@ -34,6 +34,7 @@ class _BoundEdit:
     value_has_seq: bool
     feature_ndim: int
     longest_sequence: int = 0             # for the check that explicit positions existed
+    weight: "torch.Tensor | float | None" = None   # interpolate: broadcastable over the site's feature dims
 
 
 def bind_edit(model, edit: Edit) -> _BoundEdit:
@@ -66,8 +67,11 @@ def bind_edit(model, edit: Edit) -> _BoundEdit:
     if site.kind == "z" and edit.heads is None:
         value_shapes.append(shape[1:])  # one d_head vector for every head
     value, has_seq = edit.value, False
-    if edit.op in ("add", "replace", "project_out"):
+    weight = None
+    if edit.op in ("add", "replace", "project_out", "interpolate"):
         value, has_seq = _check_value(model, site, edit, value_shapes, len(shape))
+    if edit.op == "interpolate":
+        weight = _check_weight(model, site, edit.weight, shape)
     elif edit.op == "scale":
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = float(value)
@@ -76,7 +80,24 @@ def bind_edit(model, edit: Edit) -> _BoundEdit:
     _check_positions(edit.positions, site)
     device = model.device
     return _BoundEdit(site, edit.op, value.to(device) if isinstance(value, torch.Tensor) else value,
-                      edit.positions, None if feature_mask is None else feature_mask.to(device), has_seq, len(shape))
+                      edit.positions, None if feature_mask is None else feature_mask.to(device), has_seq, len(shape),
+                      weight=weight.to(device) if isinstance(weight, torch.Tensor) else weight)
+
+
+def _check_weight(model, site, weight, shape):
+    """interpolate's weight: a number, or one entry per unit ([n_heads] on z, else the last feature dim)."""
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        return float(weight)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dtype != model.dtype:
+        raise EditError(f"interpolate on '{site}': weight must be a number or a {model.dtype} tensor, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    units = shape[0] if site.kind == "z" else shape[-1]
+    if weight.dim() == 0:
+        return weight
+    if tuple(weight.shape) != (units,):
+        raise EditError(f"interpolate on '{site}': weight of shape {tuple(weight.shape)} does not fit; give a "
+                        f"number or [{units}] (one per {'head' if site.kind == 'z' else 'feature'})")
+    return weight.view(units, 1) if site.kind == "z" else weight
 
 
 def _indices(spec, size: int, what: str, site: Site) -> list[int]:
@@ -91,7 +112,7 @@ def _indices(spec, size: int, what: str, site: Site) -> list[int]:
 
 def _check_value(model, site, edit, shapes, feature_ndim):
     value = edit.value
-    if isinstance(value, (int, float)) and edit.op == "replace" and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and edit.op in ("replace", "interpolate") and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=model.dtype), False
     if not isinstance(value, torch.Tensor):
         raise EditError(f"{edit.op} on '{site}' needs a tensor, got {type(value).__name__}")
@@ -175,6 +196,10 @@ def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int) -> torch.Tenso
         new = act * value
     elif bound.op == "zero":
         new = torch.zeros_like(act)
+    elif bound.op == "interpolate":
+        # this form (not value + w * (act - value)) is exact at w = 1 and w = 0
+        weight = bound.weight.to(act.device) if isinstance(bound.weight, torch.Tensor) else bound.weight
+        new = weight * act + (1 - weight) * value.to(act.dtype)
     else:  # project_out
         unit = value / value.norm(dim=-1, keepdim=True)
         new = act - (act * unit).sum(-1, keepdim=True) * unit

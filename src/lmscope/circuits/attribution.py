@@ -1,0 +1,315 @@
+"""Attribution patching: EAP and EAP-IG node and edge scores from gradients (Hanna et al. 2024, "Have faith in
+faithfulness", arXiv 2403.17806), a first-order estimate of what activation patching would measure.
+
+Nodes: the input embedding (`embed`), every attention head (`head.L.h`, its output before the output projection,
+site z.L) and every MLP (`mlp.L`, site mlp_out.L); the logits are a downstream node only. For a node with
+activation a (summed over positions, averaged over prompts):
+
+    EAP     score(a)  = (a_corrupt - a_clean) . dm/da                 the gradient at the clean run
+    EAP-IG  score(a)  = (a_corrupt - a_clean) . (1/k) sum_j dm/da     at inputs e_corrupt + (j/k)(e_clean - e_corrupt),
+                                                                       j = 1..k, interpolating the input embeddings
+so EAP-IG with one step is EAP. Both estimate m(clean with a from the corrupt run) - m(clean): the "noising"
+effect that `activation_patching(..., direction="noising", per_position=False)` measures, which `compare` checks.
+
+Edges u -> v: (u's output difference as written into the residual stream) . (the gradient of m with respect to
+the residual stream that v reads, through v alone): v's input is resid_pre.L for a head of layer L (the path
+through that one head, its q, k and v), resid_mid.L for the MLP of layer L (resid_pre.L with parallel attention),
+resid_post of the last layer for the logits. A head's residual output is z_h W_O[h]; the sum of a node's outgoing
+edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused on
+Gemma, whose post-attention norm makes head outputs non-additive (node scores still work).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..edits import replace, scale
+from ..errors import InputError
+from ..report import save_result, write_page
+from .tasks import TaskSet, last_logits
+
+METHODS = ("eap", "eap-ig")
+
+
+@dataclass
+class AttributionResult:
+    model: str
+    task: str
+    method: str
+    steps: int
+    metric_name: str
+    n_prompts: int
+    clean_metric: float
+    corrupt_metric: float
+    heads: list[list[float]]                 # [layer][head] node scores
+    mlps: list[float]                        # [layer]
+    embed: float
+    upstream: list[str] = field(default_factory=list)     # edge rows: embed, head.L.h, mlp.L
+    downstream: list[str] = field(default_factory=list)   # edge columns: head.L.h, mlp.L, logits
+    edges: "list[list[float | None]] | None" = None        # [upstream][downstream]; None where u cannot reach v
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def nodes(self) -> dict[str, float]:
+        out = {"embed": self.embed}
+        for layer, row in enumerate(self.heads):
+            out.update({f"head.{layer}.{h}": v for h, v in enumerate(row)})
+            out[f"mlp.{layer}"] = self.mlps[layer]
+        return out
+
+    def top_nodes(self, n: int = 10) -> list[tuple[str, float]]:
+        return sorted(self.nodes().items(), key=lambda kv: -abs(kv[1]))[:n]
+
+    def top_edges(self, n: int = 10) -> list[tuple[str, str, float]]:
+        if self.edges is None:
+            return []
+        cells = [(u, v, s) for u, row in zip(self.upstream, self.edges) for v, s in zip(self.downstream, row)
+                 if s is not None]
+        return sorted(cells, key=lambda c: -abs(c[2]))[:n]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "task": self.task, "method": self.method, "steps": self.steps,
+                "metric": self.metric_name, "n_prompts": self.n_prompts, "clean_metric": self.clean_metric,
+                "corrupt_metric": self.corrupt_metric, "heads": self.heads, "mlps": self.mlps, "embed": self.embed,
+                "upstream": self.upstream, "downstream": self.downstream, "edges": self.edges,
+                "seconds": self.seconds, "notes": self.notes}
+
+    def figure(self):
+        import plotly.graph_objects as go
+        z = [row + [m] for row, m in zip(self.heads, self.mlps)]
+        lim = max(1e-12, max(abs(v) for row in z for v in row))
+        fig = go.Figure(go.Heatmap(z=z, x=[f"head {h}" for h in range(len(self.heads[0]))] + ["MLP"],
+                                   y=[f"L{i}" for i in range(len(z))], colorscale="RdBu", zmid=0, zmin=-lim,
+                                   zmax=lim, colorbar={"title": "score"}))
+        fig.update_layout(title=f"{self.method.upper()} node scores ({self.task}, {self.metric_name}; estimate of "
+                                f"m(node from corrupt) - m(clean))", height=max(420, 18 * len(z) + 160), width=800)
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Attribution patching - {self.task}",
+                          f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig" else "")
+                          + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
+                          f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
+
+    def summary(self, n: int = 10) -> str:
+        lines = [f"attribution patching | {self.model} | {self.task} | {self.method}"
+                 + (f" ({self.steps} steps)" if self.method == "eap-ig" else "")
+                 + f" | {self.n_prompts} prompts | {self.seconds:.1f}s",
+                 f"metric {self.metric_name}: clean {self.clean_metric:.4f}, corrupt {self.corrupt_metric:.4f}",
+                 "largest node scores (estimated m(node from corrupt) - m(clean)):"]
+        lines += [f"  {name:<12} {v:+.4f}" for name, v in self.top_nodes(n)]
+        if self.edges is not None:
+            lines.append("largest edge scores:")
+            lines += [f"  {u:>12} -> {v:<12} {s:+.4f}" for u, v, s in self.top_edges(n)]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _w_o(model, layer: int) -> torch.Tensor:
+    """The output projection as [d_model, heads, d_head]."""
+    o = model.block_module(layer, model.adapter.o_proj)
+    w = o.weight.detach()
+    w = w if isinstance(o, nn.Linear) else w.T          # GPT-2 Conv1D stores [in, out]
+    return w.reshape(model.d_model, model.n_heads, model.d_head)
+
+
+def _node_names(model) -> tuple[list[str], list[str]]:
+    n, h = model.n_layers, model.n_heads
+    heads = [f"head.{layer}.{i}" for layer in range(n) for i in range(h)]
+    mlps = [f"mlp.{layer}" for layer in range(n)]
+    up = ["embed"] + [x for layer in range(n) for x in heads[layer * h:(layer + 1) * h] + [mlps[layer]]]
+    down = [x for layer in range(n) for x in heads[layer * h:(layer + 1) * h] + [mlps[layer]]] + ["logits"]
+    return up, down
+
+
+def _reaches(u: str, v: str, parallel: bool) -> bool:
+    """Whether upstream node u writes into the residual stream that downstream node v reads."""
+    if u == "embed" or v == "logits":
+        return True
+    lu, lv = int(u.split(".")[1]), int(v.split(".")[1])
+    if lu != lv:
+        return lu < lv
+    return u.startswith("head.") and v.startswith("mlp.") and not parallel
+
+
+def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edges: bool = False,
+              batch_size: int = 16, progress: bool = False) -> AttributionResult:
+    """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(task, TaskSet):
+        raise InputError(f"attribute takes a TaskSet (lmscope.circuits.load_task), got {type(task).__name__}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if edges and model.adapter.family == "gemma":
+        raise InputError("edge scores are refused on gemma: its post-attention norm makes head outputs "
+                         "non-additive in the residual stream (node scores work: edges=False)")
+    k = steps if method == "eap-ig" else 1
+    n, heads = model.n_layers, model.n_heads
+    z_sites = [f"z.{layer}" for layer in range(n)]
+    mlp_sites = [f"mlp_out.{layer}" for layer in range(n)]
+    mlp_in = [f"resid_pre.{layer}" if model.parallel else f"resid_mid.{layer}" for layer in range(n)]
+    head_in = [f"resid_pre.{layer}" for layer in range(n)]
+    last = f"resid_post.{n - 1}"
+    base_reads = z_sites + mlp_sites + ["embed", "resid_pre.0"]
+    grad_reads = list(dict.fromkeys(z_sites + mlp_sites + ["resid_pre.0"]
+                                    + (head_in + mlp_in + [last] if edges else [])))
+    up, down = _node_names(model) if edges else ([], [])
+    w_o = [_w_o(model, layer) for layer in range(n)] if edges else []
+    head_sum = torch.zeros(n, heads, dtype=torch.float64)
+    mlp_sum = torch.zeros(n, dtype=torch.float64)
+    embed_sum = 0.0
+    edge_sum = torch.zeros(len(up), len(down), dtype=torch.float64) if edges else None
+    clean_sum = corrupt_sum = 0.0
+    bar = _progress(math.ceil(len(task) / batch_size) * k, progress, method)
+    start = time.perf_counter()
+    for clean, corrupt, mask, rows in task.batches(model, batch_size):
+        with torch.no_grad():
+            clean_logits, ca = last_logits(model, clean, mask, read=base_reads)
+            corrupt_logits, ka = last_logits(model, corrupt, mask, read=base_reads)
+        clean_sum += float(task.metric(clean_logits, rows).double().sum())
+        corrupt_sum += float(task.metric(corrupt_logits, rows).double().sum())
+        delta = {s: ka[s] - ca[s] for s in base_reads}
+        # a no-op scale on z makes the per-head tensor the one the model computes with, so it gets a gradient
+        flow = [scale(s, 1.0) for s in z_sites]
+        g_nodes = [torch.zeros_like(ca[s]) for s in z_sites + mlp_sites + ["resid_pre.0"]]
+        g_in = [torch.zeros_like(ca[mlp_sites[0]]) for _ in down] if edges else []
+        for j in range(1, k + 1):
+            edits = list(flow)
+            if method == "eap-ig":
+                alpha = j / k
+                # a leaf that requires grad, so the interpolated input carries the graph on;
+                # written so that alpha = 1 gives the clean embedding bit for bit (one step = EAP exactly)
+                point = ((1 - alpha) * ka["embed"] + alpha * ca["embed"]).requires_grad_()
+                edits.append(replace("embed", point))
+            logits, acts = last_logits(model, clean, mask, edits, read=grad_reads, grad=True)
+            metric = task.metric(logits, rows).sum()
+            nodes = [acts[s] for s in z_sites + mlp_sites + ["resid_pre.0"]]
+            grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)
+            for total, g in zip(g_nodes, grads):
+                total += g.detach()
+            if edges:
+                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads)
+                g_in[-1] += grads[-1].detach()          # the logits read resid_post of the last block, alone
+            del acts, logits, metric, grads
+            bar.update(1)
+        for layer in range(n):
+            head_sum[layer] += (delta[z_sites[layer]] * g_nodes[layer]).double().sum((0, 1, 3)) / k
+            mlp_sum[layer] += float((delta[mlp_sites[layer]] * g_nodes[n + layer]).double().sum()) / k
+        embed_sum += float((delta["resid_pre.0"] * g_nodes[-1]).double().sum()) / k
+        if edges:
+            out = _upstream_outputs(delta, w_o, n, heads)                 # [U, b, s, d]
+            gin = torch.stack(g_in)                                       # [V, b, s, d]
+            edge_sum += out.flatten(1).double() @ gin.flatten(1).double().T / k
+    bar.close()
+    count = len(task)
+    edge_rows = None
+    if edges:
+        parallel = model.parallel
+        edge_rows = [[float(edge_sum[i, j]) / count if _reaches(u, v, parallel) else None
+                      for j, v in enumerate(down)] for i, u in enumerate(up)]
+    return AttributionResult(model.spec, task.name, method, k, task.metric_name, count, clean_sum / count,
+                             corrupt_sum / count, (head_sum / count).tolist(), (mlp_sum / count).tolist(),
+                             embed_sum / count, up, down, edge_rows, time.perf_counter() - start, [])
+
+
+def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads):
+    """Add to g_in[v] the gradient of m with respect to the residual stream v reads, through v alone."""
+    n = len(z_sites)
+    for layer in range(n):
+        z, g_z = acts[z_sites[layer]], grads[layer]
+        for h in range(heads):
+            masked = torch.zeros_like(g_z)
+            masked[:, :, h] = g_z[:, :, h]
+            (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True)
+            g_in[layer * (heads + 1) + h] += g.detach()
+        (g,) = torch.autograd.grad(acts[mlp_sites[layer]], acts[mlp_in[layer]], grads[n + layer], retain_graph=True)
+        g_in[layer * (heads + 1) + heads] += g.detach()
+
+
+def _upstream_outputs(delta, w_o, n, heads) -> torch.Tensor:
+    """Each upstream node's output difference in the residual stream: [embed, heads and MLP per layer]."""
+    outs = [delta["resid_pre.0"]]
+    for layer in range(n):
+        dz = delta[f"z.{layer}"]                                          # [b, s, heads, d_head]
+        per_head = torch.einsum("bshk,dhk->hbsd", dz, w_o[layer].to(dz.dtype))
+        outs += list(per_head) + [delta[f"mlp_out.{layer}"]]
+    return torch.stack(outs)
+
+
+def _progress(total: int, on: bool, method: str):
+    if on:
+        from tqdm import tqdm
+        return tqdm(total=total, unit="pass", desc=method)
+
+    class _Off:
+        def update(self, _):
+            pass
+
+        def close(self):
+            pass
+    return _Off()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores against real patching
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties), in float64."""
+    x, y = torch.as_tensor(a, dtype=torch.float64).flatten(), torch.as_tensor(b, dtype=torch.float64).flatten()
+    if x.numel() != y.numel() or x.numel() < 2:
+        raise InputError(f"spearman needs two equal-length sequences of 2+ values, got {x.numel()} and {y.numel()}")
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / denom if denom > 0 else float("nan")
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    for value in torch.unique(x):                      # ties share their average rank
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def compare(attribution: AttributionResult, patching) -> dict:
+    """Rank agreement of attribution node scores with actual noising effects (m(patched) - m(clean)) from
+    `activation_patching(model, task, ["z", "mlp_out"], direction="noising", per_position=False)` on the same
+    prompts."""
+    if patching.direction != "noising":
+        raise InputError("compare needs noising patching (corrupt into clean): that is what EAP estimates")
+    out = {"n_prompts": patching.n_prompts, "method": attribution.method, "steps": attribution.steps}
+    if "z" in patching.raw:
+        actual = [v - patching.clean_metric for row in patching.raw["z"] for v in row]
+        est = [attribution.heads[layer][h] for layer in patching.layers for h in range(len(patching.raw["z"][0]))]
+        out["heads"] = {"n": len(actual), "spearman": spearman(est, actual),
+                        "spearman_abs": spearman([abs(v) for v in est], [abs(v) for v in actual]),
+                        "pearson": _pearson(est, actual)}
+    if "mlp_out" in patching.raw:
+        if patching.axes["mlp_out"] != "all positions":
+            raise InputError("compare needs MLP patching at all positions at once (per_position=False)")
+        actual = [row[0] - patching.clean_metric for row in patching.raw["mlp_out"]]
+        est = [attribution.mlps[layer] for layer in patching.layers]
+        out["mlps"] = {"n": len(actual), "spearman": spearman(est, actual),
+                       "spearman_abs": spearman([abs(v) for v in est], [abs(v) for v in actual]),
+                       "pearson": _pearson(est, actual)}
+    return out
+
+
+def _pearson(a, b) -> float:
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(x.norm() * y.norm())
+    return float((x * y).sum()) / denom if denom > 0 else float("nan")

@@ -1,0 +1,159 @@
+"""A circuit as a graph: nodes by layer (x = layer, y = head; the MLP above the heads), edges weighted by EAP edge
+scores (Hanna et al. 2024) computed here for the circuit's nodes:
+
+    score(u -> v) = mean over prompts of sum over positions of (a_u(corrupt) - a_u(clean)) . dm / d(input of v)
+
+a_u is what u writes into the residual stream (a head: its z through its slice of the output projection; an MLP:
+mlp_out; 'embed': the embedding), and the gradient is taken on the clean prompts THROUGH v ONLY: for a head at layer L
+it is d(z_v . g_v) / d resid_pre.L with g_v = dm/dz_v held fixed (so it follows v's own query, key and value paths),
+for an MLP d(mlp_out . g) / d resid_mid.L, for 'logits' dm / d(final residual). It is the first-order estimate of
+the metric change when the edge alone carries the corrupt activation; negative = the edge supports the answer.
+Only upstream nodes in the circuit are scored, and only edges u -> v with u earlier than v. On Gemma the heads'
+outputs pass a post-attention norm before the residual stream, so a head's a_u is approximate there (noted).
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..edits import scale
+from ..errors import InputError
+from ..report import save_result, write_page
+from .nodes import Node
+
+
+@dataclass
+class CircuitGraph:
+    model: str
+    task: str
+    nodes: list[dict]                 # {"name", "layer", "y", "kind"}
+    edges: list[dict]                 # {"src", "dst", "score"}: strongest |score| first
+    n_prompts: int
+    rule: str = "EAP edge score (corrupt - clean) . d metric / d input of the downstream node, clean prompts"
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def summary(self, n: int = 15) -> str:
+        lines = [f"circuit graph | {self.model} | {self.task} | {len(self.nodes)} nodes, {len(self.edges)} edges "
+                 f"scored on {self.n_prompts} prompts", f"edge weight: {self.rule}", f"strongest {n} edges:"]
+        lines += [f"  {e['src']:>12} -> {e['dst']:<12} {e['score']:+.4f}" for e in self.edges[:n]]
+        return "\n".join(lines + self.notes)
+
+    def figure(self, max_edges: int = 80):
+        import plotly.graph_objects as go
+        where = {nd["name"]: (nd["layer"], nd["y"]) for nd in self.nodes}
+        shown = self.edges[:max_edges]
+        top = max((abs(e["score"]) for e in shown), default=1.0) or 1.0
+        fig = go.Figure()
+        for e in reversed(shown):  # strongest drawn last, on top
+            (x0, y0), (x1, y1) = where[e["src"]], where[e["dst"]]
+            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text", showlegend=False,
+                                     text=f"{e['src']} -> {e['dst']}: {e['score']:+.4f}",
+                                     line={"width": 0.5 + 6 * abs(e["score"]) / top,
+                                           "color": "rgba(36,113,163,0.6)" if e["score"] < 0
+                                           else "rgba(192,57,43,0.6)"}))
+        colours = {"head": "#2471a3", "mlp": "#d68910", "embed": "#555", "logits": "#555"}
+        for kind in ("embed", "head", "mlp", "logits"):
+            nds = [nd for nd in self.nodes if nd["kind"] == kind]
+            if nds:
+                fig.add_trace(go.Scatter(x=[nd["layer"] for nd in nds], y=[nd["y"] for nd in nds],
+                                         mode="markers+text", text=[nd["name"] for nd in nds], name=kind,
+                                         textposition="top center", textfont={"size": 8},
+                                         marker={"size": 11, "color": colours[kind], "symbol":
+                                                 "square" if kind in ("mlp", "embed", "logits") else "circle"}))
+        fig.update_layout(title=f"Circuit graph - {self.task} ({len(self.nodes)} nodes; {len(shown)} strongest "
+                                f"edges: blue supports the answer, red opposes; width ~ |EAP edge score|)",
+                          xaxis_title="layer", yaxis_title="head (MLP above the heads)", width=1200, height=650)
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, lambda p: write_page(
+            p, [self.figure()], f"Circuit graph - {self.task}", f"{self.model}: nodes by layer, edges weighted by "
+            f"EAP edge scores on {self.n_prompts} prompts.", f"<pre>{html.escape(self.summary(25))}</pre>"))
+
+
+def _head_write(model, layer: int, head: int, dz: torch.Tensor) -> torch.Tensor:
+    """What head `head` adds to the residual stream for a z difference dz [b, s, heads, d_head]: its slice through
+    the output projection, bias cancelled (works for Linear and GPT-2's Conv1D alike)."""
+    proj = model.block_module(layer, model.adapter.o_proj)
+    only = torch.zeros_like(dz)
+    only[:, :, head] = dz[:, :, head]
+    flat = only.reshape(*only.shape[:2], -1)
+    return proj(flat) - proj(torch.zeros_like(flat))
+
+
+def circuit_graph(model, task, nodes: list[Node], *, n_prompts: int = 16, max_edges: int = 500) -> CircuitGraph:
+    """EAP edge scores between the circuit's nodes (and embed -> ..., ... -> logits) on the first n_prompts prompts."""
+    nodes = sorted(set(nodes))
+    if not nodes:
+        raise InputError("the circuit has no nodes to draw")
+    n, rows = model.n_layers, list(range(min(n_prompts, len(task))))
+    sub = task.subset(rows)
+    clean, mask = model.encode(sub.clean)
+    corrupt, _ = model.encode(sub.corrupt)
+    layers = sorted({nd.layer for nd in nodes})
+    head_layers = sorted({nd.layer for nd in nodes if nd.kind == "head"})
+    mlp_in = "resid_pre" if model.parallel else "resid_mid"
+    read = ([f"resid_pre.{l}" for l in head_layers] + [f"{mlp_in}.{nd.layer}" for nd in nodes if nd.kind == "mlp"]
+            + [f"z.{l}" for l in head_layers] + [f"mlp_out.{l}" for l in layers]
+            + ["resid_pre.0", f"resid_post.{n - 1}"])
+    read = list(dict.fromkeys(read))
+    with torch.no_grad():
+        cor = model.run(sub.corrupt, read=read).acts
+    # scale(..., 1.0) routes the read z through the hook's output, so gradients reach it
+    run = model.run(sub.clean, read=read, edits=[scale(f"z.{l}", 1.0) for l in head_layers], grad=True)
+    last = mask.sum(1) - 1
+    logits = run.logits[torch.arange(len(rows)), last]
+    metric = sub.metric(logits).sum()
+    targets = [run.acts[f"z.{l}"] for l in head_layers] + [run.acts[f"mlp_out.{nd.layer}"] for nd in nodes
+                                                           if nd.kind == "mlp"] + [run.acts[f"resid_post.{n - 1}"]]
+    grads = torch.autograd.grad(metric, targets, retain_graph=True)
+    g_z = dict(zip(head_layers, grads[:len(head_layers)]))
+    mlp_nodes = [nd for nd in nodes if nd.kind == "mlp"]
+    g_mlp = dict(zip([nd.layer for nd in mlp_nodes], grads[len(head_layers):-1]))
+    real = mask[:, :, None].to(model.dtype)
+
+    # upstream writes into the residual stream (corrupt - clean), real tokens only
+    writes = {"embed": (-1, (cor["resid_pre.0"] - run.acts["resid_pre.0"].detach()) * real)}
+    with torch.no_grad():
+        for nd in nodes:
+            if nd.kind == "head":
+                dz = cor[f"z.{nd.layer}"] - run.acts[f"z.{nd.layer}"].detach()
+                writes[nd.name] = (nd.layer, _head_write(model, nd.layer, nd.head, dz) * real)
+            else:
+                dm = cor[f"mlp_out.{nd.layer}"] - run.acts[f"mlp_out.{nd.layer}"].detach()
+                writes[nd.name] = (nd.layer + 0.5, dm * real)
+    edges = []
+
+    def score_into(dst: str, at: float, input_grad: torch.Tensor):
+        for src, (pos, dw) in writes.items():
+            if pos < at:
+                edges.append({"src": src, "dst": dst,
+                              "score": float((dw.double() * input_grad.double()).sum() / len(rows))})
+
+    for nd in nodes:
+        if nd.kind == "head":
+            z = run.acts[f"z.{nd.layer}"][:, :, nd.head]
+            x = run.acts[f"resid_pre.{nd.layer}"]
+            (gx,) = torch.autograd.grad((z * g_z[nd.layer][:, :, nd.head]).sum(), x, retain_graph=True)
+            score_into(nd.name, nd.layer, gx)
+        else:
+            x = run.acts[f"{mlp_in}.{nd.layer}"]
+            out = run.acts[f"mlp_out.{nd.layer}"]
+            (gx,) = torch.autograd.grad((out * g_mlp[nd.layer]).sum(), x, retain_graph=True)
+            # parallel blocks: the MLP reads resid_pre, so heads of its own layer do not feed it
+            score_into(nd.name, nd.layer if model.parallel else nd.layer + 0.5, gx)
+    score_into("logits", n + 1, grads[-1])
+    edges.sort(key=lambda e: -abs(e["score"]))
+    graph_nodes = ([{"name": "embed", "layer": -1, "y": model.n_heads / 2, "kind": "embed"}]
+                   + [{"name": nd.name, "layer": nd.layer, "y": nd.head if nd.kind == "head" else model.n_heads + 0.5,
+                       "kind": nd.kind} for nd in nodes]
+                   + [{"name": "logits", "layer": n, "y": model.n_heads / 2, "kind": "logits"}])
+    notes = (["gemma: heads pass a post-attention norm before the residual stream; head writes are approximate"]
+             if model.adapter.family == "gemma" else [])
+    return CircuitGraph(model.spec, task.name, graph_nodes, edges[:max_edges], len(rows), notes=notes)

@@ -1,0 +1,311 @@
+"""Activation patching between the clean and the corrupt prompts of a task.
+
+Denoising (the default) runs the CORRUPT prompts and puts one activation from the CLEAN run back: how much of the
+clean behaviour does that one site restore? Noising runs the CLEAN prompts with one activation from the CORRUPT run:
+how much does losing it hurt? Either way the effect is reported raw (the mean metric of the patched runs) and
+normalised as
+
+    (m(patched) - m(corrupt)) / (m(clean) - m(corrupt))      means over prompts, float64
+
+so denoising reads 0 = nothing restored, 1 = the clean behaviour, and noising reads 1 = no harm, 0 = the corrupt
+behaviour. Sites: any residual-width kind (resid_pre, resid_mid, resid_post, attn_out, mlp_out), one layer and
+one position at a time (a layer x position map; prompts must align, so the task's largest group of one template and
+one length is used), or all positions at once (per_position=False: one number per layer); z, one head of one
+layer at all positions (a layer x head map). Every patched run is one real forward pass with an lmscope `replace`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..edits import replace
+from ..errors import InputError
+from ..report import save_result, write_page
+from .tasks import TaskSet, last_logits
+
+POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+DIRECTIONS = ("denoising", "noising")
+
+
+@dataclass
+class PatchResult:
+    model: str
+    task: str
+    metric_name: str
+    direction: str                       # denoising: clean into corrupt; noising: corrupt into clean
+    n_prompts: int
+    rows: list[int]                      # the task's prompts used
+    clean_metric: float                  # mean metric of the unpatched clean / corrupt runs
+    corrupt_metric: float
+    tokens: list[str]                    # position labels: the first used prompt's clean tokens ("" if unaligned)
+    effects: dict[str, list[list[float]]]   # site kind -> [layer][x], normalised (see module docstring)
+    raw: dict[str, list[list[float]]]       # site kind -> [layer][x], mean patched metric
+    axes: dict[str, str]                 # site kind -> what x is: "position", "head" or "all positions"
+    layers: list[int]
+    n_forwards: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "task": self.task, "metric": self.metric_name, "direction": self.direction,
+                "n_prompts": self.n_prompts, "rows": self.rows, "clean_metric": self.clean_metric,
+                "corrupt_metric": self.corrupt_metric, "tokens": self.tokens, "layers": self.layers,
+                "axes": self.axes, "effects": _clean_nan(self.effects), "raw": _clean_nan(self.raw),
+                "n_forwards": self.n_forwards, "seconds": self.seconds, "notes": self.notes}
+
+    def top(self, kind: str, n: int = 5) -> list[tuple[int, int, float]]:
+        """(layer, x, normalised effect) with the largest |effect - baseline|: 0 for denoising, 1 for noising."""
+        base = 0.0 if self.direction == "denoising" else 1.0
+        cells = [(self.layers[i], j, v) for i, row in enumerate(self.effects[kind]) for j, v in enumerate(row)
+                 if not math.isnan(v)]
+        return sorted(cells, key=lambda c: -abs(c[2] - base))[:n]
+
+    def figure(self, kind: str):
+        import plotly.graph_objects as go
+        z = self.effects[kind]
+        axis = self.axes[kind]
+        if axis == "position":
+            x = [f"{i}:{t}" for i, t in enumerate(self.tokens)]
+        elif axis == "head":
+            x = [f"head {h}" for h in range(len(z[0]))]
+        else:
+            x = ["all positions"]
+        fig = go.Figure(go.Heatmap(z=z, x=x, y=[f"L{layer}" for layer in self.layers], colorscale="RdBu",
+                                   zmid=0 if self.direction == "denoising" else 1,
+                                   colorbar={"title": "normalised"},
+                                   customdata=self.raw[kind],
+                                   hovertemplate="%{y} %{x}<br>effect %{z:.3f}<br>metric %{customdata:.3f}"
+                                                 "<extra></extra>"))
+        fig.update_layout(title=f"{self.direction} {kind}: {self.task} ({self.metric_name}; clean "
+                                f"{self.clean_metric:.3f}, corrupt {self.corrupt_metric:.3f}, n={self.n_prompts})",
+                          xaxis_title=axis, yaxis_title="layer", height=max(420, 18 * len(self.layers) + 160),
+                          width=max(600, 48 * len(x) + 250))
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure(k) for k in self.effects], f"Activation patching - {self.task}",
+                          f"{self.model}. {self.direction}: "
+                          + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
+                             else "clean prompts with one corrupt activation put in")
+                          + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "
+                          f"{self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
+                          f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
+
+    def summary(self, n: int = 5) -> str:
+        lines = [f"activation patching | {self.model} | {self.task} | {self.direction} | {self.n_prompts} prompts | "
+                 f"{self.n_forwards} forwards in {self.seconds:.1f}s",
+                 f"metric {self.metric_name}: clean {self.clean_metric:.4f}, corrupt {self.corrupt_metric:.4f}"]
+        lines += [f"note: {note}" for note in self.notes]
+        for kind in self.effects:
+            cells = ", ".join(
+                f"L{layer} {self._label(kind, x)} {v:+.3f}" for layer, x, v in self.top(kind, n))
+            lines.append(f"{kind:<10} ({self.axes[kind]}) largest: {cells}")
+        return "\n".join(lines)
+
+    def _label(self, kind, x) -> str:
+        axis = self.axes[kind]
+        if axis == "position":
+            return f"pos {x} {self.tokens[x]!r}"
+        return f"h{x}" if axis == "head" else "all"
+
+
+def _clean_nan(maps):
+    return {k: [[None if math.isnan(v) else v for v in row] for row in rows] for k, rows in maps.items()}
+
+
+def _check_sites(model, sites) -> list[str]:
+    if isinstance(sites, str):
+        sites = [s for s in sites.replace(",", " ").split()]
+    kinds = list(dict.fromkeys(sites))
+    bad = [k for k in kinds if k not in POSITION_KINDS + ("z",)]
+    if not kinds or bad:
+        raise InputError(f"patching sites are site kinds, one or more of {', '.join(POSITION_KINDS + ('z',))}; "
+                         f"got {bad or 'none'}")
+    if "resid_mid" in kinds and model.parallel:
+        raise InputError(f"resid_mid is not a tensor of {model.adapter.family} (parallel attention)")
+    return kinds
+
+
+def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "mlp_out", "z"), *,
+                        direction: str = "denoising", per_position: bool = True, layers=None,
+                        batch_size: int = 32, skip_equal: bool = True, prefix_cache: bool = True,
+                        progress: bool = False) -> PatchResult:
+    """Patch every (site kind, layer, position) or (z, layer, head) between the task's clean and corrupt runs.
+    skip_equal: where the source activation equals the one it would replace (bit for bit, every prompt of the
+    batch, take the unpatched run's metric instead of running the identical forward pass again.
+    prefix_cache: positions before the first token where clean and corrupt differ are the same in both runs;
+    compute them once per batch (the model's KV cache) and run each patch on the rest only. Equal to the full
+    pass up to float rounding (the attention sums are split differently); prefix_cache=False for bit-exact runs."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if not isinstance(task, TaskSet):
+        raise InputError(f"activation_patching takes a TaskSet (lmscope.circuits.load_task), got "
+                         f"{type(task).__name__}")
+    kinds = _check_sites(model, sites)
+    n = model.n_layers
+    layers = _layers(layers, n)
+    notes, rows = [], list(range(len(task)))
+    aligned = len({len(c) for c in task.clean}) == 1
+    if per_position and any(k != "z" for k in kinds) and not aligned:
+        rows = task.largest_group()
+        notes.append(f"prompts differ in length: the layer x position maps use the largest group of one template "
+                     f"and one length ({len(rows)} of {len(task)} prompts, template {task.templates[rows[0]]})")
+        task = task.subset(rows)
+    seq = len(task.clean[0])
+    plan = []                                           # (kind, layer, x) per patched run
+    for kind in kinds:
+        xs = range(model.n_heads) if kind == "z" else (range(seq) if per_position else [None])
+        plan += [(kind, layer, x) for layer in layers for x in xs]
+    sums = torch.zeros(len(plan), dtype=torch.float64)
+    skipped = prefixed = 0
+    clean_sum = corrupt_sum = 0.0
+    reads = [f"{k}.{layer}" for k in kinds for layer in layers]
+    bar = _progress(len(plan) * math.ceil(len(task) / batch_size), progress)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for clean, corrupt, mask, batch_rows in task.batches(model, batch_size):
+            clean_logits, clean_acts = last_logits(model, clean, mask, read=reads)
+            corrupt_logits, corrupt_acts = last_logits(model, corrupt, mask, read=reads)
+            clean_sum += float(task.metric(clean_logits, batch_rows).double().sum())
+            corrupt_sum += float(task.metric(corrupt_logits, batch_rows).double().sum())
+            if direction == "denoising":
+                source, target, target_acts, target_logits = clean_acts, corrupt, corrupt_acts, corrupt_logits
+            else:
+                source, target, target_acts, target_logits = corrupt_acts, clean, clean_acts, clean_logits
+            unpatched = task.metric(target_logits, batch_rows).double().sum()
+            first = _first_change(clean, corrupt, mask) if prefix_cache else 0
+            prefix = None
+            for i, (kind, layer, x) in enumerate(plan):
+                site = f"{kind}.{layer}"
+                if skip_equal and _same(source[site], target_acts[site], kind, x):
+                    # putting back equal values changes nothing: the result is the unpatched run, exactly
+                    sums[i] += unpatched
+                    skipped += 1
+                    bar.update(1)
+                    continue
+                if kind == "z":
+                    edit = replace(site, source[site], heads=[x])
+                else:
+                    edit = replace(site, source[site], positions=None if x is None else [x])
+                if first > 0 and prefix is None:       # built at the first patch that has to run
+                    prefix = _Prefix(model, target, mask, first)
+                    prefixed += 1
+                logits = prefix.logits([edit]) if prefix else last_logits(model, target, mask, [edit])[0]
+                sums[i] += task.metric(logits, batch_rows).double().sum()
+                bar.update(1)
+    bar.close()
+    count = len(task)
+    m_clean, m_corrupt = clean_sum / count, corrupt_sum / count
+    gap = m_clean - m_corrupt
+    if abs(gap) < 1e-6:
+        notes.append("clean and corrupt metrics are equal: normalised effects are undefined (NaN)")
+    means = (sums / count).tolist()
+    effects: dict[str, list[list[float]]] = {}
+    raw: dict[str, list[list[float]]] = {}
+    for (kind, layer, x), value in zip(plan, means):
+        raw.setdefault(kind, {}).setdefault(layer, []).append(value)
+    for kind in kinds:
+        raw[kind] = [raw[kind][layer] for layer in layers]
+        effects[kind] = [[(v - m_corrupt) / gap if abs(gap) >= 1e-6 else float("nan") for v in row]
+                         for row in raw[kind]]
+    n_batches = math.ceil(count / batch_size)
+    if skipped:
+        notes.append(f"{skipped} of {len(plan) * n_batches} patched runs were skipped: the clean and corrupt "
+                     f"activations there are equal (e.g. positions before the first changed token), so the patched "
+                     f"run is the unpatched one")
+    if prefixed:
+        notes.append(f"prefix cache: in {prefixed} of {n_batches} batches the positions before the first changed "
+                     f"token were computed once and each patched run computed the rest")
+    axes = {k: "head" if k == "z" else ("position" if per_position else "all positions") for k in kinds}
+    tokens = model.to_str_tokens(task.clean[0]) if all(len(c) == seq for c in task.clean) else []
+    return PatchResult(model.spec, task.name, task.metric_name, direction, count, rows, m_clean, m_corrupt,
+                       tokens, effects, raw, axes, layers, (len(plan) + 2) * n_batches - skipped,
+                       time.perf_counter() - start, notes)
+
+
+class _Prefix:
+    """The target run's first `start` positions, computed once with the model's own KV cache: patched runs then
+    compute only the positions from `start` on. Valid because every position before `start` has the same tokens
+    in the clean and the corrupt prompt, hence the same activations in both runs (the models are causal)."""
+
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, start: int):
+        self.model, self.ids, self.mask, self.start = model, ids, mask, start
+        out = model.hf(input_ids=ids[:, :start], attention_mask=mask[:, :start], use_cache=True)
+        self.cache = getattr(out, "cache", None) or out.past_key_values
+
+    def logits(self, edits) -> torch.Tensor:
+        model, start = self.model, self.start
+        last_block = f"resid_post.{model.n_layers - 1}"
+        cache = copy.deepcopy(self.cache)        # a forward appends to the cache it is given
+        # the trace counts positions over prefix + suffix, so edits' positions and full-length values apply as is
+        with model.trace([last_block], edits, stop_early=True) as tr:
+            model.hf(input_ids=self.ids[:, start:], attention_mask=self.mask, cache=cache, use_cache=True)
+        last = self.mask.sum(1) - 1 - start
+        return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
+
+
+def _first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor) -> int:
+    """The first position where any prompt of the batch differs, kept below every prompt's last real token."""
+    differs = (clean != corrupt).any(0).nonzero()
+    first = int(differs[0]) if len(differs) else clean.shape[1]
+    return max(0, min(first, int(mask.sum(1).min()) - 1))
+
+
+def _same(source: torch.Tensor, target: torch.Tensor, kind: str, x) -> bool:
+    """Whether the patch would write the values already there."""
+    if kind == "z":
+        return torch.equal(source[:, :, x], target[:, :, x])
+    return torch.equal(source, target) if x is None else torch.equal(source[:, x], target[:, x])
+
+
+def _layers(layers, n: int) -> list[int]:
+    if layers is None:
+        return list(range(n))
+    out = []
+    for x in layers:
+        if not isinstance(x, int) or isinstance(x, bool) or not -n <= x < n:
+            raise InputError(f"layer {x!r} out of range: the model has {n} layers (0..{n - 1}, or negative from "
+                             f"the end)")
+        out.append(x % n)
+    if not out:
+        raise InputError("no layers to patch")
+    return sorted(dict.fromkeys(out))
+
+
+def _progress(total: int, on: bool):
+    if on:
+        from tqdm import tqdm
+        return tqdm(total=total, unit="fwd", desc="patching")
+
+    class _Off:
+        def update(self, _):
+            pass
+
+        def close(self):
+            pass
+    return _Off()
+
+
+def patch_metric(model, task: TaskSet, site: str, *, direction: str = "denoising", positions=None, heads=None,
+                 batch_size: int = 32) -> torch.Tensor:
+    """The per-prompt metric [n] with one site patched (any layer, optional positions / heads)."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    name = str(model.site(site))
+    out = []
+    with torch.no_grad():
+        for clean, corrupt, mask, rows in task.batches(model, batch_size):
+            source, target = (clean, corrupt) if direction == "denoising" else (corrupt, clean)
+            _, acts = last_logits(model, source, mask, read=[name])
+            logits, _ = last_logits(model, target, mask, [replace(name, acts[name], positions=positions,
+                                                                  heads=heads)])
+            out.append(task.metric(logits, rows))
+    return torch.cat(out)

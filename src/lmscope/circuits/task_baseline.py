@@ -1,0 +1,80 @@
+"""How well the unedited model does a circuit task: the metric and accuracy on the clean and the corrupt prompts."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..report import save_result, table, write_page
+from .tasks import TaskSet, task_logits
+
+
+@dataclass
+class TaskBaseline:
+    model: str
+    task: str
+    metric_name: str
+    n: int
+    n_filtered: int
+    filtered: dict[str, int]
+    clean_mean: float
+    clean_std: float
+    corrupt_mean: float
+    clean_accuracy: float            # fraction with metric > 0 on the clean prompts
+    corrupt_accuracy: float          # the same judged on the corrupt prompts (same answer and wrong tokens)
+    by_template: dict[int, dict[str, float]]    # template -> {"n", "clean_mean", "clean_accuracy"}
+    examples: list[dict] = field(default_factory=list)   # a few prompts with their tokens and metric
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "task": self.task, "metric": self.metric_name, "n": self.n,
+                "n_filtered": self.n_filtered, "filtered": self.filtered, "clean_mean": self.clean_mean,
+                "clean_std": self.clean_std, "corrupt_mean": self.corrupt_mean,
+                "clean_accuracy": self.clean_accuracy, "corrupt_accuracy": self.corrupt_accuracy,
+                "by_template": {str(k): v for k, v in self.by_template.items()}, "examples": self.examples}
+
+    def figure(self):
+        import plotly.graph_objects as go
+        keys = sorted(self.by_template)
+        fig = go.Figure(go.Bar(x=[f"template {k}" for k in keys],
+                               y=[self.by_template[k]["clean_mean"] for k in keys]))
+        fig.update_layout(title=f"{self.task}: mean clean {self.metric_name} per template", height=420, width=800)
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        rows = [[e["clean"], e["corrupt"], e["answer"], e["wrong"], f"{e['metric']:.3f}"] for e in self.examples]
+        return write_page(path, [self.figure()], f"Task baseline - {self.task}", self.summary(),
+                          table(["clean", "corrupt", "answer", "wrong", self.metric_name], rows))
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k}: {v}" for k, v in self.filtered.items()) or "none"
+        lines = [f"task {self.task} | {self.model} | {self.n} prompts (filtered {self.n_filtered}: {drops})",
+                 f"{self.metric_name}: clean {self.clean_mean:.4f} (sd {self.clean_std:.4f}), corrupt "
+                 f"{self.corrupt_mean:.4f}",
+                 f"accuracy (metric > 0): clean {self.clean_accuracy:.3f}, corrupt {self.corrupt_accuracy:.3f}"]
+        for e in self.examples[:3]:
+            lines.append(f"  {e['clean']!r} -> {e['answer']!r} vs {e['wrong']!r}: {e['metric']:+.3f}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def task_baseline(model, task: TaskSet, *, batch_size: int = 32, n_examples: int = 5) -> TaskBaseline:
+    clean = task.metric(task_logits(model, task, batch_size=batch_size)).double()
+    corrupt = task.metric(task_logits(model, task, which="corrupt", batch_size=batch_size)).double()
+    by_template: dict[int, dict[str, float]] = {}
+    for t in sorted(set(task.templates)):
+        idx = torch.tensor([i for i, x in enumerate(task.templates) if x == t])
+        by_template[t] = {"n": len(idx), "clean_mean": float(clean[idx].mean()),
+                          "clean_accuracy": float((clean[idx] > 0).double().mean())}
+    decode = model.tokenizer.decode
+    examples = [{"clean": decode(task.clean[i]), "corrupt": decode(task.corrupt[i]),
+                 "answer": decode([task.answer[i]]), "wrong": decode([task.wrong[i]]), "metric": float(clean[i])}
+                for i in range(min(n_examples, len(task)))]
+    return TaskBaseline(model.spec, task.name, task.metric_name, len(task), task.n_filtered, dict(task.filtered),
+                        float(clean.mean()), statistics.pstdev(clean.tolist()) if len(task) > 1 else 0.0,
+                        float(corrupt.mean()), float((clean > 0).double().mean()),
+                        float((corrupt > 0).double().mean()), by_template, examples)
