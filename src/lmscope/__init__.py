@@ -1,10 +1,10 @@
 """lmscope: a laboratory for looking inside trained language models."""
-from .edits import Edit, add, mean_ablate, project_out, replace, scale, zero
+from .edits import Edit, add, interpolate, mean_ablate, project_out, replace, scale, zero
 from .errors import EditError, InputError, LmscopeError, ModelSpecError, SiteError
 from .lenses.logit_lens import LensResult, logit_lens
 from .models import DEFAULT_MODEL, Model, Site, load
 
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_MODEL", "Edit", "EditError", "InputError", "LensResult", "LmscopeError", "Model",
-           "ModelSpecError", "Site", "SiteError", "add", "load", "logit_lens", "mean_ablate", "project_out",
+           "ModelSpecError", "Site", "SiteError", "add", "interpolate", "load", "logit_lens", "mean_ablate", "project_out",
            "replace", "scale", "zero"]
