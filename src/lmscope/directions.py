@@ -372,8 +372,13 @@ def contrast(model, positive: Sequence[str], negative: Sequence[str], *, layers:
 
 
 def _check_layers(model, layers) -> list[int]:
-    if layers is None:
-        return list(range(model.n_layers))
+    """None = every layer; otherwise the given layers, checked, sorted."""
+    return list(range(model.n_layers)) if layers is None else sorted(check_layers(model, layers))
+
+
+def check_layers(model, layers) -> list[int]:
+    """An int or a list of ints (negative count from the end) -> layer indices in the given order, without repeats;
+    one clear error for anything else."""
     layers = [layers] if isinstance(layers, int) else list(layers)
     if not layers or any(not isinstance(x, int) or isinstance(x, bool) for x in layers):
         raise InputError(f"layers must be a non-empty list of ints, got {layers!r}")
@@ -381,7 +386,7 @@ def _check_layers(model, layers) -> list[int]:
     if bad:
         raise InputError(f"layer {bad[0]} out of range: the model has {model.n_layers} layers "
                          f"(0..{model.n_layers - 1})")
-    return sorted(set(x % model.n_layers for x in layers))
+    return list(dict.fromkeys(x % model.n_layers for x in layers))
 
 
 def _acts(model, rows, prompts, sites, positions, batch_size) -> torch.Tensor:

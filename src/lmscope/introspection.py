@@ -54,7 +54,7 @@ from typing import Sequence
 import torch
 
 from . import edits
-from .directions import activations_at
+from .directions import activations_at, check_layers
 from .errors import InputError
 from .report import save_result, write_page
 from .models.sites import resolve_position
@@ -429,16 +429,7 @@ def _check_options(model, context, question, layers, strengths, start, max_new_t
     for name, text in (("context", context), ("question", question)):
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{name} is empty: give the text the model reads")
-    if layers is None:
-        layers = default_layers(model.n_layers)
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    if not layers or any(not isinstance(x, int) or isinstance(x, bool) for x in layers):
-        raise InputError(f"layers must be a non-empty list of ints, got {layers!r}")
-    bad = [x for x in layers if not -model.n_layers <= x < model.n_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} out of range: the model has {model.n_layers} layers "
-                         f"(0..{model.n_layers - 1})")
-    layers = list(dict.fromkeys(x % model.n_layers for x in layers))
+    layers = check_layers(model, default_layers(model.n_layers) if layers is None else layers)
     strengths = [strengths] if isinstance(strengths, (int, float)) else list(strengths)
     if not strengths or any(isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0
                             for s in strengths):

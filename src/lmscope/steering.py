@@ -208,6 +208,16 @@ class SteerResult:
 
 
 @torch.no_grad()
+
+def edits_for_length(model, d, mode: str, coef: float, layers, positions):
+    """A function prompt_length -> the steering edits for one coefficient (none at coefficient 0, except clamp,
+    which sets the projection even at 0). Generation needs the prompt length to tell prompt from generated tokens."""
+    def make(length):
+        if coef == 0 and mode != "clamp":
+            return []
+        return steering_edits(model, d, mode=mode, coef=coef, layers=layers, positions=positions, prompt_length=length)
+    return make
+
 def steer(model, prompts: Sequence[str], direction: Direction, *, coefs: Sequence[float] = (-0.5, 0, 0.5),
           mode: str = "add", layers=None, positions: str = "all", scale: str = "resid", chat: bool = False,
           max_new_tokens: int = 30, scorer=None, score_name: str = "") -> SteerResult:
@@ -228,11 +238,7 @@ def steer(model, prompts: Sequence[str], direction: Direction, *, coefs: Sequenc
     rows = prompt_rows(model, prompts, chat)
     texts = []
     for coef in coefs:
-        def make(length, coef=coef):
-            if coef == 0 and mode != "clamp":
-                return []
-            return steering_edits(model, d, mode=mode, coef=coef, layers=layers, positions=positions,
-                                  prompt_length=length)
+        make = edits_for_length(model, d, mode, coef, layers, positions)
         texts.append(generate_steered(model, rows, make, max_new_tokens=max_new_tokens))
     scores = [[float(scorer(t)) for t in row] for row in texts] if scorer else None
     kind, own = _site_of(d)

@@ -21,7 +21,7 @@ import torch
 
 from .directions import Direction, _check_prompts, prompt_rows
 from .errors import InputError
-from .steering import generate_steered, scaled, steering_edits
+from .steering import edits_for_length, generate_steered, scaled, steering_edits
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
@@ -185,11 +185,7 @@ def dose_response(model, direction: Direction, prompts: Sequence[str], *,
     text_rows = corpus_rows(model, corpus, n_tokens=kl_tokens, seed=seed)
     texts, scores, kls = [], [], []
     for coef in coefs:
-        def make(length, coef=coef):
-            if coef == 0 and mode != "clamp":
-                return []
-            return steering_edits(model, d, mode=mode, coef=coef, layers=layers, positions=positions,
-                                  prompt_length=length)
+        make = edits_for_length(model, d, mode, coef, layers, positions)
         row = generate_steered(model, rows, make, max_new_tokens=max_new_tokens)
         texts.append(row)
         scores.append([float(scorer(t)) for t in row])

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from torch import nn
 
 from ..edits import replace, scale
@@ -169,7 +170,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     embed_sum = 0.0
     edge_sum = torch.zeros(len(up), len(down), dtype=torch.float64) if edges else None
     clean_sum = corrupt_sum = 0.0
-    bar = _progress(math.ceil(len(task) / batch_size) * k, progress, method)
+    bar = tqdm(total=math.ceil(len(task) / batch_size) * k, unit="pass", desc=method, disable=not progress)
     start = time.perf_counter()
     for clean, corrupt, mask, rows in task.batches(model, batch_size):
         with torch.no_grad():
@@ -245,18 +246,6 @@ def _upstream_outputs(delta, w_o, n, heads) -> torch.Tensor:
     return torch.stack(outs)
 
 
-def _progress(total: int, on: bool, method: str):
-    if on:
-        from tqdm import tqdm
-        return tqdm(total=total, unit="pass", desc=method)
-
-    class _Off:
-        def update(self, _):
-            pass
-
-        def close(self):
-            pass
-    return _Off()
 
 
 # ---------------------------------------------------------------------------------------------------------------

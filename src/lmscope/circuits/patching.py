@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ..edits import replace
 from ..errors import InputError
@@ -168,7 +169,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     skipped = prefixed = 0
     clean_sum = corrupt_sum = 0.0
     reads = [f"{k}.{layer}" for k in kinds for layer in layers]
-    bar = _progress(len(plan) * math.ceil(len(task) / batch_size), progress)
+    bar = tqdm(total=len(plan) * math.ceil(len(task) / batch_size), unit="fwd", desc="patching", disable=not progress)
     start = time.perf_counter()
     with torch.no_grad():
         for clean, corrupt, mask, batch_rows in task.batches(model, batch_size):
@@ -280,18 +281,6 @@ def _layers(layers, n: int) -> list[int]:
     return sorted(dict.fromkeys(out))
 
 
-def _progress(total: int, on: bool):
-    if on:
-        from tqdm import tqdm
-        return tqdm(total=total, unit="fwd", desc="patching")
-
-    class _Off:
-        def update(self, _):
-            pass
-
-        def close(self):
-            pass
-    return _Off()
 
 
 def patch_metric(model, task: TaskSet, site: str, *, direction: str = "denoising", positions=None, heads=None,

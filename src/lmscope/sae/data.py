@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -239,3 +240,15 @@ def token_windows(tokenizer, texts, *, n_tokens: int, seq_len: int = 128) -> lis
     if not out:
         raise InputError("the texts gave no token window")
     return out
+
+
+def evaluation_windows(model, cfg, texts, harvest, corpus_seed: int, n_tokens: int, seq_len: int):
+    """Token windows for evaluation and dashboards: `texts` is a corpus name (its documents the SAE's harvest never
+    read, when `harvest` or the SAE's own harvest folder exists) or a list of texts. -> (windows, held_out, name)"""
+    if isinstance(texts, str):
+        harvest = cfg.harvest if harvest is None else harvest
+        stream, held_out = heldout_texts(texts, harvest if harvest and Path(harvest).is_dir() else "", corpus_seed)
+        name = texts
+    else:
+        stream, held_out, name = list(texts), False, f"{len(texts)} texts"
+    return token_windows(model.tokenizer, stream, n_tokens=n_tokens, seq_len=seq_len), held_out, name

@@ -26,7 +26,7 @@ import lmscope
 
 from ..errors import InputError
 from ..report import save_result, table, write_page
-from .data import heldout_texts, prefix_token, token_windows
+from .data import evaluation_windows, prefix_token
 from .interop import check_against_model
 
 
@@ -100,13 +100,7 @@ def evaluate_sae(model, sae, texts="wiki", *, n_tokens: int = 16_384, seq_len: i
     list of texts."""
     cfg = sae.cfg
     check_against_model(cfg, model)
-    if isinstance(texts, str):
-        harvest = cfg.harvest if harvest is None else harvest
-        stream, held_out = heldout_texts(texts, harvest if harvest and Path(harvest).is_dir() else "", corpus_seed)
-        name = texts
-    else:
-        stream, held_out, name = list(texts), False, f"{len(texts)} texts"
-    windows = token_windows(model.tokenizer, stream, n_tokens=n_tokens, seq_len=seq_len)
+    windows, held_out, name = evaluation_windows(model, cfg, texts, harvest, corpus_seed, n_tokens, seq_len)
     has_prefix = prefix_token(model.tokenizer) is not None
     sae = sae.to(model.device)
     batches = [windows[i:i + batch_windows] for i in range(0, len(windows), batch_windows)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InputError
-from .data import heldout_texts, prefix_token, token_windows
+from .data import evaluation_windows, prefix_token
 
 LOG_EDGES = torch.linspace(-3, 3, 49)   # histogram bins of log10(activation), in the SAE's normalised units
 
@@ -142,21 +142,13 @@ def feature_stats(model, sae, texts="wiki", *, n_tokens: int = 50_000, seq_len: 
                   batch_windows: int = 8, harvest: "str | None" = None, corpus_seed: int = 0,
                   progress: bool = True) -> FeatureStats:
     """Per-latent statistics and top contexts over `n_tokens` held-out tokens (see `evaluate_sae` for `texts`)."""
-    from pathlib import Path
-
     from .interop import check_against_model
     cfg = sae.cfg
     check_against_model(cfg, model)
     if cfg.site_in != cfg.site_out:
         raise InputError("feature dashboards are for SAEs; a transcoder's latents read another site "
                          "(use its encoder on site_in yourself)")
-    if isinstance(texts, str):
-        harvest = cfg.harvest if harvest is None else harvest
-        stream, held_out = heldout_texts(texts, harvest if harvest and Path(harvest).is_dir() else "", corpus_seed)
-        name = texts
-    else:
-        stream, held_out, name = list(texts), False, f"{len(texts)} texts"
-    windows = token_windows(model.tokenizer, stream, n_tokens=n_tokens, seq_len=seq_len)
+    windows, held_out, name = evaluation_windows(model, cfg, texts, harvest, corpus_seed, n_tokens, seq_len)
     width = max(len(w) for w in windows)
     sae = sae.to(model.device)
     d_sae = cfg.d_sae
