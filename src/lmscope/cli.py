@@ -18,6 +18,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
 
 
+def _output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
+
+
 def _load(args):
     from .models.loading import load
     return load(args.model, dtype=args.dtype, device=args.device)
@@ -195,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--target", help="a token to follow through the layers (exactly one token, e.g. ' Tokyo')")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
+    _output_args(p)
     p.set_defaults(func=cmd_lens)
 
     p = sub.add_parser("neuron", help="one neuron: top contexts, statistics, ablation, dose-response")
@@ -207,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=100_000, help="corpus tokens to record (default 100000)")
     p.add_argument("--top-k", type=int, default=20, help="top contexts to keep")
     p.add_argument("--seed", type=int, default=0, help="corpus order")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_neuron)
 
     p = sub.add_parser("knowledge-neurons", help="knowledge-neuron attribution, re-examined on number agreement")
@@ -216,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--prompts", type=int, default=16, help="plural prompts used for attribution")
     p.add_argument("--steps", type=int, default=10, help="integrated-gradient steps")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_knowledge_neurons)
 
     p = sub.add_parser("introspect", help="concept injection: does the model notice an injected thought?")
@@ -232,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill", action="store_true",
                    help="the prefill variant: prefill an out-of-place word, inject its concept before it, "
                         "ask 'Did you mean to say that, or was it an accident?'")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_introspect)
 
     p = sub.add_parser("icl-update", help="in-context learning as an implicit rank-1 update of the MLP weights")
@@ -243,15 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few-shot prompt: one example per line, the query on the last line")
     p.add_argument("--position", type=int, default=-1, help="query token to read (default -1, the last)")
     p.add_argument("--orders", type=int, default=2, help="orders of the examples: given, reversed, then shuffles")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_icl_update)
 
     p = sub.add_parser("icl-regression", help="the paper's toy: one-block transformer, in-context linear regression")
     p.add_argument("--tiny", action="store_true", help="a tiny configuration (seconds), for smoke tests")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_icl_regression)
 
     p = sub.add_parser("dla", help="direct logit attribution: embedding, layers and heads -> target logit")
@@ -260,8 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
     _model_args(p)
     p.add_argument("--top", type=int, default=12, help="largest contributions to list")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_dla)
 
     p = sub.add_parser("patchscope", help="PatchScope: a hidden state decoded by the model in a target prompt")
@@ -273,16 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-layers", help="target layers for a grid (default: target layer = source layer)")
     p.add_argument("--max-new-tokens", type=int, default=4)
     _model_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_patchscope)
 
     p = sub.add_parser("backpatch", help="back-patching two-hop queries (oracle upper bound)")
     p.add_argument("--layers", help="layer grid, comma-separated (default: every --step-th layer)")
     p.add_argument("--step", type=int, default=3)
     _model_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_backpatch)
 
     p = sub.add_parser("tuned-lens", help="tuned lens: train per-layer affine translators, evaluate vs logit lens")
@@ -312,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dst", default="es")
     p.add_argument("--shots", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_latent_language)
 
     p = sub.add_parser("lre", help="linear relational embeddings: is a relation an affine map W s + b?")
@@ -327,8 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", default="32,96,256", help="ranks of the pseudo-inverse for causality")
     p.add_argument("--train", type=int, default=5, help="pairs to fit W and b on (default 5)")
     p.add_argument("--seed", type=int, default=0, help="train / test split")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_lre)
 
     for part in _PARTS:

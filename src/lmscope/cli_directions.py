@@ -148,7 +148,7 @@ def _set_args(p) -> None:
 
 def register(sub) -> None:
     """Add this part's subcommands to the `lmscope` parser's subparsers `sub`."""
-    from .cli import _model_args
+    from .cli import _model_args, _output_args
 
     p = sub.add_parser("direction", help="contrastive directions: extract (per layer, probes), sweep, orthogonalize")
     actions = p.add_subparsers(dest="action", required=True)
@@ -178,8 +178,7 @@ def register(sub) -> None:
             q.add_argument("--n-eval", type=int, default=16, help="prompts of each set used per candidate")
             q.add_argument("--max-kl", type=float, default=0.1)
             q.add_argument("--max-layer-fraction", type=float, default=0.8)
-        q.add_argument("--json", action="store_true")
-        q.add_argument("--html", metavar="FILE")
+        _output_args(q)
         q.set_defaults(func=cmd_direction)
     q = actions.add_parser("orthogonalize", help="save a copy of the model with the direction ablated in its weights")
     q.add_argument("--vector", required=True, help="a .safetensors vector file")
@@ -214,6 +213,5 @@ def register(sub) -> None:
     p.add_argument("--kl-tokens", type=int, default=512, help="corpus tokens for the KL cost (with --dose)")
     p.add_argument("--allow-other-model", action="store_true")
     _model_args(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    _output_args(p)
     p.set_defaults(func=cmd_steer)

@@ -58,7 +58,7 @@ from .directions import activations_at, check_layers
 from .errors import InputError
 from .report import save_result, write_page
 from .models.sites import resolve_position
-from .report.html import table
+from .report.html import transcripts
 
 CONTEXT = ("I am an interpretability researcher studying transformer-based language models like you. I have access "
            "to the internals of your neural network. I have identified patterns in your neural activity that "
@@ -266,16 +266,13 @@ class IntrospectionResult:
         return fig
 
     def transcripts_html(self) -> str:
-        import html
         shown = self.trials + self.controls + self.random_controls
         rows = [[t.trial, "control" if t.layer is None else t.layer, "" if t.strength is None else t.strength,
                  t.concept or ("" if t.layer is None else "(random direction)"), t.claim or "",
                  "yes" if t.detected else "", "yes" if t.identified else ""] for t in shown]
         headers = ["trial", "layer", "strength", "concept", "claim", "detected", "identified", "answer"]
-        return (f"<p>{html.escape(self.verdict())}</p><details><summary>Trial prompt (trial 1; injection starts at "
-                f"token {self.injection_start})</summary><pre style='white-space:pre-wrap'>"
-                f"{html.escape(self.example_prompt)}</pre></details><h3>Transcripts</h3>"
-                + table(headers, rows, [t.answer for t in shown]))
+        return transcripts(self.verdict(), f"Trial prompt (trial 1; injection starts at token {self.injection_start})",
+                           self.example_prompt, headers, rows, [t.answer for t in shown])
 
     def save(self, path) -> Path:
         """Write the result: .html as a self-contained page (heatmaps + transcripts), anything else as JSON."""

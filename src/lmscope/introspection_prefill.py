@@ -37,7 +37,6 @@ Scoring rules (`score_prefill_answer`):
 """
 from __future__ import annotations
 
-import html
 import json
 import random
 import re
@@ -55,7 +54,7 @@ from .errors import InputError
 from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _rate, _tokens_before,
                             concept_pattern, concept_vectors, word_lists)
 from .report import save_result, write_page
-from .report.html import table
+from .report.html import transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
 FOLLOW_UP = "Did you mean to say that, or was it an accident?"
@@ -245,10 +244,9 @@ class PrefillResult:
         rows = [[t.kind, "" if t.layer is None else t.layer, "" if t.strength is None else t.strength, t.concept,
                  t.sentence, t.stance or "", t.cue or ""] for t in shown]
         headers = ["kind", "layer", "strength", "word", "sentence", "stance", "cue", "answer"]
-        return (f"<p>{html.escape(self.verdict())}</p><details><summary>Prompt (pair 0; injected tokens "
-                f"{self.injection_span[0]}..{self.injection_span[1] - 1})</summary><pre style='white-space:pre-wrap'>"
-                f"{html.escape(self.example_prompt)}</pre></details><h3>Transcripts</h3>"
-                + table(headers, rows, [t.answer for t in shown]))
+        return transcripts(self.verdict(), f"Prompt (pair 0; injected tokens {self.injection_span[0]}.."
+                           f"{self.injection_span[1] - 1})", self.example_prompt, headers, rows,
+                           [t.answer for t in shown])
 
     def save(self, path) -> Path:
         """.html: a self-contained page (heatmaps + every transcript); anything else: JSON."""

@@ -31,3 +31,11 @@ def table(headers: list[str], rows: list[list], long_text: "list[str] | None" = 
         body.append(f"<tr>{cells}</tr>")
     return (f"<table border='1' style='border-collapse:collapse;font-size:90%'><tr>{head}</tr>{''.join(body)}"
             f"</table>")
+
+
+def transcripts(verdict: str, prompt_label: str, prompt: str, headers: list[str], rows: list[list],
+                answers: list[str]) -> str:
+    """The body of a trials page: the verdict, one example prompt folded away, then every transcript."""
+    return (f"<p>{html.escape(verdict)}</p><details><summary>{html.escape(prompt_label)}</summary>"
+            f"<pre style='white-space:pre-wrap'>{html.escape(prompt)}</pre></details><h3>Transcripts</h3>"
+            + table(headers, rows, answers))
