@@ -207,8 +207,6 @@ class SteerResult:
         return "\n".join(lines)
 
 
-@torch.no_grad()
-
 def edits_for_length(model, d, mode: str, coef: float, layers, positions):
     """A function prompt_length -> the steering edits for one coefficient (none at coefficient 0, except clamp,
     which sets the projection even at 0). Generation needs the prompt length to tell prompt from generated tokens."""
@@ -218,6 +216,8 @@ def edits_for_length(model, d, mode: str, coef: float, layers, positions):
         return steering_edits(model, d, mode=mode, coef=coef, layers=layers, positions=positions, prompt_length=length)
     return make
 
+
+@torch.no_grad()
 def steer(model, prompts: Sequence[str], direction: Direction, *, coefs: Sequence[float] = (-0.5, 0, 0.5),
           mode: str = "add", layers=None, positions: str = "all", scale: str = "resid", chat: bool = False,
           max_new_tokens: int = 30, scorer=None, score_name: str = "") -> SteerResult:
