@@ -6,7 +6,7 @@ from conftest import random_model
 from lmscope.cli import main
 from lmscope.errors import InputError
 from lmscope.sae import SAEConfig, build_sae, evaluate_sae, feature_stats, save_sae, steer, write_dashboards
-from lmscope.sae.data import config_hash
+from lmscope.harvest.store import config_hash
 from lmscope.sae.steer import steering_delta
 
 TEXTS = ["The cat sat on the mat and looked at the door for a long time.",

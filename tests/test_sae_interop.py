@@ -103,7 +103,7 @@ def test_d_in_mismatch_is_one_clear_error(tmp_path):
 
 
 def test_sae_from_another_model_is_refused(tmp_path):
-    from lmscope.sae.data import config_hash
+    from lmscope.harvest.store import config_hash
     llama, qwen = random_model("llama"), random_model("qwen2")
     assert llama.d_model == qwen.d_model
     sae = build_sae(SAEConfig(architecture="topk", d_in=llama.d_model, d_sae=32, k=2, site_in="resid_post.0",

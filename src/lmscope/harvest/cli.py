@@ -66,7 +66,7 @@ def cmd_harvest_check(args) -> None:
     from .store import open_store
     store = open_store(args.folder)
     n = 0
-    for entry, shard in zip(store.shards, store.iter_shards(verify=True)):
+    for entry, shard in zip(store.shards, store.iter_shards(verify=True, keys=["token_ids"])):
         if len(shard["token_ids"]) != entry["n_tokens"]:
             from lmscope.errors import InputError
             raise InputError(f"{entry['file']} holds {len(shard['token_ids'])} tokens, the manifest says "

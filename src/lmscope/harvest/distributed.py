@@ -24,7 +24,8 @@ def ensure_group(device: "torch.device | str") -> tuple[int, int]:
     """Join torchrun's process group (if launched by it) and return (rank, world_size)."""
     rank, world = launched_world()
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        # With CUDA, CPU tensors (counters, small statistics) still need a backend: gloo serves them, nccl the rest.
+        backend = "cpu:gloo,cuda:nccl" if torch.device(device).type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
         rank, world = dist.get_rank(), dist.get_world_size()
     return rank, world

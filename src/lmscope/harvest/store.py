@@ -142,10 +142,12 @@ class HarvestStore:
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"shard {path} cannot be read ({exc}); check it with verify=True") from None
 
-    def iter_shards(self, verify: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-        """Every shard's tensors (acts.<site>, token_ids, doc_ids, positions, window_ids), in manifest order."""
-        for entry in self.shards:
-            yield self._read(entry, None, verify)
+    def iter_shards(self, verify: bool = False, *, keys: "list[str] | None" = None, rank: int = 0,
+                    world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """Each shard's tensors (acts.<site>, token_ids, doc_ids, positions, window_ids; only `keys` when given), in
+        manifest order; rank r of world_size reads shards r, r + world_size, ..."""
+        for entry in self.shards[rank::world_size]:
+            yield self._read(entry, keys, verify)
 
     def iter_batches(self, site, batch_size: int, *, shuffle_buffer: int = 2**18, seed: int = 0, rank: int = 0,
                      world_size: int = 1, epochs: int = 1, verify: bool = False,

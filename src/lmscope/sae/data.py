@@ -10,25 +10,13 @@ slice of the same global batch, so 2 ranks see exactly what 1 rank sees), or a d
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from ..errors import InputError
-
-
-def config_hash(model) -> str:
-    """sha256 of the model's Hugging Face config JSON: identifies the weights' architecture and shape."""
-    try:
-        from ..harvest.store import config_hash as harvest_hash  # same definition as the harvest, when it has one
-        return harvest_hash(model)
-    except ImportError:
-        pass
-    text = json.dumps(model.hf.config.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+from ..harvest.store import config_hash
 
 
 def shuffled(chunks: Iterator[torch.Tensor], batch_size: int, buffer: int, generator: torch.Generator
@@ -114,6 +102,7 @@ class ModelSource(Source):
         self.seq_len, self.windows_per_pass, self.buffer, self.skip_first = seq_len, windows_per_pass, buffer, \
             skip_first
         self.model_spec, self.model_config_hash = model.spec, config_hash(model)
+        self._has_prefix = prefix_token(model.tokenizer) is not None   # tokenizes: once, not per forward
 
     def rows(self, *, rank=0, world_size=1, n_tokens: int = 10 ** 12) -> Iterator[torch.Tensor]:
         """[n, d_in (+ d_out)] per forward pass, the rank's share of the stream's passes."""
@@ -137,7 +126,7 @@ class ModelSource(Source):
         ids, mask = self.model.encode(group)
         run = self.model.run(ids, read=sites, stop_early=True)
         keep = mask.bool()
-        if self.skip_first and prefix_token(self.model.tokenizer) is not None:
+        if self.skip_first and self._has_prefix:
             keep[:, 0] = False
         parts = [run.acts[s][keep].float().cpu() for s in sites]
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -178,18 +167,17 @@ class StoreSource(Source):
         share = batch_size // world_size
         if self.site_out == self.site_in:
             for x in self.store.iter_batches(self.site_in, share, shuffle_buffer=self.buffer, seed=seed, rank=rank,
-                                             world_size=world_size, epochs=self.epochs, verify=self.verify):
-                if len(x) == share:
-                    yield x, None
+                                             world_size=world_size, epochs=self.epochs, verify=self.verify,
+                                             drop_last=True):
+                yield x, None
             return
         generator = torch.Generator().manual_seed(seed + rank)
 
         def chunks():
             for _ in range(self.epochs):
-                for i, shard in enumerate(self.store.iter_shards(verify=self.verify)):
-                    if i % world_size == rank:
-                        yield torch.cat([shard[f"acts.{self.site_in}"].float(),
-                                         shard[f"acts.{self.site_out}"].float()], dim=1)
+                keys = [f"acts.{self.site_in}", f"acts.{self.site_out}"]
+                for shard in self.store.iter_shards(verify=self.verify, keys=keys, rank=rank, world_size=world_size):
+                    yield torch.cat([shard[k].float() for k in keys], dim=1)
         for rows in shuffled(chunks(), share, self.buffer, generator):
             yield _split(rows, self.d_in, True)
 

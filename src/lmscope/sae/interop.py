@@ -93,7 +93,7 @@ def load_sae(path, *, model=None, device=None):
 
 
 def check_against_model(cfg: SAEConfig, model) -> None:
-    from .data import config_hash
+    from ..harvest.store import config_hash
     for role, site, width in (("reads", cfg.site_in, cfg.d_in), ("writes", cfg.site_out, cfg.d_out)):
         if not site:
             raise InputError("the SAE does not record its site; it cannot be placed in a model")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InputError
+from ..harvest.distributed import ensure_group
 from ..report import save_result, write_page
 from ..report.files import write_atomic
 from .architectures import SAE, build_sae
@@ -83,15 +84,6 @@ class TrainResult:
                 f"  dead {f.get('dead_frac', float('nan')):.1%}" + (f"\nsaved to {self.out}" if self.out else ""))
 
 
-def _dist() -> tuple[int, int]:
-    """(rank, world_size); joins the torchrun group (gloo on CPU, nccl on GPUs) when launched by torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
@@ -119,7 +111,8 @@ def lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
 
 
 def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device=None) -> TrainResult:
-    rank, world = _dist()
+    # joins torchrun's group when launched by it; the group serves CPU tensors too (see ensure_group)
+    rank, world = ensure_group("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.n_tokens < cfg.batch_size:
         raise InputError(f"n_tokens ({cfg.n_tokens}) is smaller than one batch ({cfg.batch_size})")
     if cfg.batch_size % world:
