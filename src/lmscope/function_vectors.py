@@ -34,7 +34,7 @@ from . import edits
 from .directions import mean_activations
 from .errors import InputError
 from .icl_vectors import (LayerSweep, accuracy, at_last, check_count, check_layers, last_logits, length_groups,
-                          make_prompts, resolve_task, split_pairs, sweep_layers, token_check)
+                          make_prompts, prefix_cache, resolve_task, split_pairs, sweep_layers, token_check)
 from .report import save_result, table, write_page
 from .task_vectors import layer_figure, sweep_task_vectors
 
@@ -173,8 +173,7 @@ def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_
                 raise InputError("a CIE prompt needs at least two tokens")
             n, length = ids.shape
             answer = torch.tensor([answers[i] for i in idx], device=model.device)
-            prefix = model.hf(input_ids=ids[:, :-1], use_cache=True)
-            cache = getattr(prefix, "cache", None) or prefix.past_key_values
+            cache = prefix_cache(model, ids[:, :-1])
             base = _last_token_probs(model, ids[:, -1:], cache, answer, ())
             wide = copy.deepcopy(cache)
             wide.batch_repeat_interleave(n_heads)               # row p * n_heads + h: prompt p, head h

@@ -192,8 +192,7 @@ def last_logits_many(model, prompts: Sequence[str], edit_sets: Sequence, batch_s
         ids = torch.tensor(rows, device=model.device)
         cache = None
         if ids.shape[1] > 1:
-            prefix = model.hf(input_ids=ids[:, :-1], use_cache=True)
-            cache = getattr(prefix, "cache", None) or prefix.past_key_values
+            cache = prefix_cache(model, ids[:, :-1])
         for out, make in zip(outs, edit_sets):
             with model.trace(edits=make() if make else ()):
                 if cache is None:
@@ -224,6 +223,12 @@ def check_count(name: str, value, minimum: int = 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def prefix_cache(model, ids: torch.Tensor):
+    """The KV cache of a forward over `ids`; only the cache is wanted, so only one position's logits are made."""
+    out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 def check_layers(model, layers) -> list[int]:

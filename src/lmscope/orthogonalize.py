@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .report.files import _umask
 from .steering import as_vector
 
 REFUSED_FAMILIES = {"gemma": "Gemma 2/3 pass each sublayer's output through a norm before the residual stream, so "
@@ -131,9 +132,3 @@ def save_orthogonalized(model, direction, folder) -> Path:
             "direction": direction.to_json() if isinstance(direction, Direction) else None,
             "edited": [name for name, _, _ in writers(clone)]}
     return save_model(clone, folder, metadata=meta)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
