@@ -61,6 +61,7 @@ def _contrast(args, model, probe=True):
 
 def cmd_direction(args) -> None:
     from .cli import _emit, _load
+    from .directions import check_layers
     from .errors import InputError
     if args.action == "orthogonalize":
         from .orthogonalize import save_orthogonalized
@@ -90,13 +91,14 @@ def cmd_direction(args) -> None:
             d = best_direction(c, result)
         else:
             position = args.position if args.position is not None else c.positions[-1]
-            d = c.direction(args.layer % model.n_layers, position, args.method, dtype=model.dtype)
+            d = c.direction(check_layers(model, args.layer)[0], position, args.method, dtype=model.dtype)
         print(f"lmscope: wrote {d.save(args.save, overwrite=args.overwrite)}", file=sys.stderr)
     _emit(args, result)
 
 
 def cmd_steer(args) -> None:
     from .cli import _emit, _load, _numbers
+    from .directions import check_layers
     from .data.contrast import neutral_prompts
     from .errors import InputError
     if (args.vector is None) == (args.set is None and args.positive is None):
@@ -121,7 +123,7 @@ def cmd_steer(args) -> None:
         positive, negative = _sets(args)
         c = contrast(model, positive, negative, layers=[args.layer], site_kind=args.site_kind, chat=args.chat,
                      probe=False)
-        d = c.direction(args.layer % model.n_layers, -1, dtype=model.dtype)
+        d = c.direction(check_layers(model, args.layer)[0], -1, dtype=model.dtype)
     if args.dose:
         from .steering_eval import dose_response
         result = dose_response(model, d, prompts, coefs=coefs, mode=args.mode, layers=layers,

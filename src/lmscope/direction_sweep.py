@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .directions import Contrast, Direction, _check_prompts, prompt_rows
+from .directions import Contrast, Direction, _check_prompts, check_layers, prompt_rows
 from .edits import add
 from .errors import InputError
 from .models.adapters import final_logit_softcap
@@ -160,7 +160,7 @@ def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_
     neutral = _check_prompts(neutral, "neutral prompts")
     pos_ids = token_ids(model, positive_tokens)
     neg_ids = token_ids(model, negative_tokens) if negative_tokens else None
-    layers = list(contrast.layers) if layers is None else [x % model.n_layers for x in layers]
+    layers = list(contrast.layers) if layers is None else check_layers(model, layers)
     positions = list(contrast.positions) if positions is None else list(positions)
     for layer in layers:
         for q in positions:
