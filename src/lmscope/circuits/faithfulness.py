@@ -20,7 +20,7 @@ import torch
 from ..errors import InputError
 from ..report import save_result, write_page
 from ..report.html import table
-from .nodes import gate_edits
+from .nodes import gate_edits, head_gates
 
 
 def gated_logits(model, task, means, heads, mlps, rows=None, *, which: str = "clean", batch_size: int = 32,
@@ -182,9 +182,7 @@ def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", 
         for size in sizes:
             if size > len(ranking):
                 continue
-            h = torch.zeros_like(heads)
-            for layer, head in ranking[:size]:
-                h[layer, head] = 1
+            h = head_gates(heads, ranking[:size])
             curve.append({"heads": int(size),
                           "faithfulness": normalised(_mean(metric(h, mlps)[0]), m_full, m_empty)})
     gap = m_full - m_empty

@@ -104,3 +104,10 @@ def zero_means(model, task) -> TaskMeans:
     z = torch.zeros(1, longest, n, model.n_heads, model.d_head, dtype=model.dtype, device=model.device)
     mlp = torch.zeros(1, longest, n, model.d_model, dtype=model.dtype, device=model.device)
     return TaskMeans(z, mlp, torch.zeros(1, longest), {}, False)
+
+
+def ablation_means(model, task, ablation: str) -> TaskMeans:
+    """The values pruned nodes take under `ablation` ('mean' or 'zero', the keys of ABLATIONS)."""
+    if ablation not in ABLATIONS:
+        raise InputError(f"ablation must be 'mean' or 'zero', got {ablation!r}")
+    return task_means(model, task) if ablation == "mean" else zero_means(model, task)

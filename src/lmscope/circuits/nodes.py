@@ -70,6 +70,21 @@ def gates(model, nodes) -> tuple[torch.Tensor, torch.Tensor]:
     return heads, mlps
 
 
+def rank_heads(scores: torch.Tensor) -> list[tuple[int, int]]:
+    """(layer, head) by score [n_layers, n_heads], largest first; ties put the later layer, then head, first."""
+    n_layers, n_heads = scores.shape
+    order = sorted(((float(scores[l, h]), l, h) for l in range(n_layers) for h in range(n_heads)), reverse=True)
+    return [(l, h) for _, l, h in order]
+
+
+def head_gates(like: torch.Tensor, heads) -> torch.Tensor:
+    """A 0/1 head gate shaped and typed like `like`, with exactly the (layer, head) pairs `heads` on."""
+    gate = torch.zeros_like(like)
+    for layer, head in heads:
+        gate[layer, head] = 1
+    return gate
+
+
 def kept_nodes(heads: torch.Tensor, mlps: torch.Tensor) -> list[Node]:
     """Gates -> the nodes whose gate is 1 (exactly)."""
     out = [Node("head", int(l), int(h)) for l, h in (heads == 1).nonzero().tolist()]

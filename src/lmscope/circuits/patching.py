@@ -293,8 +293,10 @@ def patch_metric(model, task: TaskSet, site: str, *, direction: str = "denoising
     with torch.no_grad():
         for clean, corrupt, mask, rows in task.batches(model, batch_size):
             source, target = (clean, corrupt) if direction == "denoising" else (corrupt, clean)
-            _, acts = last_logits(model, source, mask, read=[name])
-            logits, _ = last_logits(model, target, mask, [replace(name, acts[name], positions=positions,
-                                                                  heads=heads)])
+            # the source run only needs to reach the site: stop there instead of running to the logits
+            with model.trace([name], stop_early=True) as tr:
+                model.hf(input_ids=source, attention_mask=mask, use_cache=False)
+            value = tr.acts()[name]
+            logits, _ = last_logits(model, target, mask, [replace(name, value, positions=positions, heads=heads)])
             out.append(task.metric(logits, rows))
     return torch.cat(out)

@@ -29,7 +29,8 @@ import torch
 
 from ..errors import InputError
 from .faithfulness import FaithfulnessResult, evaluate_circuit, gated_logits
-from .means import ABLATIONS, task_means, zero_means
+from .means import ABLATIONS, ablation_means
+from .nodes import head_gates, rank_heads
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1   # hard-concrete temperature and stretch (Louizos et al.)
 SIZES = (0, 5, 10, 20, 30, 40, 54, 80, 135)   # 0: the circuit's MLPs alone
@@ -87,7 +88,7 @@ def prune(model, task, config: PruneConfig = PruneConfig(), *, progress: bool = 
     _check(config, task)
     n_train = config.n_train or len(task) // 2
     train, held = task.split(n_train, seed=config.seed)
-    means = task_means(model, task) if config.ablation == "mean" else zero_means(model, task)
+    means = ablation_means(model, task, config.ablation)
     ablation = ABLATIONS[config.ablation]
     started = time.time()
     with torch.no_grad():
@@ -159,15 +160,11 @@ def prune(model, task, config: PruneConfig = PruneConfig(), *, progress: bool = 
     heads = (deterministic_gates(theta_h) > 0.5).to(model.dtype)
     gates_on = int(heads.sum())
     mlps = (deterministic_gates(theta_m) > 0.5).to(model.dtype) if config.mlps else ones_m
-    order = sorted(((float(theta_h[l, h]), l, h) for l in range(model.n_layers) for h in range(model.n_heads)),
-                   reverse=True)
-    ranking = [(l, h) for _, l, h in order]
+    ranking = rank_heads(theta_h)
     size = gates_on if config.target_heads is None else config.target_heads
     size = size if config.max_heads is None else min(size, config.max_heads)
     if size != gates_on:
-        heads = torch.zeros_like(heads)
-        for l, h in ranking[:size]:
-            heads[l, h] = 1
+        heads = head_gates(heads, ranking[:size])
     sizes = sorted(set(SIZES) | {int(heads.sum())})
     result = evaluate_circuit(model, held, means, heads, mlps, method="prune", ablation=ablation,
                               n_random=config.n_random, seed=config.seed, batch_size=config.batch_size,

@@ -10,8 +10,8 @@ import torch
 from ..errors import InputError
 from .circuit_file import CircuitFile
 from .faithfulness import FaithfulnessResult, evaluate_circuit
-from .means import ABLATIONS, task_means, zero_means
-from .nodes import gates
+from .means import ABLATIONS, ablation_means
+from .nodes import gates, rank_heads
 from .prune import SIZES, PruneConfig, prune
 
 
@@ -62,12 +62,10 @@ def find_circuit(model, task, *, method: str = "prune", n_train: "int | None" = 
     started = time.time()
     scores = head_scores(model, train, method, ig_steps=ig_steps, batch_size=batch_size)
     seconds = time.time() - started
-    order = sorted(((float(scores[l, h]), l, h) for l in range(model.n_layers) for h in range(model.n_heads)),
-                   reverse=True)
-    ranking = [(l, h) for _, l, h in order]
+    ranking = rank_heads(scores)
     heads, mlps_gate = gates(model, ranking[:budget])
     mlps_gate = torch.ones_like(mlps_gate)     # score methods rank heads; every MLP is kept
-    means = task_means(model, task) if ablation == "mean" else zero_means(model, task)
+    means = ablation_means(model, task, ablation)
     result = evaluate_circuit(model, held, means, heads, mlps_gate, method=method, ablation=ABLATIONS[ablation],
                               n_random=n_random, seed=seed, batch_size=batch_size,
                               sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
@@ -83,16 +81,13 @@ def evaluate_saved(model, circuit: CircuitFile, task, *, ablation: str = "mean",
                    seed: int = 0, batch_size: int = 32) -> FaithfulnessResult:
     """A saved circuit's faithfulness on `task` (means recomputed from its prompts); with its saved head scores,
     also the faithfulness-vs-size curve of its ranking."""
-    if ablation not in ABLATIONS:
-        raise InputError(f"ablation must be 'mean' or 'zero', got {ablation!r}")
     heads, mlps = gates(model, circuit.nodes(model))
-    means = task_means(model, task) if ablation == "mean" else zero_means(model, task)
+    means = ablation_means(model, task, ablation)
     ranking = None
     if circuit.scores and isinstance(circuit.scores.get("heads"), list):
         s = torch.tensor(circuit.scores["heads"], dtype=torch.float64)
         if tuple(s.shape) == (model.n_layers, model.n_heads):
-            ranking = [(l, h) for _, l, h in sorted(((float(s[l, h]), l, h) for l in range(model.n_layers)
-                                                     for h in range(model.n_heads)), reverse=True)]
+            ranking = rank_heads(s)
     result = evaluate_circuit(model, task, means, heads, mlps, method=f"{circuit.method} (saved, found on "
                               f"{circuit.task})", ablation=ABLATIONS[ablation], n_random=n_random, seed=seed,
                               batch_size=batch_size, sizes=SIZES if ranking else (), ranking=ranking)
