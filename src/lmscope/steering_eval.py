@@ -70,18 +70,23 @@ def corpus_rows(model, corpus: str = "wiki", *, n_tokens: int = 512, window: int
 @torch.no_grad()
 def kl_cost(model, edits, rows: list[list[int]], *, batch_size: int = 8) -> float:
     """Mean over every predicted token of KL(P_edited || P_clean), accumulated in float64."""
-    total, count = 0.0, 0
+    return kl_costs(model, [edits], rows, batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def kl_costs(model, edit_sets: list, rows: list[list[int]], *, batch_size: int = 8) -> list[float]:
+    """kl_cost of each edit set, with one clean pass per batch shared by all of them."""
+    totals, count = [0.0] * len(edit_sets), 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         clean = model.run(batch)
-        edited = model.run(batch, edits=edits)
         mask = clean.attention_mask.bool()
-        lp = torch.log_softmax(edited.logits.double(), -1)
         lq = torch.log_softmax(clean.logits.double(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)
-        total += float(kl[mask].sum())
+        for i, edits in enumerate(edit_sets):
+            lp = torch.log_softmax(model.run(batch, edits=edits).logits.double(), -1)
+            totals[i] += float((lp.exp() * (lp - lq)).sum(-1)[mask].sum())
         count += int(mask.sum())
-    return total / count
+    return [total / count for total in totals]
 
 
 @dataclass
@@ -183,14 +188,16 @@ def dose_response(model, direction: Direction, prompts: Sequence[str], *,
     steering_edits(model, d, mode=mode, coef=1.0, layers=layers, positions=positions, prompt_length=1)  # checks
     rows = prompt_rows(model, prompts)
     text_rows = corpus_rows(model, corpus, n_tokens=kl_tokens, seed=seed)
-    texts, scores, kls = [], [], []
+    texts, scores = [], []
     for coef in coefs:
         make = edits_for_length(model, d, mode, coef, layers, positions)
         row = generate_steered(model, rows, make, max_new_tokens=max_new_tokens)
         texts.append(row)
         scores.append([float(scorer(t)) for t in row])
-        kls.append(0.0 if coef == 0 and mode != "clamp" else
-                   kl_cost(model, steering_edits(model, d, mode=mode, coef=coef, layers=layers), text_rows))
+    edited = [c for c in coefs if c != 0 or mode == "clamp"]          # coefficient 0 is the clean model: KL 0
+    costs = dict(zip(edited, kl_costs(model, [steering_edits(model, d, mode=mode, coef=c, layers=layers)
+                                              for c in edited], text_rows))) if edited else {}
+    kls = [costs.get(c, 0.0) for c in coefs]
     edits = steering_edits(model, d, mode=mode, coef=1.0, layers=layers)
     site = ", ".join(sorted({str(e.site) for e in edits}))
     return DoseResponse(model.spec, site, mode, scale, float(d.norm), direction.resid_norm, coefs, prompts, texts,
