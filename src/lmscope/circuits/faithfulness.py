@@ -145,11 +145,10 @@ def _mean(x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", ablation: str = "mean",
-                     n_random: int = 10, seed: int = 0, batch_size: int = 32, sizes=(), ranking=None,
-                     reference: "dict | None" = None) -> FaithfulnessResult:
+                     n_random: int = 10, seed: int = 0, batch_size: int = 32, sizes=(), ranking=None
+                     ) -> FaithfulnessResult:
     """Sufficiency, necessity and the random baseline of the circuit given as 0/1 gates, on `task`'s prompts.
-    `ranking`: heads [(layer, head), ...] best first, for the faithfulness-vs-size curve at each k in `sizes`.
-    `reference`: {"full": per-prompt metric, "empty": ...} when already computed."""
+    `ranking`: heads [(layer, head), ...] best first, for the faithfulness-vs-size curve at each k in `sizes`."""
     heads, mlps = heads.to(model.dtype), mlps.to(model.dtype)
     for gate in (heads, mlps):
         if not bool(((gate == 0) | (gate == 1)).all()):
@@ -160,11 +159,8 @@ def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", 
         logits = gated_logits(model, task, means, h, m, batch_size=batch_size)
         return task.metric(logits), task.accuracy(logits)
 
-    if reference is None:
-        full, acc_full = metric(ones_h, ones_m)
-        empty, _ = metric(torch.zeros_like(heads), torch.zeros_like(mlps))
-    else:
-        full, empty, acc_full = reference["full"], reference["empty"], reference["accuracy"]
+    full, acc_full = metric(ones_h, ones_m)
+    empty, _ = metric(torch.zeros_like(heads), torch.zeros_like(mlps))
     m_full, m_empty = _mean(full), _mean(empty)
     circ, acc_c = metric(heads, mlps)
     without, _ = metric(ones_h - heads, ones_m - mlps)
