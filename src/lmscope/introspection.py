@@ -422,6 +422,22 @@ def _check_words(words, what: str) -> list[str]:
     return words
 
 
+def concept_words(concepts, baselines, seed: int) -> tuple[list[str], list[str]]:
+    """(concepts, baselines), checked: concepts are words or how many to draw (seeded) from the bundled list;
+    baselines default to the bundled list; a word in both would give a concept vector of ~0."""
+    bundled = word_lists()
+    if isinstance(concepts, int) and not isinstance(concepts, bool):
+        if not 2 <= concepts <= len(bundled["concepts"]):
+            raise InputError(f"concepts: draw between 2 and {len(bundled['concepts'])} words, got {concepts}")
+        concepts = random.Random(seed).sample(bundled["concepts"], concepts)
+    concepts = _check_words(concepts, "concepts")
+    baselines = _check_words(bundled["baselines"] if baselines is None else baselines, "baselines")
+    shared = sorted(set(concepts) & set(baselines))
+    if shared:
+        raise InputError(f"'{shared[0]}' is both a concept and a baseline word: its concept vector would be ~0")
+    return concepts, baselines
+
+
 def _check_options(model, context, question, layers, strengths, start, max_new_tokens, batch_size):
     for name, text in (("context", context), ("question", question)):
         if not isinstance(text, str) or not text.strip():
@@ -480,16 +496,7 @@ def introspect(model, *, concepts: "Sequence[str] | int" = 10, baselines: "Seque
     residual norm at the layer. One injected trial per (layer, strength, concept), and as many controls."""
     layers, strengths = _check_options(model, context, question, layers, strengths, start, max_new_tokens,
                                        batch_size)
-    bundled = word_lists()
-    if isinstance(concepts, int) and not isinstance(concepts, bool):
-        if not 2 <= concepts <= len(bundled["concepts"]):
-            raise InputError(f"concepts: draw between 2 and {len(bundled['concepts'])} words, got {concepts}")
-        concepts = random.Random(seed).sample(bundled["concepts"], concepts)
-    concepts = _check_words(concepts, "concepts")
-    baselines = _check_words(bundled["baselines"] if baselines is None else baselines, "baselines")
-    shared = sorted(set(concepts) & set(baselines))
-    if shared:
-        raise InputError(f"'{shared[0]}' is both a concept and a baseline word: its concept vector would be ~0")
+    concepts, baselines = concept_words(concepts, baselines, seed)
 
     cells = [(layer, strength, concept) for layer in layers for strength in strengths for concept in concepts]
     prompts = build_trial_prompts(model, context, question, len(cells), start)  # checks start before any model work

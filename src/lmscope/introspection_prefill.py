@@ -51,8 +51,8 @@ import torch
 
 from . import edits
 from .errors import InputError
-from .introspection import (DEFAULT_STRENGTHS, _check_options, _check_words, _rate, _tokens_before,
-                            concept_pattern, concept_vectors, word_lists)
+from .introspection import (DEFAULT_STRENGTHS, _check_options, _rate, _tokens_before, concept_pattern,
+                            concept_vectors, concept_words)
 from .report import save_result, write_page
 from .report.html import transcripts
 
@@ -373,16 +373,7 @@ def prefill_trials(model, *, concepts: "Sequence[str] | int" = 10, layers: "Sequ
     `random_controls`, one random-direction trial per injected trial."""
     layers, strengths = _check_options(model, INSTRUCTION, FOLLOW_UP, layers, strengths, "question", max_new_tokens,
                                        batch_size)
-    bundled = word_lists()
-    if isinstance(concepts, int) and not isinstance(concepts, bool):
-        if not 2 <= concepts <= len(bundled["concepts"]):
-            raise InputError(f"concepts: draw between 2 and {len(bundled['concepts'])} words, got {concepts}")
-        concepts = random.Random(seed).sample(bundled["concepts"], concepts)
-    concepts = _check_words(concepts, "concepts")
-    baselines = _check_words(bundled["baselines"] if baselines is None else baselines, "baselines")
-    shared = sorted(set(concepts) & set(baselines))
-    if shared:
-        raise InputError(f"'{shared[0]}' is both a concept and a baseline word: its concept vector would be ~0")
+    concepts, baselines = concept_words(concepts, baselines, seed)
     sentences = prefill_sentences() if sentences is None else sentences
     if isinstance(sentences, str) or not sentences or any(not isinstance(s, str) or not s.strip()
                                                           for s in sentences):
