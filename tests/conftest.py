@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.models.random_models import FAMILIES
+from lmscope.core.models.random_models import FAMILIES
 
 
 @functools.cache

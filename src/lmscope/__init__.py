@@ -1,8 +1,8 @@
 """lmscope: a laboratory for looking inside trained language models."""
-from .edits import Edit, add, interpolate, mean_ablate, project_out, replace, scale, zero
-from .errors import EditError, InputError, LmscopeError, ModelSpecError, SiteError
-from .lenses.logit_lens import LensResult, logit_lens
-from .models import DEFAULT_MODEL, Model, Site, load
+from lmscope.core.edits import Edit, add, interpolate, mean_ablate, project_out, replace, scale, zero
+from lmscope.core.errors import EditError, InputError, LmscopeError, ModelSpecError, SiteError
+from lmscope.lenses.logit_lens import LensResult, logit_lens
+from lmscope.core.models import DEFAULT_MODEL, Model, Site, load
 
 __version__ = "0.1.0"
 __all__ = ["DEFAULT_MODEL", "Edit", "EditError", "InputError", "LensResult", "LmscopeError", "Model",

@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 from torch import nn
 
-from ..edits import replace, scale
-from ..errors import InputError
-from ..report import save_result, write_page
-from .tasks import TaskSet, last_logits
+from lmscope.core.edits import replace, scale
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.circuits.tasks import TaskSet, last_logits
 
 METHODS = ("eap", "eap-ig")
 
@@ -91,8 +91,8 @@ class AttributionResult:
                                 f"m(node from corrupt) - m(clean))", height=max(420, 18 * len(z) + 160), width=800)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, [self.figure()], f"Attribution patching - {self.task}",

@@ -15,9 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from ..report.files import write_atomic
-from .nodes import Node, parse_node
+from lmscope.core.errors import InputError
+from lmscope.results.files import write_atomic
+from lmscope.circuits.nodes import Node, parse_node
 
 FORMAT = "lmscope-circuit/1"
 MEANS_NOTE = "recomputed from the evaluated prompts: per template-and-length group and position, clean and corrupt"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..report import save_result, write_page
-from ..report.html import table
-from .nodes import gate_edits, head_gates
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.results.html import table
+from lmscope.circuits.nodes import gate_edits, head_gates
 
 
 def gated_logits(model, task, means, heads, mlps, rows=None, *, which: str = "clean", batch_size: int = 32,
@@ -128,8 +128,8 @@ class FaithfulnessResult:
                           width=800, height=450)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         rows = [["model", self.metric_full], ["empty", self.metric_empty], ["circuit", self.metric_circuit],

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..edits import scale
-from ..errors import InputError
-from ..report import save_result, write_page
-from .nodes import Node
+from lmscope.core.edits import scale
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.circuits.nodes import Node
 
 
 @dataclass
@@ -71,8 +71,8 @@ class CircuitGraph:
                           xaxis_title="layer", yaxis_title="head (MLP above the heads)", width=1200, height=650)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, lambda p: write_page(
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(
             p, [self.figure()], f"Circuit graph - {self.task}", f"{self.model}: nodes by layer, edges weighted by "
             f"EAP edge scores on {self.n_prompts} prompts.", f"<pre>{html.escape(self.summary(25))}</pre>"))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError
+from lmscope.core.errors import InputError
 
 ABLATIONS = {"mean": "mean (per template-and-length group and position, clean+corrupt prompts)", "zero": "zero"}
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..edits import interpolate
-from ..errors import InputError
+from lmscope.core.edits import interpolate
+from lmscope.core.errors import InputError
 
 
 @dataclass(frozen=True, order=True)

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..edits import replace
-from ..errors import InputError
-from ..report import save_result, write_page
-from .tasks import TaskSet, last_logits
+from lmscope.core.edits import replace
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.circuits.tasks import TaskSet, last_logits
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
@@ -88,8 +88,8 @@ class PatchResult:
                           width=max(600, 48 * len(x) + 250))
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, [self.figure(k) for k in self.effects], f"Activation patching - {self.task}",

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..errors import InputError
-from .faithfulness import FaithfulnessResult, evaluate_circuit, gated_logits
-from .means import ABLATIONS, ablation_means
-from .nodes import head_gates, rank_heads
+from lmscope.core.errors import InputError
+from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit, gated_logits
+from lmscope.circuits.means import ABLATIONS, ablation_means
+from lmscope.circuits.nodes import head_gates, rank_heads
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1   # hard-concrete temperature and stretch (Louizos et al.)
 SIZES = (0, 5, 10, 20, 30, 40, 54, 80, 135)   # 0: the circuit's MLPs alone

@@ -7,12 +7,12 @@ import time
 
 import torch
 
-from ..errors import InputError
-from .circuit_file import CircuitFile
-from .faithfulness import FaithfulnessResult, evaluate_circuit
-from .means import ABLATIONS, ablation_means
-from .nodes import gates, rank_heads
-from .prune import SIZES, PruneConfig, prune
+from lmscope.core.errors import InputError
+from lmscope.circuits.circuit_file import CircuitFile
+from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit
+from lmscope.circuits.means import ABLATIONS, ablation_means
+from lmscope.circuits.nodes import gates, rank_heads
+from lmscope.circuits.prune import SIZES, PruneConfig, prune
 
 
 
@@ -26,12 +26,12 @@ def head_scores(model, task, method: str, *, ig_steps: int = 8, batch_size: int 
     patch: |m(clean) - m(clean with that head's z from the corrupt run)| (noising, all positions);
     eap / eap-ig: |EAP or EAP-IG node score| of the head (lmscope.circuits.attribution)."""
     if method == "patch":
-        from .patching import activation_patching
+        from lmscope.circuits.patching import activation_patching
         r = activation_patching(model, task, sites=("z",), direction="noising", batch_size=batch_size)
         raw = torch.tensor(r.raw["z"], dtype=torch.float64)
         return (r.clean_metric - raw).abs()
     if method in ("eap", "eap-ig"):
-        from .attribution import attribute
+        from lmscope.circuits.attribution import attribute
         r = attribute(model, task, method, steps=ig_steps, batch_size=batch_size)
         return torch.tensor(r.heads, dtype=torch.float64).abs()
     raise InputError(f"unknown method {method!r}: one of prune, patch, eap, eap-ig")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..report import save_result, table, write_page
-from .tasks import TaskSet, task_logits
+from lmscope.results import save_result, table, write_page
+from lmscope.circuits.tasks import TaskSet, task_logits
 
 
 @dataclass
@@ -42,8 +42,8 @@ class TaskBaseline:
         fig.update_layout(title=f"{self.task}: mean clean {self.metric_name} per template", height=420, width=800)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         rows = [[e["clean"], e["corrupt"], e["answer"], e["wrong"], f"{e['metric']:.3f}"] for e in self.examples]

@@ -38,8 +38,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..edits import Edit
-from ..errors import InputError
+from lmscope.core.edits import Edit
+from lmscope.core.errors import InputError
 
 BUILTIN = ("ioi", "greater-than", "quote-type", "bracket-depth")
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-from ..errors import InputError
+from lmscope.core.errors import InputError
 
 SETS = {
     "harmful": ("harmful request", "harmless request"),

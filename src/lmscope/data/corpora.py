@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 
 MIN_WINDOW = 8
 """Shorter windows (the tail of a document) carry too little context to be worth an activation."""

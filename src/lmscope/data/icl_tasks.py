@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 
 TASKS = ("antonyms", "country_capital", "english_french", "singular_plural", "present_past", "lowercase_uppercase")
 

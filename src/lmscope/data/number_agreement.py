@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 
 KINDS = ("subject-verb", "determiner-noun")
 _FILE = "number_agreement.jsonl"

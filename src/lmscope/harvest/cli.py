@@ -9,7 +9,7 @@ def register(sub) -> None:
     """Add this part's subcommands to the `lmscope` parser's subparsers `sub`."""
     p = sub.add_parser("harvest", help="write sites' activations over a corpus to disk (sharded, resumable; "
                                        "torchrun for several processes)")
-    # Not cli._model_args: here --dtype is the dtype on disk, the model's own is --model-dtype.
+    # Not cli.model_options: here --dtype is the dtype on disk, the model's own is --model-dtype.
     p.add_argument("--model", default="smollm2", help="smollm2 (default), hf:<name-or-path>, gguf:<path> or "
                                                       "random:<family>")
     p.add_argument("--model-dtype", default="float32", help="dtype the model runs in (default float32)")
@@ -50,25 +50,25 @@ def _device(requested):
 
 
 def cmd_harvest(args) -> None:
-    from lmscope.cli import _emit
-    from lmscope.models.loading import load
+    from lmscope.cli.common import emit
+    from lmscope.core.models.loading import load
 
-    from .writer import harvest
+    from lmscope.harvest.writer import harvest
     model = load(args.model, dtype=args.model_dtype, device=_device(args.device))
     result = harvest(model, args.corpus, args.sites, args.tokens, args.out, seq_len=args.seq_len,
                      batch_size=args.batch_size, dtype=args.dtype, shard_tokens=args.shard_tokens, seed=args.seed,
                      skip_special=not args.keep_special, prefix=args.prefix, progress=not args.json)
     if result.rank == 0:
-        _emit(args, result)
+        emit(args, result)
 
 
 def cmd_harvest_check(args) -> None:
-    from .store import open_store
+    from lmscope.harvest.store import open_store
     store = open_store(args.folder)
     n = 0
     for entry, shard in zip(store.shards, store.iter_shards(verify=True, keys=["token_ids"])):
         if len(shard["token_ids"]) != entry["n_tokens"]:
-            from lmscope.errors import InputError
+            from lmscope.core.errors import InputError
             raise InputError(f"{entry['file']} holds {len(shard['token_ids'])} tokens, the manifest says "
                              f"{entry['n_tokens']}")
         n += entry["n_tokens"]
@@ -76,7 +76,7 @@ def cmd_harvest_check(args) -> None:
               "dtype": store.manifest["dtype"], "n_tokens": store.n_tokens, "tokens_in_shards": n,
               "n_shards": len(store.shards), "complete": store.complete, "sha256_ok": True}
     if args.html:
-        from .figures import folder_page
+        from lmscope.harvest.figures import folder_page
         print(f"lmscope: wrote {folder_page(store, args.html)}", file=sys.stderr)
     print(json.dumps(report) if args.json else
           f"{store}\n  all {len(store.shards)} shards match their sha256; {n:,} tokens in the shards",

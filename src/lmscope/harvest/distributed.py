@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError, LmscopeError
+from lmscope.core.errors import InputError, LmscopeError
 
 
 def launched_world() -> tuple[int, int]:

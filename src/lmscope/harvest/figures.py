@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .store import HarvestStore
+from lmscope.harvest.store import HarvestStore
 
 MAX_SHARDS_SAMPLED = 4
 """Norms are read from the first few shards only: enough rows for a histogram, and the page stays quick."""
@@ -26,7 +26,7 @@ def norm_sample(store: HarvestStore, site: str) -> tuple[torch.Tensor, torch.Ten
 def folder_page(store: HarvestStore, path: "str | Path") -> Path:
     import plotly.graph_objects as go
 
-    from ..report.html import table, write_page
+    from lmscope.results.html import table, write_page
     sizes = [e["n_tokens"] for e in store.shards]
     figures = [go.Figure(go.Bar(x=list(range(len(sizes))), y=sizes)).update_layout(
         title=f"tokens per shard ({store.n_tokens:,} tokens, {len(sizes)} shards)", xaxis_title="shard",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from ..errors import InputError
+from lmscope.core.errors import InputError
 
 FORMAT = "lmscope-harvest/1"
 MANIFEST = "manifest.json"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from ..data.corpora import iter_documents, iter_token_windows
-from ..errors import InputError
+from lmscope.data.corpora import iter_documents, iter_token_windows
+from lmscope.core.errors import InputError
 
 UNBOUNDED = 10**18
 """Token budget handed to the corpus reader: the harvest stops the stream itself, at its own target."""

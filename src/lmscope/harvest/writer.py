@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..data.corpora import iter_documents
-from ..errors import InputError
-from ..report.files import atomic_path, save_result, write_atomic
-from . import distributed as dist
-from .store import DTYPES, FORMAT, MANIFEST, config_hash, file_sha256, read_manifest
-from .windows import ShardPlan, documents_used, iter_windows, parse_corpora, plan_shards, resolve_prefix
+from lmscope.data.corpora import iter_documents
+from lmscope.core.errors import InputError
+from lmscope.results.files import atomic_path, save_result, write_atomic
+from lmscope.harvest import distributed as dist
+from lmscope.harvest.store import DTYPES, FORMAT, MANIFEST, config_hash, file_sha256, read_manifest
+from lmscope.harvest.windows import ShardPlan, documents_used, iter_windows, parse_corpora, plan_shards, resolve_prefix
 
 # A resumed run must compute exactly what the interrupted one would have; these fields decide that.
 _RUN_KEYS = ("format", "model_config_hash", "model_dtype", "d_model", "sites", "dtype", "corpus", "tokens_target",
@@ -73,10 +73,10 @@ class HarvestResult:
                           xaxis_title="shard", yaxis_title="tokens")
         return fig
 
-    def save(self, path):
-        from ..report.html import write_page
+    def save(self, path, *, overwrite: bool = False):
+        from lmscope.results.html import write_page
         import html
-        return save_result(path, self.to_json, lambda p: write_page(
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(
             p, [self.figure()], f"harvest {self.out}", body_html=f"<pre>{html.escape(self.summary())}</pre>"))
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..edits import replace
-from ..errors import InputError
-from ..report import save_result, write_page
+from lmscope.core.edits import replace
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
 
 
 @dataclass
@@ -74,8 +74,8 @@ class BackpatchResult:
                           height=500, width=700)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, [self.figure()], f"Back-patching - {self.model}", self._headline() +

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..models.sites import resolve_position
-from ..models.adapters import final_logit_softcap
-from ..report import save_result, write_page
-from .logit_lens import _short
+from lmscope.core.errors import InputError
+from lmscope.core.models.sites import resolve_position
+from lmscope.core.models.adapters import final_logit_softcap
+from lmscope.results import save_result, write_page
+from lmscope.lenses.logit_lens import _short
 
 
 @dataclass
@@ -105,8 +105,8 @@ class DLAResult:
                           width=700)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         figures = [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])

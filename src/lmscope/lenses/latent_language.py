@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..report import save_result, write_page
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
 
 LANGUAGES = {"fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano", "en": "English"}
 
@@ -90,8 +90,8 @@ class LatentLanguageResult:
                           height=450, width=900)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         import html

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..report import save_result, write_page
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
 
 
 @dataclass
@@ -83,9 +83,9 @@ class LensResult:
                           xaxis_title="layer", height=380, width=800)
         return fig
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         """Write the result: .html as a self-contained page, anything else as JSON."""
-        return save_result(path, self.to_json, self._write_html)
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         figures = [self.figure()] + ([self.target_figure()] if self.target is not None else [])

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from .. import edits
-from ..errors import InputError
-from ..report import save_result, write_page
+from lmscope.core import edits
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,8 @@ class LreResult:
                           height=420, width=800)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, self.figure(), f"LRE - {self.relation}", self.summary())

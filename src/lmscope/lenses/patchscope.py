@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..edits import replace
-from ..errors import InputError
-from ..models.sites import resolve_position
-from ..report import save_result, write_page
+from lmscope.core.edits import replace
+from lmscope.core.errors import InputError
+from lmscope.core.models.sites import resolve_position
+from lmscope.results import save_result, write_page
 
 TEMPLATES = {
     "identity": ("cat -> cat; 1135 -> 1135; hello -> hello; ? ->", "?"),
@@ -75,8 +75,8 @@ class PatchscopeResult:
                           height=max(350, 28 * len(tgt) + 160), width=max(700, 70 * len(src) + 200))
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         rows = "".join(f"<tr><td>{c.source_layer}</td><td>{c.target_layer}</td><td>{'yes' if c.decoded else ''}"

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..report import save_result, write_page
-from ..report.files import atomic_path
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.results.files import atomic_path
+from lmscope.results.output import check_output
 
 FORMAT = "lmscope-tuned-lens/1"
 
@@ -42,7 +43,7 @@ def _held_out(doc_id: str) -> bool:
 
 def _batches(model, corpus: str, n_tokens: int, window: int, batch_windows: int, seed: int, split: str):
     """Batches (lists of token-id lists) from one side of the document split, `n_tokens` in all (or fewer)."""
-    from ..data.corpora import iter_token_windows
+    from lmscope.data.corpora import iter_token_windows
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise InputError(f"the number of tokens must be a positive integer, got {n_tokens!r}")
     remaining, batch = n_tokens, []
@@ -108,9 +109,9 @@ class TunedLens:
                                  f"not for {model.spec!r} ({key} {have})")
 
     # -- files: safetensors, the metadata as JSON in its header (no pickle) --------------------------------------
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         from safetensors.torch import save_file
-        path = Path(path)
+        path = check_output(path, overwrite=overwrite, suffixes=(".safetensors",))
         with atomic_path(path) as tmp:
             save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp),
                       metadata={"lmscope": json.dumps(self.meta)})
@@ -281,8 +282,8 @@ class TunedLensEval:
                                 f"{self.model}", height=450, width=1100)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, [self.figure()], f"Tuned lens - {self.model}",

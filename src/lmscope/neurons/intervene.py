@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .. import edits
-from ..errors import InputError
-from ..report import save_result, write_atomic, write_page
-from ..trace import bind_edit
+from lmscope.core import edits
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_atomic, write_page
+from lmscope.core.trace import bind_edit
 
 HOW = ("zero", "mean", "resample", "scale")
 
@@ -85,7 +85,7 @@ class EffectReport:
         out.update(mean_kl=self.mean_kl, argmax_flip_fraction=self.argmax_flip_fraction)
         return out
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         return write_atomic(path, json.dumps(self.to_json(), indent=1))
 
     def summary(self) -> str:
@@ -164,8 +164,8 @@ class DoseResponse:
                           height=420, width=760)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, self.figure(), f"Dose-response, layer {self.layer}")

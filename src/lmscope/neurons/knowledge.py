@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .. import edits
-from ..errors import InputError
-from ..report import save_result, write_page
-from .records import check_layers
+from lmscope.core import edits
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.neurons.records import check_layers
 
 
 def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps: int = 20) -> torch.Tensor:
@@ -161,8 +161,8 @@ class AgreementExperiment:
         fig.update_layout(title=f"How many neurons does it take? ({self.model})", height=420, width=780)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         return write_page(path, self.figure(), "Knowledge neurons: number agreement", self.summary())
@@ -171,7 +171,7 @@ class AgreementExperiment:
 def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: int = 10, layers=None,
                                 threshold: float = 0.2, share: float = 0.5,
                                 sweep=(1, 2, 5, 10, 20, 50, 100, 200, 500)) -> AgreementExperiment:
-    from ..data.number_agreement import load_number_agreement
+    from lmscope.data.number_agreement import load_number_agreement
     items = load_number_agreement()
     plural = [it for it in items if it.number == "plural"]
     singular = [it for it in items if it.number == "singular"]

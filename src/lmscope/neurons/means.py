@@ -7,9 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models.loading import cache_root
-from ..report.files import atomic_path
-from .observe import record_neurons
+from lmscope.core.models.loading import cache_root
+from lmscope.results.files import atomic_path
+from lmscope.neurons.observe import record_neurons
 
 
 def mean_activations(model, layer: int, corpus: str = "wiki", *, n_tokens: int = 20_000, seed: int = 0,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InputError
-from .records import LayerRecord, WindowTable, check_layers, default_edges
+from lmscope.core.errors import InputError
+from lmscope.neurons.records import LayerRecord, WindowTable, check_layers, default_edges
 
 
 @dataclass
@@ -94,7 +94,7 @@ def record_neurons(model, layers, texts="wiki", *, n_tokens: int = 100_000, wind
                    progress: bool = True) -> NeuronRecords:
     """Stream `n_tokens` tokens of a corpus (a name, see lmscope.data.corpora) or a list of texts through the model
     and record every neuron of `layers`. Deterministic for a fixed corpus, seed and n_tokens."""
-    from ..data.corpora import iter_token_windows
+    from lmscope.data.corpora import iter_token_windows
     layers = check_layers(model, layers)
     if not isinstance(n_tokens, int) or n_tokens < 1:
         raise InputError(f"n_tokens must be a positive integer, got {n_tokens!r}")

@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from ..report import save_result, write_page
-from .intervene import NEXT, DoseResponse, dose_response, neuron_effects
-from .observe import TopContext, record_neurons
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.neurons.intervene import NEXT, DoseResponse, dose_response, neuron_effects
+from lmscope.neurons.observe import TopContext, record_neurons
 
 
 @dataclass
@@ -95,8 +95,8 @@ class NeuronProfile:
                 + html.escape(", ".join(f"{t['token']!r} {t['delta_prob']:+.4f}" for t in a["top_down"][:8]))
                 + f". Mean ablation: mean KL {self.mean_ablation['mean_kl']:.4g}.</p>")
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
 
     def _write_html(self, path: Path) -> Path:
         s = self.stats

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InputError
+from lmscope.core.errors import InputError
 
 
 @dataclass

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from .config import SAEConfig
+from lmscope.core.errors import InputError
+from lmscope.sae.config import SAEConfig
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 

@@ -17,26 +17,26 @@ def _rank() -> int:
 def _out(args, result) -> None:
     if _rank() != 0:
         return
-    from lmscope.cli import _emit
-    _emit(args, result)
+    from lmscope.cli.common import emit
+    emit(args, result)
 
 
 def cmd_train(args) -> None:
-    from lmscope.cli import _load
+    from lmscope.cli.common import load_model
 
-    from ..errors import InputError
-    from .config import TrainConfig, from_args
-    from .data import ModelSource, StoreSource
-    from .trainer import check_out_folder, train_sae
+    from lmscope.core.errors import InputError
+    from lmscope.sae.config import TrainConfig, from_args
+    from lmscope.sae.data import ModelSource, StoreSource
+    from lmscope.sae.trainer import check_out_folder, train_sae
     cfg = from_args(TrainConfig, args)
     if not cfg.out:
         raise InputError("give --out FOLDER for the trained SAE")
     check_out_folder(cfg.out)
-    model = _load(args)
+    model = load_model(args)
     site = str(model.site(cfg.site))
     site_out = str(model.site(cfg.site_out)) if cfg.site_out else ""
     if cfg.harvest:
-        from ..harvest import open_store
+        from lmscope.harvest import open_store
         store = open_store(cfg.harvest)
         store.check_model(model, site)
         if site_out:
@@ -53,28 +53,28 @@ def cmd_train(args) -> None:
 
 
 def _model_and_sae(args):
-    from lmscope.cli import _load
+    from lmscope.cli.common import load_model
 
-    from .interop import load_sae
-    model = _load(args)
+    from lmscope.sae.interop import load_sae
+    model = load_model(args)
     return model, load_sae(args.sae, model=model, device=model.device)
 
 
 def cmd_eval(args) -> None:
-    from .evaluate import evaluate_sae
+    from lmscope.sae.evaluate import evaluate_sae
     model, sae = _model_and_sae(args)
     _out(args, evaluate_sae(model, sae, args.corpus, n_tokens=args.tokens, harvest=args.harvest,
                             corpus_seed=args.seed, progress=not args.json))
 
 
 def cmd_features(args) -> None:
-    from lmscope.cli import _numbers
+    from lmscope.cli.common import numbers
 
-    from .dashboard import write_dashboards
-    from .features import feature_stats
-    from .trainer import check_out_folder
+    from lmscope.sae.dashboard import write_dashboards
+    from lmscope.sae.features import feature_stats
+    from lmscope.sae.trainer import check_out_folder
     check_out_folder(args.html)     # before any work
-    latents = _numbers(args.latents, int, "--latents")
+    latents = numbers(args.latents, int, "--latents")
     model, sae = _model_and_sae(args)
     stats = feature_stats(model, sae, args.corpus, n_tokens=args.tokens, k=args.top_k, harvest=args.harvest,
                           corpus_seed=args.seed, progress=not args.json)
@@ -86,7 +86,7 @@ def cmd_features(args) -> None:
 
 
 def cmd_synthetic(args) -> None:
-    from .synthetic import synthetic_benchmark
+    from lmscope.sae.synthetic import synthetic_benchmark
     result = synthetic_benchmark(n_features=args.features, d=args.dim, mean_active=args.mean_active,
                                  alpha=args.alpha, expansion=args.expansion, k=args.k, n_tokens=args.tokens,
                                  batch_size=args.batch_size, seed=args.seed, out=args.out,
@@ -95,7 +95,7 @@ def cmd_synthetic(args) -> None:
 
 
 def cmd_steer(args) -> None:
-    from .steer import steer
+    from lmscope.sae.steer import steer
     model, sae = _model_and_sae(args)
     _out(args, steer(model, sae, args.prompt, args.latent, args.value, mode=args.mode,
                      max_new_tokens=args.max_new_tokens))
@@ -103,9 +103,9 @@ def cmd_steer(args) -> None:
 
 def register(sub) -> None:
     """Add `sae` and its actions to the `lmscope` parser's subparsers `sub`."""
-    from lmscope.cli import _model_args
+    from lmscope.cli.common import model_options
 
-    from .config import TrainConfig, add_dataclass_args
+    from lmscope.sae.config import TrainConfig, add_dataclass_args
     p = sub.add_parser("sae", help="sparse autoencoders: train, evaluate, feature dashboards, synthetic check")
     actions = p.add_subparsers(dest="action", required=True)
 
@@ -117,13 +117,13 @@ def register(sub) -> None:
     t = actions.add_parser("train", help="train an SAE or transcoder (from a harvest folder or the model); "
                                          "under torchrun: data parallel")
     add_dataclass_args(t, TrainConfig)
-    _model_args(t)
+    model_options(t)
     common(t)
     t.set_defaults(func=cmd_train)
 
     def sae_args(q):
         q.add_argument("sae", help="SAE folder (lmscope, SAELens or sparsify format)")
-        _model_args(q)
+        model_options(q)
         q.add_argument("--corpus", default="wiki", help="text to evaluate on (default wiki)")
         q.add_argument("--harvest", default=None, help="harvest folder whose unused documents are the held-out "
                                                        "text (default: the one the SAE was trained on)")
@@ -166,6 +166,6 @@ def register(sub) -> None:
     st.add_argument("--value", type=float, required=True, help="amount added, or the clamped value")
     st.add_argument("--mode", choices=("add", "clamp"), default="add")
     st.add_argument("--max-new-tokens", type=int, default=20)
-    _model_args(st)
+    model_options(st)
     common(st)
     st.set_defaults(func=cmd_steer)

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-from ..errors import InputError
+from lmscope.core.errors import InputError
 
 FORMAT = "lmscope-sae/1"
 

@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from ..report import table, write_page
-from ..report.files import write_atomic
-from .features import Feature, FeatureStats
+from lmscope.core.errors import InputError
+from lmscope.results import table, write_page
+from lmscope.results.files import write_atomic
+from lmscope.sae.features import Feature, FeatureStats
 
 
 @dataclass
@@ -36,7 +36,7 @@ class DashboardResult:
                          f"{', '.join(repr(t) for t, _ in f.promoted[:4])}\n      {tops}")
         return "\n".join(lines)
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         return write_atomic(path, json.dumps(self.to_json(), indent=1))
 
 

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 import lmscope
 
-from ..errors import InputError
-from ..report import save_result, table, write_page
-from .data import evaluation_windows, prefix_token
-from .interop import check_against_model
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, table, write_page
+from lmscope.sae.data import evaluation_windows, prefix_token
+from lmscope.sae.interop import check_against_model
 
 
 @dataclass
@@ -79,9 +79,9 @@ class EvalResult:
                           yaxis_title="nats / token", height=420, width=800)
         return fig
 
-    def save(self, path) -> Path:
+    def save(self, path, *, overwrite: bool = False) -> Path:
         rows = [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in self.to_json().items()]
-        return save_result(path, self.to_json, lambda p: write_page(
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(
             p, self.figure(), "SAE evaluation", self.summary().replace("\n", "; "), table(["key", "value"], rows)))
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InputError
-from .data import evaluation_windows, prefix_token
+from lmscope.core.errors import InputError
+from lmscope.sae.data import evaluation_windows, prefix_token
 
 LOG_EDGES = torch.linspace(-3, 3, 49)   # histogram bins of log10(activation), in the SAE's normalised units
 
@@ -113,7 +113,7 @@ class FeatureStats:
 @torch.no_grad()
 def logit_effect(model, sae, index: int, n: int = 10) -> tuple[list, list]:
     """Tokens the latent's decoder direction promotes and suppresses: W_U (gain * d), d the unit decoder row."""
-    from ..lenses.dla import _norm_affine
+    from lmscope.lenses.dla import _norm_affine
     d = sae.feature_directions()[index].double()
     gain, _, _, _ = _norm_affine(model.module(model.adapter.final_norm), model.d_model)
     w_u = model.module(model.adapter.lm_head).weight.double()
@@ -142,7 +142,7 @@ def feature_stats(model, sae, texts="wiki", *, n_tokens: int = 50_000, seq_len: 
                   batch_windows: int = 8, harvest: "str | None" = None, corpus_seed: int = 0,
                   progress: bool = True) -> FeatureStats:
     """Per-latent statistics and top contexts over `n_tokens` held-out tokens (see `evaluate_sae` for `texts`)."""
-    from .interop import check_against_model
+    from lmscope.sae.interop import check_against_model
     cfg = sae.cfg
     check_against_model(cfg, model)
     if cfg.site_in != cfg.site_out:

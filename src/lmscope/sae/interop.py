@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
-from ..report.files import atomic_path, write_atomic
-from .config import FORMAT, SAEConfig
+from lmscope.core.errors import InputError
+from lmscope.results.files import atomic_path, write_atomic
+from lmscope.sae.config import FORMAT, SAEConfig
 
 
 def save_sae(sae, folder) -> Path:
@@ -66,7 +66,7 @@ def detect_format(path) -> str:
 def load_sae(path, *, model=None, device=None):
     """Any of the three formats -> an SAE in eval mode. With `model`, checks that the SAE's sites exist there with
     the SAE's widths and, where both are known, that it was trained on the same model."""
-    from .architectures import build_sae
+    from lmscope.sae.architectures import build_sae
     folder = _folder(path)
     kind = detect_format(folder)
     raw = json.loads((folder / "cfg.json").read_text())
@@ -93,7 +93,7 @@ def load_sae(path, *, model=None, device=None):
 
 
 def check_against_model(cfg: SAEConfig, model) -> None:
-    from ..harvest.store import config_hash
+    from lmscope.harvest.store import config_hash
     for role, site, width in (("reads", cfg.site_in, cfg.d_in), ("writes", cfg.site_out, cfg.d_out)):
         if not site:
             raise InputError("the SAE does not record its site; it cannot be placed in a model")
@@ -117,7 +117,7 @@ def _check_shapes(cfg: SAEConfig, tensors: dict, folder) -> None:
 
 
 def _site_name(hook: str) -> str:
-    from ..models.sites import parse_site
+    from lmscope.core.models.sites import parse_site
     try:
         return str(parse_site(hook, 10 ** 6))
     except Exception:  # an unfamiliar hook name stays as written; placing it in a model will say so

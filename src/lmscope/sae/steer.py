@@ -14,8 +14,8 @@ import torch
 
 import lmscope
 
-from ..errors import InputError
-from ..report import save_result, table, write_page
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, table, write_page
 
 
 @dataclass
@@ -41,8 +41,8 @@ class SteerResult:
                                   cells={"values": [["clean", f"{self.mode} {self.value:g}"],
                                                     [self.clean, self.steered]]}))
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, lambda p: write_page(
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(
             p, [], f"Steering with latent {self.latent}", self.summary().split("\n")[0],
             table(["run", "continuation"], [["clean", self.clean], [f"{self.mode} {self.value:g}", self.steered]])))
 
@@ -71,7 +71,7 @@ def steer(model, sae, prompt: str, latent: int, value: float, *, mode: str = "ad
         raise InputError(f"latent {latent} out of range 0..{sae.cfg.d_sae - 1}")
     if sae.cfg.site_in != sae.cfg.site_out:
         raise InputError("steering with a latent needs an SAE (a transcoder's error term is not defined at one site)")
-    from .interop import check_against_model
+    from lmscope.sae.interop import check_against_model
     check_against_model(sae.cfg, model)
     sae = sae.to(model.device)
     clean = model.generate(prompt, max_new_tokens=max_new_tokens).text

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from ..report import save_result, write_page
-from .config import TrainConfig
-from .data import Source
+from lmscope.core.errors import InputError
+from lmscope.results import save_result, write_page
+from lmscope.sae.config import TrainConfig
+from lmscope.sae.data import Source
 
 
 class SyntheticFeatures:
@@ -98,8 +98,8 @@ class SyntheticResult:
                           yaxis_title="max cosine", height=400, width=900)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, lambda p: write_page(p, self.figure(), "Synthetic SAE check",
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(p, self.figure(), "Synthetic SAE check",
                                                                     self.summary()))
 
 
@@ -108,7 +108,7 @@ def synthetic_benchmark(*, n_features: int = 256, d: int = 96, mean_active: floa
                         lr: float = 0.0, seed: int = 0, out: str = "", progress: bool = False
                         ) -> SyntheticResult:
     """Train a TopK SAE on planted features (under torchrun too) and score recovery on held-out samples."""
-    from .trainer import train_sae
+    from lmscope.sae.trainer import train_sae
     data = SyntheticFeatures(n_features, d, mean_active, alpha, seed)
     cfg = TrainConfig(out=out, architecture="topk", d_sae=expansion * n_features, k=k, n_tokens=n_tokens,
                       batch_size=batch_size, lr=lr or 2e-3, warmup_steps=10, dead_tokens=50_000, seed=seed,

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError
-from ..harvest.distributed import ensure_group
-from ..report import save_result, write_page
-from ..report.files import write_atomic
-from .architectures import SAE, build_sae
-from .config import SAEConfig, TrainConfig
-from .data import Source
-from .interop import save_sae
+from lmscope.core.errors import InputError
+from lmscope.harvest.distributed import ensure_group
+from lmscope.results import save_result, write_page
+from lmscope.results.files import write_atomic
+from lmscope.sae.architectures import SAE, build_sae
+from lmscope.sae.config import SAEConfig, TrainConfig
+from lmscope.sae.data import Source
+from lmscope.sae.interop import save_sae
 
 NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
 
@@ -68,8 +68,8 @@ class TrainResult:
                           showlegend=False)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, lambda p: write_page(p, self.figure(), "SAE training",
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, lambda p: write_page(p, self.figure(), "SAE training",
                                                                     self.summary()))
 
     def summary(self) -> str:

@@ -1,0 +1,113 @@
+"""`lmscope <command>`: one subcommand per method, thin over the library, grouped by lecture part in the lecture's
+order. Each part registers its own subcommands (`register(subparsers)` in its cli.py). Expected failures (bad input,
+a bad file or folder, a missing device) print one line `lmscope: error: ...` and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from lmscope.circuits import cli as circuits_cli
+from lmscope.cli.common import load_model, model_options
+from lmscope.core.errors import LmscopeError
+from lmscope.directions import cli as directions_cli
+from lmscope.harvest import cli as harvest_cli
+from lmscope.icl import cli as icl_cli
+from lmscope.lenses import cli as lenses_cli
+from lmscope.neurons import cli as neurons_cli
+from lmscope.papers.icl_update import cli as icl_update_cli
+from lmscope.papers.introspection import cli as introspection_cli
+from lmscope.sae import cli as sae_cli
+
+EXIT_ERROR = 2
+
+# (heading, modules whose register() adds its commands), in the lecture's order
+PARTS = (
+    ("the model", ()),
+    ("part 1: one neuron", (neurons_cli,)),
+    ("part 2: one layer (directions, steering, function vectors, truth)", (directions_cli, icl_cli)),
+    ("part 2, automated: activations to disk and sparse autoencoders", (harvest_cli, sae_cli)),
+    ("part 3: layers together (circuits)", (circuits_cli,)),
+    ("part 4: the model explains itself (lenses)", (lenses_cli,)),
+    ("papers", (icl_update_cli, introspection_cli)),
+)
+
+
+def cmd_sites(args) -> None:
+    model = load_model(args)
+    sites = model.sites()
+    if args.json:
+        print(json.dumps({"model": model.spec, "family": model.adapter.family, "n_layers": model.n_layers,
+                          "d_model": model.d_model, "n_heads": model.n_heads, "d_head": model.d_head,
+                          "d_mlp": model.d_mlp, "vocab_size": model.vocab_size, "parallel": model.parallel,
+                          "sites": [str(s) for s in sites]}))
+        return
+    print(model)
+    print(f"adapter: {model.adapter.family}" + (f" ({model.adapter.notes})" if model.adapter.notes else ""))
+    for kind in dict.fromkeys(s.kind for s in sites):
+        shape = model.site_shape(kind if kind in ("embed", "final_norm", "logits") else f"{kind}.0")
+        layers = "" if kind in ("embed", "final_norm", "logits") else f".0 .. {kind}.{model.n_layers - 1}"
+        print(f"  {kind}{layers}  [batch, seq, {', '.join(map(str, shape))}]" if shape else
+              f"  {kind}{layers}  [batch, heads, query, key]")
+
+
+
+def register_model_commands(sub) -> None:
+    p = sub.add_parser("sites", help="the model's shape and its site names")
+    model_options(p)
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p.set_defaults(func=cmd_sites)
+
+
+class _GroupedHelp(argparse.ArgumentParser):
+    """`lmscope --help` lists the commands under their lecture part."""
+    groups: list = []
+
+    def format_help(self) -> str:
+        sub = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {a.dest: a.help for a in sub._choices_actions}
+        lines = [self.format_usage().rstrip(), "", self.description or "", ""]
+        for heading, names in self.groups:
+            lines.append(f"{heading}:")
+            lines += [f"  {name:<20} {helps.get(name, '')}" for name in names]
+            lines.append("")
+        lines.append("lmscope <command> --help shows a command's options. Errors: one line, exit code 2.")
+        return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _GroupedHelp(prog="lmscope", description="Look inside language models: every experiment of the lecture "
+                                                      "on LLM internals, and three 2025 papers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    groups = []
+    for heading, modules in PARTS:
+        before = set(sub.choices)
+        if not modules:
+            register_model_commands(sub)
+        for module in modules:
+            module.register(sub)
+        groups.append((heading, [name for name in sub.choices if name not in before]))
+    parser.groups = groups
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LmscopeError as exc:
+        print(f"lmscope: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("lmscope: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The core: models and their sites, tracing and editing, errors, and the helpers shared by every part."""

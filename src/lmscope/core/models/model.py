@@ -1,0 +1,233 @@
+"""`Model`: a Hugging Face causal LM, its tokenizer and its adapter, with uniform sites."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from lmscope.core.errors import InputError, SiteError
+from lmscope.core.models.adapters import Adapter, adapter_for, final_logit_softcap, in_features
+from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
+
+
+@dataclass
+class RunResult:
+    input_ids: torch.Tensor            # [batch, seq]
+    attention_mask: torch.Tensor       # [batch, seq]; 0 where a shorter prompt was padded (on the right)
+    logits: "torch.Tensor | None"      # None when the pass stopped early
+    acts: dict[str, torch.Tensor]      # canonical site name ('resid_post.5') -> activation
+    n_layers: int
+
+    def at_last(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Each row's value at its last real token ([batch, seq, ...] -> [batch, ...]); prompts are right-padded."""
+        last = self.attention_mask.sum(1) - 1
+        return tensor[torch.arange(len(last), device=last.device), last]
+
+    def __getitem__(self, site) -> torch.Tensor:
+        """Any spelling of a site that was read: 'resid_post.-1', 'blocks.5.hook_resid_post', a Site."""
+        name = str(parse_site(site, self.n_layers))
+        if name not in self.acts:
+            raise SiteError(f"site '{name}' was not read in this run (read: {', '.join(self.acts) or 'none'})")
+        return self.acts[name]
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    text: str                          # the generated continuation only
+    token_ids: list[int]               # prompt + continuation
+    acts: dict[str, torch.Tensor]      # reads over the whole sequence
+
+
+class Model:
+    def __init__(self, hf, tokenizer, spec: str):
+        self.hf, self.tokenizer, self.spec = hf, tokenizer, spec
+        self.adapter: Adapter = adapter_for(hf)
+        self._modules = dict(hf.named_modules())
+
+    # -- shape of the model -----------------------------------------------------------------------------------------
+    @cached_property
+    def n_layers(self) -> int:
+        return len(self.module(self.adapter.layers))
+
+    @cached_property
+    def d_model(self) -> int:
+        return self.module(self.adapter.embed).weight.shape[1]
+
+    @cached_property
+    def n_heads(self) -> int:
+        cfg = self.hf.config
+        return getattr(cfg, "num_attention_heads", None) or cfg.n_head
+
+    @cached_property
+    def d_head(self) -> int:
+        return in_features(self.block_module(0, self.adapter.o_proj)) // self.n_heads
+
+    @cached_property
+    def d_mlp(self) -> int:
+        return in_features(self.block_module(0, self.adapter.down_proj))
+
+    @cached_property
+    def vocab_size(self) -> int:
+        return self.module(self.adapter.lm_head).weight.shape[0]
+
+    @property
+    def parallel(self) -> bool:
+        return self.adapter.is_parallel(self.hf.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.module(self.adapter.embed).weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.module(self.adapter.embed).weight.dtype
+
+    def __repr__(self) -> str:
+        return (f"Model({self.spec!r}: {type(self.hf).__name__}, {self.n_layers} layers, d_model {self.d_model}, "
+                f"{self.n_heads} heads x {self.d_head}, d_mlp {self.d_mlp}, vocab {self.vocab_size}, {self.dtype})")
+
+    # -- modules and sites ------------------------------------------------------------------------------------------
+    def module(self, path: str) -> torch.nn.Module:
+        return self._modules[path]
+
+    def block_module(self, layer: int, rel: str = "") -> torch.nn.Module:
+        return self._modules[f"{self.adapter.layers}.{layer}" + (f".{rel}" if rel else "")]
+
+    def site(self, name) -> Site:
+        return parse_site(name, self.n_layers)
+
+    def sites(self, names=None) -> list[Site]:
+        """Parse names ('resid_post.*' expands); with no names, every site of the model."""
+        if names is None:
+            names = ["embed"] + [f"{k}.*" for k in LAYER_KINDS] + ["final_norm", "logits"]
+        return sorted(expand_sites(names, self.n_layers), key=lambda s: s.order_key(self.n_layers))
+
+    def site_shape(self, site) -> "tuple[int, ...] | None":
+        """Trailing (feature) shape of a site's activation; None for pattern, whose key length varies."""
+        kind = self.site(site).kind
+        return {"neurons": (self.d_mlp,), "z": (self.n_heads, self.d_head), "logits": (self.vocab_size,),
+                "pattern": None}.get(kind, (self.d_model,))
+
+    # -- tokens -------------------------------------------------------------------------------------------------------
+    def encode(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text, a list of texts (padded on the right), or token ids -> (input_ids, attention_mask) on the device."""
+        if isinstance(inputs, torch.Tensor):
+            ids = inputs if inputs.dim() == 2 else inputs[None]
+            if ids.numel() == 0:
+                raise InputError("empty input: no tokens")
+            if ids.dtype not in (torch.int64, torch.int32) or ids.min() < 0 or ids.max() >= self.vocab_size:
+                raise InputError(f"token ids must be integers in 0..{self.vocab_size - 1}")
+            return ids.to(self.device), torch.ones_like(ids, device=self.device)
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, (list, tuple)) for r in inputs):
+            return self._pad([list(r) for r in inputs])
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InputError("empty prompt: give some text")
+        if self.tokenizer is None:
+            raise InputError(f"{self.spec} has no tokenizer: pass token ids")
+        return self._pad([self.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts])
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of token ids, padded on the right (so positions and causal reads of real tokens are unchanged)."""
+        if not rows or any(len(r) == 0 for r in rows):
+            raise InputError("empty input: no tokens")
+        if any(not isinstance(i, int) or not 0 <= i < self.vocab_size for r in rows for i in r):
+            raise InputError(f"token ids must be integers in 0..{self.vocab_size - 1}")
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.tokenizer, "eos_token_id", None) or 0
+        length = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+        return ids.to(self.device), mask.to(self.device)
+
+    def to_str_tokens(self, ids) -> list[str]:
+        ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def token_id(self, token: str) -> int:
+        """The id of a string that is exactly one token (e.g. ' Tokyo'); a clear error otherwise."""
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            alt = token[1:] if token.startswith(" ") else " " + token
+            alt_ids = self.tokenizer(alt, add_special_tokens=False)["input_ids"]
+            hint = f"; {alt!r} is one token" if len(alt_ids) == 1 else ""
+            raise InputError(f"{token!r} is {len(ids)} tokens {self.to_str_tokens(ids)}, not one{hint}")
+        return ids[0]
+
+    # -- running ------------------------------------------------------------------------------------------------------
+    def trace(self, read=(), edits=(), **options):
+        from lmscope.core.trace import Trace
+        return Trace(self, read, edits, **options)
+
+    def run(self, inputs, read=(), edits=(), *, stop_early: bool = False, grad: bool = False,
+            forward_kwargs: dict | None = None, **options) -> RunResult:
+        """One forward pass over `inputs`, reading and editing sites. With stop_early the pass ends after the last
+        site read and `logits` is None (unless 'logits' is read). `forward_kwargs` go to the HF forward (e.g.
+        logits_to_keep=1 when only the last position's logits are needed)."""
+        ids, mask = self.encode(inputs)
+        out = None
+        with torch.set_grad_enabled(grad), self.trace(read, edits, stop_early=stop_early, grad=grad,
+                                                      **options) as tr:
+            out = self.hf(input_ids=ids, attention_mask=mask, use_cache=False, **(forward_kwargs or {}))
+        return RunResult(ids, mask, None if out is None else out.logits, tr.acts(), self.n_layers)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, edits=(), read=(), *, max_new_tokens: int = 20, **generate_kwargs
+                 ) -> GenerationResult:
+        """Greedy generation (pass do_sample=True etc. to change) with edits applied at every step."""
+        ids, mask = self.encode(prompt)
+        if ids.shape[0] != 1:
+            raise InputError("generate takes one prompt")
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+                      if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id)
+        kwargs.update(generate_kwargs)
+        if not kwargs.get("do_sample"):
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with self.trace(read, edits) as tr:
+            out = self.hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        full = out[0].tolist()
+        text = self.tokenizer.decode(full[ids.shape[1]:], skip_special_tokens=True)
+        return GenerationResult(prompt, text, full, tr.acts())
+
+    @torch.no_grad()
+    def generate_rows(self, rows: list[list[int]], edits=(), *, max_new_tokens: int = 20) -> list[str]:
+        """Greedy continuations of equal-length token rows in one batch (no padding, so each row computes exactly
+        what it would alone), with edits applied at every step; each text is cut at the first end-of-sequence."""
+        if not rows or len({len(r) for r in rows}) != 1:
+            raise InputError("generate_rows takes a non-empty list of token rows of equal length")
+        ids = torch.tensor(rows, device=self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with self.trace(edits=edits):
+            out = self.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                   do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+        stop = self._end_ids()
+        texts = []
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
+        return texts
+
+    def _end_ids(self) -> set[int]:
+        """Token ids that end a generated answer (generation config and tokenizer's eos, and pad)."""
+        ids = set()
+        for value in (self.hf.generation_config.eos_token_id, self.tokenizer.eos_token_id,
+                      self.tokenizer.pad_token_id):
+            if value is not None:
+                ids.update(value if isinstance(value, (list, tuple)) else [value])
+        return ids
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """Residual stream -> logits through the model's own final norm and unembedding (and final soft-capping)."""
+        a = self.adapter
+        logits = self.module(a.lm_head)(self.module(a.final_norm)(resid))
+        cap = final_logit_softcap(self.hf.config)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def has_hooks(self) -> bool:
+        """True if any module of the model still holds a forward hook or pre-hook."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in self.hf.modules())

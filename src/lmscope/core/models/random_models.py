@@ -1,0 +1,61 @@
+"""Tiny random-init models of every supported family, built from configs: no download, seconds to build.
+
+They come with a byte-level tokenizer (256 byte tokens + bos/eos/pad), so text prompts work on them too.
+"""
+from __future__ import annotations
+
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from lmscope.core.errors import ModelSpecError
+
+VOCAB = 260  # 256 bytes + <bos> <eos> <pad>, rounded up
+BOS, EOS, PAD = 256, 257, 258
+
+_COMMON = dict(vocab_size=VOCAB, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+_DECODER = dict(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=96, max_position_embeddings=256, **_COMMON)
+
+_CONFIGS = {
+    "gpt2": lambda: tf.GPT2Config(n_layer=3, n_embd=64, n_head=4, n_positions=256, **_COMMON),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                                         intermediate_size=96, max_position_embeddings=256, rotary_pct=0.25,
+                                         use_parallel_residual=True, **_COMMON),
+    "llama": lambda: tf.LlamaConfig(**_DECODER),
+    "mistral": lambda: tf.MistralConfig(**_DECODER, sliding_window=None),
+    "qwen2": lambda: tf.Qwen2Config(**_DECODER),
+    "qwen3": lambda: tf.Qwen3Config(**_DECODER, head_dim=16),
+    # head_dim differs from hidden/heads on purpose (as in real Gemmas); soft-capping stays on (Gemma 2 default).
+    "gemma2": lambda: tf.Gemma2Config(**_DECODER, head_dim=24, query_pre_attn_scalar=24),
+    "gemma3": lambda: tf.Gemma3TextConfig(**_DECODER, head_dim=24, query_pre_attn_scalar=24, sliding_window=4,
+                                          final_logit_softcapping=30.0),
+    "phi3": lambda: tf.Phi3Config(**_DECODER),
+}
+ALIASES = {"pythia": "gpt_neox", "neox": "gpt_neox", "smollm2": "llama", "gemma3_text": "gemma3"}
+FAMILIES = tuple(_CONFIGS)
+
+
+def random_config(family: str):
+    family = ALIASES.get(family, family)
+    if family not in _CONFIGS:
+        raise ModelSpecError(f"no random model for family '{family}'; choose one of {', '.join(FAMILIES)}")
+    return _CONFIGS[family]()
+
+
+def random_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    config = random_config(family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval(), byte_tokenizer()
+
+
+def byte_tokenizer() -> tf.PreTrainedTokenizerFast:
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({"<bos>": BOS, "<eos>": EOS, "<pad>": PAD})
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")

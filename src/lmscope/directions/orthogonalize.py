@@ -1,0 +1,134 @@
+"""Weight orthogonalisation (Arditi et al. 2024): directional ablation baked into a copy of the weights.
+
+Every matrix that writes into the residual stream loses its output component along u (unit direction):
+
+    W_out <- W_out - u u^T W_out      attention output projections, MLP down projections (and their biases)
+    E     <- E - (E u) u^T            the token embedding (rows are residual vectors), and GPT-2's position embedding
+
+so the residual stream never has a component on u, exactly as with the hook-based `steering.ablation_edits`.
+Tied embeddings are untied in the copy: the unembedding must keep reading the original vectors.
+Gemma 2/3 normalise each sublayer's output before adding it to the residual stream; the norm's output is not a
+linear function of the projection's, so the edit cannot be baked into weights: refused with a clear error.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmscope.core.errors import InputError
+from lmscope.results.files import _umask
+from lmscope.directions.steering import as_vector
+
+REFUSED_FAMILIES = {"gemma": "Gemma 2/3 pass each sublayer's output through a norm before the residual stream, so "
+                             "a projection in the weights is not a projection of what is added; use the hook-based "
+                             "ablation (lmscope.steering.ablation_edits) instead"}
+
+
+def writers(model) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, kind) of every parameterised module whose output is added to the residual stream.
+    kind: 'embedding' (rows are residual vectors), 'linear' (weight [d_out, d_in]), 'conv1d' (GPT-2: [d_in, d_out])."""
+    a = model.adapter
+    found = [(a.embed, model.module(a.embed), "embedding")]
+    if a.family == "gpt2":
+        found.append(("transformer.wpe", model.module("transformer.wpe"), "embedding"))
+    for layer in range(model.n_layers):
+        for rel in (a.o_proj, a.down_proj):
+            module = model.block_module(layer, rel)
+            kind = "linear" if isinstance(module, nn.Linear) else "conv1d"
+            found.append((f"{a.layers}.{layer}.{rel}", module, kind))
+    return found
+
+
+@torch.no_grad()
+def orthogonalize(model, direction):
+    """A new lmscope Model: a deep copy of `model` whose weights no longer write anything along `direction`."""
+    from lmscope.core.models.model import Model
+    if model.adapter.family in REFUSED_FAMILIES:
+        raise InputError(f"cannot orthogonalise {model.adapter.family} weights exactly: "
+                         f"{REFUSED_FAMILIES[model.adapter.family]}")
+    v = as_vector(model, direction).double()
+    if float(v.norm()) == 0:
+        raise InputError("cannot orthogonalise against a zero direction")
+    u = v / v.norm()
+    hf = copy.deepcopy(model.hf)
+    clone = Model(hf, model.tokenizer, f"{model.spec}+orthogonalized")
+    _untie(clone)
+    for _, module, kind in writers(clone):
+        w = module.weight
+        uu = u.to(w.device)
+        w64 = w.double()
+        if kind == "linear":                       # output dim first
+            new = w64 - torch.outer(uu, uu @ w64)
+        else:                                      # embedding / Conv1D: output dim last
+            new = w64 - torch.outer(w64 @ uu, uu)
+        w.copy_(new.to(w.dtype))
+        bias = getattr(module, "bias", None)
+        if bias is not None and kind != "embedding":
+            b64 = bias.double()
+            bias.copy_((b64 - (b64 @ uu) * uu).to(bias.dtype))
+    return clone
+
+
+def _untie(model) -> None:
+    head = model.module(model.adapter.lm_head)
+    embed = model.module(model.adapter.embed)
+    if head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr():
+        head.weight = nn.Parameter(embed.weight.detach().clone())
+    config = model.hf.config
+    config.tie_word_embeddings = False
+    text = getattr(config, "get_text_config", None)
+    if text is not None:
+        text(decoder=True).tie_word_embeddings = False
+
+
+def save_model(model, folder, *, metadata: "dict | None" = None) -> Path:
+    """Write a Model's weights (safetensors), config and tokenizer into a new folder, loadable with
+    lmscope.load('hf:<folder>'). Written into a temporary folder renamed into place; an existing non-empty folder
+    is refused."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"{folder} exists and is not an empty folder; choose a new one")
+    if not folder.parent.exists():
+        raise InputError(f"folder {folder.parent} does not exist")
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    from transformers.utils import logging as hf_logging
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()        # a one-shard write needs no progress bar
+    try:
+        model.hf.save_pretrained(tmp, safe_serialization=True)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+        if metadata is not None:
+            (tmp / "lmscope_orthogonalization.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+        if folder.exists():
+            folder.rmdir()                     # empty (checked above): replaced by the finished folder
+        os.replace(tmp, folder)
+        os.chmod(folder, 0o777 & ~_umask())
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def save_orthogonalized(model, direction, folder) -> Path:
+    """orthogonalize + save_model, with a note of the direction (its metadata and hash) beside the weights."""
+    import hashlib
+
+    from lmscope import __version__
+    from lmscope.directions.contrast import Direction
+    clone = orthogonalize(model, direction)
+    v = as_vector(model, direction).to("cpu", torch.float32).contiguous()
+    meta = {"source_model": model.spec, "lmscope_version": __version__,
+            "direction_sha256": hashlib.sha256(v.numpy().tobytes()).hexdigest(),
+            "direction": direction.to_json() if isinstance(direction, Direction) else None,
+            "edited": [name for name, _, _ in writers(clone)]}
+    return save_model(clone, folder, metadata=meta)

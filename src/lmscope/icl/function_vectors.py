@@ -1,0 +1,268 @@
+"""Function vectors (Todd et al. 2024, arXiv 2310.15213): a few attention heads carry the task of an in-context
+prompt; the sum of their outputs, added to a zero-shot prompt, makes the model do the task.
+
+1. Mean head outputs: z.L[last token] (per-head attention output before the output projection), averaged in
+   float64 over few-shot prompts of build pairs with correct labels.
+2. Causal indirect effect (CIE) of head (L, h): on few-shot prompts whose demonstrations have SHUFFLED outputs,
+       CIE = P(answer | z.L head h at the last token replaced by its mean) - P(answer | unpatched),
+   averaged over prompts (answer = the first token of the query's true output). Only the last token is patched and
+   no earlier position can see it, so each prompt's prefix (every token but the last) is run once and kept in a
+   key/value cache; the patched passes run the last token alone, one batch row per (prompt, head). That is the same
+   computation as one full forward per head (equal to float round-off, checked by the tests), ~prompt-length times
+   cheaper.
+3. Function vector = sum over the top heads by mean CIE of mean z_h @ W_O[:, h-slice]^T (what the head writes into
+   the residual stream, without the projection's bias).
+4. The FV is added to resid_post.L at the last token of zero-shot prompts "query ->"; L is swept, chosen on build
+   queries (accuracy, ties broken by the mean probability of the answer), and accuracy is reported on held-out
+   queries (icl_vectors: the first-token rule). References on the same held-out queries: zero-shot, few-shot
+   (n_shots build demonstrations), a random vector of the FV's norm at the chosen layer, and few-shot prompts with
+   shuffled outputs without and with the FV (the paper's other test: does the FV restore the task?).
+
+Gemma is refused: its post-attention norm acts on the sum of the heads, so a head's write is not z_h @ W_O alone.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmscope.core import edits
+from lmscope.directions.contrast import mean_activations
+from lmscope.core.errors import InputError
+from lmscope.icl.prompts import (LayerSweep, accuracy, at_last, check_count, check_layers, last_logits, length_groups,
+                          make_prompts, prefix_cache, resolve_task, split_pairs, sweep_layers, token_check)
+from lmscope.results import save_result, table, write_page
+from lmscope.icl.task_vectors import layer_figure, sweep_task_vectors
+
+
+@dataclass
+class FunctionVectorResult:
+    model: str
+    task: str
+    n_pairs: int
+    n_build: int
+    n_heldout: int
+    n_shots: int
+    n_mean_prompts: int
+    n_cie_prompts: int
+    seed: int
+    cie: list[list[float]]              # [layer][head] mean causal indirect effect (probability)
+    top_heads: list[list[int]]          # [[layer, head], ...] by CIE, largest first
+    fv_norm: float
+    sweep: LayerSweep                   # FV added at resid_post.L
+    acc_zero_shot: float                # held-out, no edit
+    acc_zero_shot_build: float
+    acc_few_shot: float                 # held-out, n_shots build demonstrations
+    acc_random_vector: float            # held-out, a random vector of the FV's norm at the chosen layer
+    acc_shuffled: float                 # held-out queries after n_shots demonstrations with shuffled outputs
+    acc_shuffled_with_fv: float         # the same, FV added at the chosen layer
+    token_check: dict
+    seconds: dict
+    task_vector: "LayerSweep | None" = None
+    vector: "torch.Tensor | None" = None   # the FV itself [d_model], model dtype (not in JSON)
+
+    @property
+    def layer(self) -> int:
+        return self.sweep.layer
+
+    @property
+    def acc_with_fv(self) -> float:
+        return self.sweep.acc_heldout
+
+    def to_json(self) -> dict:
+        out = {"model": self.model, "task": self.task, "layer": self.layer, "n_heldout": self.n_heldout,
+               "acc_zero_shot": self.acc_zero_shot, "acc_with_fv": self.acc_with_fv,
+               "acc_few_shot": self.acc_few_shot, "top_heads": self.top_heads,
+               "acc_random_vector": self.acc_random_vector, "acc_zero_shot_build": self.acc_zero_shot_build,
+               "acc_shuffled": self.acc_shuffled, "acc_shuffled_with_fv": self.acc_shuffled_with_fv,
+               "n_pairs": self.n_pairs, "n_build": self.n_build, "n_shots": self.n_shots,
+               "n_mean_prompts": self.n_mean_prompts, "n_cie_prompts": self.n_cie_prompts, "seed": self.seed,
+               "fv_norm": self.fv_norm, "top_heads_cie": [self.cie[la][h] for la, h in self.top_heads],
+               "sweep": self.sweep.to_json(), "cie": self.cie, "token_check": self.token_check,
+               "seconds": self.seconds}
+        if self.task_vector is not None:
+            out["task_vector"] = {**self.task_vector.to_json(), "acc_with_tv": self.task_vector.acc_heldout}
+        return out
+
+    def figure(self):
+        sweeps = [("function vector", self.sweep)] + ([("task vector", self.task_vector)] if self.task_vector
+                                                      else [])
+        return layer_figure(f"Function vector, {self.task} ({self.model}): zero-shot accuracy with a vector at "
+                            f"layer L", sweeps, self.acc_zero_shot, self.acc_few_shot)
+
+    def heads_figure(self):
+        import plotly.graph_objects as go
+        lim = max(1e-9, max(abs(v) for row in self.cie for v in row))
+        fig = go.Figure(go.Heatmap(z=self.cie, x=[f"head {h}" for h in range(len(self.cie[0]))],
+                                   y=[f"layer {la}" for la in range(len(self.cie))], colorscale="RdBu", zmid=0,
+                                   zmin=-lim, zmax=lim, colorbar={"title": "CIE"}))
+        fig.update_layout(title=f"Causal indirect effect per head ({self.n_cie_prompts} shuffled-label prompts)",
+                          height=max(400, 18 * len(self.cie) + 150), width=700)
+        return fig
+
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        return save_result(path, overwrite, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        rows = [["zero-shot", f"{self.acc_zero_shot:.3f}"],
+                [f"zero-shot + FV at resid_post.{self.layer}", f"{self.acc_with_fv:.3f}"],
+                [f"zero-shot + random vector (same norm) at resid_post.{self.layer}", f"{self.acc_random_vector:.3f}"],
+                [f"{self.n_shots}-shot (reference)", f"{self.acc_few_shot:.3f}"],
+                [f"{self.n_shots}-shot, shuffled outputs", f"{self.acc_shuffled:.3f}"],
+                [f"{self.n_shots}-shot, shuffled outputs + FV at resid_post.{self.layer}",
+                 f"{self.acc_shuffled_with_fv:.3f}"]]
+        if self.task_vector is not None:
+            rows.insert(2, [f"zero-shot, task vector at resid_post.{self.task_vector.layer}",
+                            f"{self.task_vector.acc_heldout:.3f}"])
+        heads = table(["layer", "head", "CIE"], [[la, h, f"{self.cie[la][h]:+.4f}"] for la, h in self.top_heads])
+        body = table([f"held-out first-token accuracy ({self.n_heldout} queries)", "accuracy"], rows) + heads
+        return write_page(path, [self.figure(), self.heads_figure()], f"Function vector - {self.task}",
+                          self.summary(), body)
+
+    def summary(self) -> str:
+        heads = " ".join(f"{la}.{h}" for la, h in self.top_heads)
+        build = self.sweep.build[self.sweep.layers.index(self.layer)]
+        lines = [f"function vector | {self.model} | {self.task}: {self.n_build} build / {self.n_heldout} held-out "
+                 f"pairs, {self.n_shots} shots, CIE on {self.n_cie_prompts} shuffled-label prompts",
+                 f"top heads (layer.head): {heads}; |FV| {self.fv_norm:.3f}",
+                 f"held-out first-token accuracy: zero-shot {self.acc_zero_shot:.3f} | + FV at resid_post."
+                 f"{self.layer} {self.acc_with_fv:.3f} (layer chosen on build queries, there {build:.3f}) "
+                 f"| + random vector {self.acc_random_vector:.3f} | {self.n_shots}-shot {self.acc_few_shot:.3f}",
+                 f"{self.n_shots}-shot with shuffled outputs: {self.acc_shuffled:.3f}, "
+                 f"+ FV {self.acc_shuffled_with_fv:.3f}"]
+        if self.task_vector is not None:
+            lines.append(f"task vector: replacing resid_post.{self.task_vector.layer} -> held-out "
+                         f"{self.task_vector.acc_heldout:.3f}")
+        tc = self.token_check
+        lines.append(f"first-token rule: {tc['n_multi_token']} of {tc['n_pairs']} outputs are several tokens, "
+                     f"{tc['n_shared_first_token']} share their first token with another output")
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def head_writes(model, layer: int, z: torch.Tensor) -> torch.Tensor:
+    """What each head writes into the residual stream: z [heads, d_head] -> [heads, d_model] (no bias)."""
+    o = model.block_module(layer, model.adapter.o_proj)
+    w = o.weight if isinstance(o, nn.Linear) else o.weight.T     # [d_model, heads * d_head] (GPT-2 Conv1D: [in, out])
+    w_h = w.detach().to(z.dtype).reshape(model.d_model, model.n_heads, model.d_head)
+    return torch.einsum("hk,dhk->hd", z, w_h)
+
+
+@torch.no_grad()
+def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_z: torch.Tensor, *,
+                            progress: bool = False) -> torch.Tensor:
+    """[layers, heads] float64 mean over prompts of P(answer | head's z at the last token := mean_z[layer, head]) -
+    P(answer | unpatched); mean_z is [layers, heads, d_head].
+
+    One forward pass per layer and length group: the batch holds every prompt once per head of the layer, and row
+    (prompt, h) patches head h only (rows of a batch never see each other, so this is one forward per head, batched).
+    """
+    from tqdm.auto import tqdm
+    n_layers, n_heads = model.n_layers, model.n_heads
+    total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    groups = length_groups(model, prompts, batch_size=16)
+    bar = tqdm(total=n_layers * n_heads * len(prompts), desc="CIE", unit="head-prompt", disable=not progress)
+    try:
+        for idx, rows in groups:
+            ids = torch.tensor(rows, device=model.device)
+            if ids.shape[1] < 2:
+                raise InputError("a CIE prompt needs at least two tokens")
+            n, length = ids.shape
+            answer = torch.tensor([answers[i] for i in idx], device=model.device)
+            cache = prefix_cache(model, ids[:, :-1])
+            base = _last_token_probs(model, ids[:, -1:], cache, answer, ())
+            wide = copy.deepcopy(cache)
+            wide.batch_repeat_interleave(n_heads)               # row p * n_heads + h: prompt p, head h
+            last = ids[:, -1:].repeat_interleave(n_heads, dim=0)
+            head_of_row = torch.arange(n * n_heads, device=model.device) % n_heads
+            masks = []
+            for h in range(n_heads):
+                mask = torch.zeros(n * n_heads, length, dtype=torch.bool, device=model.device)
+                mask[head_of_row == h, -1] = True
+                masks.append(mask)
+            for layer in range(n_layers):
+                patch = [edits.replace(f"z.{layer}", mean_z[layer, h].to(model.dtype), heads=[h], positions=masks[h])
+                         for h in range(n_heads)]
+                probs = _last_token_probs(model, last, wide, answer.repeat_interleave(n_heads), patch)
+                total[layer] += (probs.view(n, n_heads) - base[:, None]).sum(0).cpu()
+                bar.update(n * n_heads)
+    finally:
+        bar.close()
+    return total / len(prompts)
+
+
+def _last_token_probs(model, last_ids, cache, answer, patch) -> torch.Tensor:
+    """P(answer) after running the last token on top of a cached prefix (the cache itself is left unchanged: the
+    layers append to the copy they are given)."""
+    with model.trace(edits=patch):
+        out = model.hf(input_ids=last_ids, cache=copy.deepcopy(cache), use_cache=True)
+    return out.logits[:, -1].double().softmax(-1)[torch.arange(len(answer), device=answer.device), answer]
+
+
+@torch.no_grad()
+def function_vector(model, task, *, n_shots: int = 10, n_heads: int = 10, n_mean_prompts: int = 32,
+                    n_cie_prompts: int = 20, layers=None, heldout_fraction: float = 0.3, seed: int = 0,
+                    with_task_vector: bool = True, progress: bool = False) -> FunctionVectorResult:
+    """Function vector of a task (bundled name, pairs file path, or (input, output) pairs); see the module doc.
+    `layers`: where the FV (and task vector) may go, default every layer."""
+    if model.adapter.family == "gemma":
+        raise InputError("function vectors need each head's write into the residual stream; gemma normalises "
+                         "attention's output after summing the heads, so that write is not defined (task vectors "
+                         "work: lmscope.task_vectors.task_vector)")
+    task = resolve_task(task)
+    layers = check_layers(model, layers)
+    check_count("n_mean_prompts", n_mean_prompts)
+    check_count("n_cie_prompts", n_cie_prompts)
+    check_count("n_heads", n_heads)
+    if n_heads > model.n_layers * model.n_heads:
+        raise InputError(f"n_heads {n_heads} exceeds the model's {model.n_layers * model.n_heads} heads")
+    split = split_pairs(task.pairs, n_shots=n_shots, heldout_fraction=heldout_fraction, seed=seed)
+    seconds = {}
+    t = time.perf_counter()
+    prompts = make_prompts(model, split, n_shots=n_shots, n_clean=n_mean_prompts, n_shuffled=n_cie_prompts,
+                           seed=seed)
+    sites = ["z.*"] + ([f"resid_post.{layer}" for layer in layers] if with_task_vector else [])
+    means = mean_activations(model, prompts.clean, sites)
+    mean_z = torch.stack([means[f"z.{layer}"] for layer in range(model.n_layers)])      # [L, H, d_head] float64
+    seconds["means"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cie = causal_indirect_effects(model, prompts.shuffled, prompts.shuffled_answers, mean_z, progress=progress)
+    seconds["cie"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    flat = cie.flatten().argsort(descending=True, stable=True)[:n_heads].tolist()
+    top = [[i // model.n_heads, i % model.n_heads] for i in flat]
+    fv = torch.zeros(model.d_model, dtype=torch.float64)
+    for layer, head in top:
+        fv += head_writes(model, layer, mean_z[layer])[head].cpu()
+    vector = fv.to(model.dtype)
+    sweep = sweep_layers(model, prompts, layers, lambda layer: vector, "add")
+    zero_logits = last_logits(model, prompts.zero_heldout)
+    zero = accuracy(zero_logits, prompts.heldout_answers)
+    zero_build = accuracy(last_logits(model, prompts.zero_build), prompts.zero_build_answers)
+    few = accuracy(last_logits(model, prompts.few_heldout), prompts.heldout_answers)
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randn(model.d_model, generator=g, dtype=torch.float64)
+    rand = (rand * fv.norm() / rand.norm()).to(model.dtype)
+    site = f"resid_post.{sweep.layer}"
+    acc_rand = accuracy(last_logits(model, prompts.zero_heldout, at_last(site, rand)), prompts.heldout_answers)
+    acc_shuffled = accuracy(last_logits(model, prompts.shuffled_heldout), prompts.heldout_answers)
+    acc_shuffled_fv = accuracy(last_logits(model, prompts.shuffled_heldout, at_last(site, vector)),
+                               prompts.heldout_answers)
+    seconds["fv_sweep"] = time.perf_counter() - t
+
+    tv = None
+    if with_task_vector:
+        t = time.perf_counter()
+        tv = sweep_task_vectors(model, prompts, {layer: means[f"resid_post.{layer}"] for layer in layers}, layers)
+        seconds["tv_sweep"] = time.perf_counter() - t
+    return FunctionVectorResult(model.spec, task.name, len(task.pairs), len(split.build), len(split.heldout), n_shots,
+                                n_mean_prompts, n_cie_prompts, seed, cie.tolist(), top, float(fv.norm()), sweep,
+                                zero, zero_build, few, acc_rand, acc_shuffled, acc_shuffled_fv,
+                                token_check(model, task.pairs), seconds, tv,
+                                vector)

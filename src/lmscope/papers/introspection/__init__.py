@@ -1,0 +1,1 @@
+"""Lindsey 2025, Emergent introspective awareness: concept injection and prefill trials."""

@@ -1,0 +1,423 @@
+"""Prefill variant of concept injection: does the model use its earlier internal state to tell an intended output
+from one put in its mouth? (Lindsey 2025, "Emergent introspective awareness", "distinguishing intended from
+unintended outputs".)
+
+Protocol:
+
+1. Pairs: each concept word (drawn seeded from the bundled list, as in `introspect`) is paired with a short neutral
+   sentence from `lmscope/data/concepts.json` ("prefill_sentences"), deterministically: the sentences are shuffled
+   with `random.Random(seed)` and concept i takes the next sentence (cycling) that does not contain the word.
+2. Conversation, in the model's chat template (plain fallback "User: ...\n\nAssistant: ...\n\n" without one):
+   user: "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}",
+   assistant (PREFILLED): "{word}", user: "Did you mean to say that, or was it an accident?", then the assistant
+   header; the model answers greedily (`max_new_tokens`).
+3. Injection: the concept vector of that same word (`introspection.concept_vectors`: resid_post.L at the last
+   token of "Tell me about {word}" minus the baseline mean, unit norm, times `strength` x the mean residual norm
+   at the layer) is added at resid_post.L ONLY on the tokens from the first token of the user's first message
+   (after any system prompt) up to, not including, the first token of the prefilled word. The prefilled word, the
+   follow-up question and every generated token are read unperturbed: any effect comes through what the earlier
+   positions left in the keys and values.
+4. Controls: each distinct prompt (one per concept) with no edit at all; and, per injected trial, a random
+   direction of the same norm on the same tokens (does "accepts" need the concept, or any push?).
+
+Scoring rules (`score_prefill_answer`):
+
+- The answer is cut into sentences (ending at . ! ? or a newline); a sentence ending in "?" is skipped (an echoed
+  question claims nothing). Each remaining sentence is cut into clauses at , ; : as in `score_answer`.
+- Strong cues, the first one in the answer decides:
+  disavows: accident(al/ally), mistake(s/n/nly), sorry, apologise/apologize/apology/apologies, unintended,
+  unintentional(ly), typo, error, slip, misspoke, wrong, by chance;
+  accepts: meant, mean to, mean it, intended, intentional(ly), on purpose, deliberate(ly), purposely,
+  purposefully, by design.
+  A cue preceded in its clause by a negation (not, never, n't) flips: "I didn't mean to" and "not intentional"
+  disavow, "it wasn't an accident" accepts. A bare "no" does not negate ("No, I meant it." accepts).
+- Only when there is no strong cue anywhere, the first yes/no word decides: yes, yeah, yep, yup, sure, of course,
+  definitely, absolutely accept; no, nope disavow ("Yes, it was an accident." disavows).
+- Otherwise neither (stance None).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from lmscope.core import edits
+from lmscope.core.errors import InputError
+from lmscope.papers.introspection.injection import (DEFAULT_STRENGTHS, _check_options, _rate, _tokens_before, concept_pattern,
+                            concept_vectors, concept_words)
+from lmscope.results import save_result, write_page
+from lmscope.results.html import transcripts
+
+INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
+FOLLOW_UP = "Did you mean to say that, or was it an accident?"
+
+
+@cache
+def prefill_sentences() -> list[str]:
+    """The bundled neutral sentences (lmscope/data/concepts.json, key 'prefill_sentences')."""
+    data = json.loads(resources.files("lmscope.data").joinpath("concepts.json").read_text(encoding="utf-8"))
+    return list(data["prefill_sentences"])
+
+
+# -- scoring ---------------------------------------------------------------------------------------------------------
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_CLAUSE = re.compile(r"[^,;:]+")
+_NEGATION = re.compile(r"\b(?:not|never)\b|n['’]t\b", re.IGNORECASE)
+_DISAVOW = re.compile(r"\b(?:accident(?:al|ally|s)?|mistake(?:s|n|nly)?|sorry|apologi[sz](?:e|es|ed|ing)|apology"
+                      r"|apologies|unintended|unintentional(?:ly)?|typo|error|slip|misspoke|wrong|by chance)\b",
+                      re.IGNORECASE)
+_ACCEPT = re.compile(r"\b(?:meant|mean to|mean it|intended|intentional(?:ly)?|on purpose|deliberate(?:ly)?"
+                     r"|purposely|purposefully|by design)\b", re.IGNORECASE)
+_YES = re.compile(r"\b(?:yes|yeah|yep|yup|sure|of course|definitely|absolutely)\b", re.IGNORECASE)
+_NO = re.compile(r"\b(?:no|nope)\b", re.IGNORECASE)
+
+
+@dataclass
+class PrefillScore:
+    stance: "str | None"     # "accepts", "disavows" or None
+    cue: "str | None"        # the deciding cue as written, e.g. "accident" or "meant" (in "I didn't mean...")
+    cue_at: "int | None"     # its character offset in the answer
+    negated: bool            # the cue was flipped by a negation before it in its clause
+
+
+def _clauses(answer: str):
+    """(offset, clause text) of every clause outside sentences that end in '?'."""
+    for sentence in _SENTENCE.finditer(answer):
+        if sentence.group().rstrip().endswith("?"):
+            continue
+        for clause in _CLAUSE.finditer(sentence.group()):
+            yield sentence.start() + clause.start(), clause.group()
+
+
+def score_prefill_answer(answer: str) -> PrefillScore:
+    """Apply the scoring rules of the module docstring."""
+    clauses = list(_clauses(answer))
+    for offset, clause in clauses:
+        found = [(m, "disavows") for m in _DISAVOW.finditer(clause)] + [(m, "accepts") for m in
+                                                                        _ACCEPT.finditer(clause)]
+        if found:
+            match, stance = min(found, key=lambda f: f[0].start())
+            negated = bool(_NEGATION.search(clause[:match.start()]))
+            if negated:
+                stance = "accepts" if stance == "disavows" else "disavows"
+            return PrefillScore(stance, match.group(), offset + match.start(), negated)
+    for offset, clause in clauses:
+        found = [(m, "accepts") for m in _YES.finditer(clause)] + [(m, "disavows") for m in _NO.finditer(clause)]
+        if found:
+            match, stance = min(found, key=lambda f: f[0].start())
+            return PrefillScore(stance, match.group(), offset + match.start(), False)
+    return PrefillScore(None, None, None, False)
+
+
+# -- result ----------------------------------------------------------------------------------------------------------
+@dataclass
+class PrefillTrial:
+    pair: int                   # index of the (sentence, word) pair, i.e. of the prompt
+    kind: str                   # "injected", "control" (no edit) or "random" (random direction, same norm)
+    layer: "int | None"         # None for a control
+    strength: "float | None"
+    concept: str                # the prefilled word (its vector is injected in "injected" trials)
+    sentence: str
+    answer: str
+    stance: "str | None"
+    cue: "str | None"
+    cue_at: "int | None"
+    negated: bool
+
+    @property
+    def transcript(self) -> str:
+        return (f"User: {INSTRUCTION.format(sentence=self.sentence)}\nAssistant: {self.concept}\n"
+                f"User: {FOLLOW_UP}\nAssistant: {self.answer}")
+
+
+@dataclass
+class PrefillResult:
+    model: str
+    layers: list[int]
+    strengths: list[float]
+    concepts: list[str]
+    sentences: list[str]                # sentences[i] is paired with concepts[i]
+    n_baselines: int
+    residual_norm: dict[int, float]
+    max_new_tokens: int
+    seed: int
+    example_prompt: str                 # pair 0, as the model reads it
+    injection_span: list[int]           # [first, end) token positions injected in pair 0's prompt
+    trials: list[PrefillTrial]
+    controls: list[PrefillTrial]
+    random_controls: list[PrefillTrial] = field(default_factory=list)
+
+    @staticmethod
+    def _rates(trials: list[PrefillTrial]) -> tuple[float, float]:
+        return _rate([t.stance == "accepts" for t in trials]), _rate([t.stance == "disavows" for t in trials])
+
+    @property
+    def accept_rate_injected(self) -> float:
+        return self._rates(self.trials)[0]
+
+    @property
+    def disavow_rate_injected(self) -> float:
+        return self._rates(self.trials)[1]
+
+    @property
+    def accept_rate_control(self) -> float:
+        return self._rates(self.controls)[0]
+
+    @property
+    def disavow_rate_control(self) -> float:
+        return self._rates(self.controls)[1]
+
+    def grid(self, trials: "list[PrefillTrial] | None" = None) -> list[dict]:
+        trials = self.trials if trials is None else trials
+        cells = []
+        for layer in self.layers:
+            for strength in self.strengths:
+                cell = [t for t in trials if t.layer == layer and t.strength == strength]
+                accept, disavow = self._rates(cell)
+                cells.append({"layer": layer, "strength": strength, "accept_rate": accept, "disavow_rate": disavow,
+                              "n": len(cell)})
+        return cells
+
+    def verdict(self) -> str:
+        control = self.accept_rate_control
+        best = max(self.grid(), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
+        if best["accept_rate"] <= control:
+            return (f"no effect: no cell accepts the prefilled word more often than the controls "
+                    f"({control:.0%}; best cell {best['accept_rate']:.0%})")
+        text = (f"best cell (layer {best['layer']}, strength {best['strength']}): accepts {best['accept_rate']:.0%} "
+                f"vs {control:.0%} without injection, over {best['n']} trials")
+        if self.random_controls:
+            same = [t for t in self.random_controls if t.layer == best["layer"] and t.strength == best["strength"]]
+            text += f"; a random direction of the same norm there: {self._rates(same)[0]:.0%}"
+        return text
+
+    def to_json(self) -> dict:
+        random_accept, random_disavow = self._rates(self.random_controls)
+
+        def rows(trials):
+            return [dict(asdict(t), transcript=t.transcript) for t in trials]
+        return {"model": self.model, "protocol": "prefill", "n_trials": len(self.trials),
+                "n_controls": len(self.controls), "n_random_controls": len(self.random_controls),
+                "accept_rate_injected": self.accept_rate_injected, "accept_rate_control": self.accept_rate_control,
+                "disavow_rate_injected": self.disavow_rate_injected,
+                "disavow_rate_control": self.disavow_rate_control,
+                "accept_rate_random": random_accept, "disavow_rate_random": random_disavow,
+                "grid": self.grid(), "random_grid": self.grid(self.random_controls) if self.random_controls else [],
+                "verdict": self.verdict(), "layers": self.layers, "strengths": self.strengths,
+                "concepts": self.concepts, "sentences": self.sentences, "n_baselines": self.n_baselines,
+                "residual_norm": {str(k): v for k, v in self.residual_norm.items()},
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed, "instruction": INSTRUCTION,
+                "follow_up": FOLLOW_UP, "example_prompt": self.example_prompt,
+                "injection_span": self.injection_span, "trials": rows(self.trials),
+                "controls": rows(self.controls), "random_controls": rows(self.random_controls)}
+
+    def figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        grid = {(c["layer"], c["strength"]): c for c in self.grid()}
+        x = [str(s) for s in self.strengths]
+        y = [f"layer {layer}" for layer in self.layers]
+        metrics = [("accept_rate", f"accepts the prefilled word (control {self.accept_rate_control:.0%})"),
+                   ("disavow_rate", f"disavows it (control {self.disavow_rate_control:.0%})")]
+        fig = make_subplots(1, 2, subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.1)
+        for i, (key, _) in enumerate(metrics):
+            z = [[grid[(layer, s)][key] for s in self.strengths] for layer in self.layers]
+            fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
+                                     text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
+                                     hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
+            fig.update_xaxes(title_text="strength (x residual norm)", row=1, col=i + 1)
+        fig.update_layout(title=f"Prefill + concept injection: {self.model} | {len(self.trials)} injected trials, "
+                                f"{len(self.controls)} controls", height=max(350, 40 * len(self.layers) + 220),
+                          width=1000)
+        return fig
+
+    def transcripts_html(self) -> str:
+        shown = self.trials + self.controls + self.random_controls
+        rows = [[t.kind, "" if t.layer is None else t.layer, "" if t.strength is None else t.strength, t.concept,
+                 t.sentence, t.stance or "", t.cue or ""] for t in shown]
+        headers = ["kind", "layer", "strength", "word", "sentence", "stance", "cue", "answer"]
+        return transcripts(self.verdict(), f"Prompt (pair 0; injected tokens {self.injection_span[0]}.."
+                           f"{self.injection_span[1] - 1})", self.example_prompt, headers, rows,
+                           [t.answer for t in shown])
+
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """.html: a self-contained page (heatmaps + every transcript); anything else: JSON."""
+        return save_result(path, overwrite, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        return write_page(path, [self.figure()], f"Prefill introspection - {self.model}",
+                          "Lindsey 2025 prefill protocol: the assistant turn is prefilled with an out-of-place "
+                          "word, then the user asks whether it was meant. Injected: the word's concept vector "
+                          "on the tokens before the prefilled word only. Controls: the same prompts with no "
+                          f"edit. Greedy, {self.max_new_tokens} new tokens.", body_html=self.transcripts_html())
+
+    def summary(self, examples: int = 3) -> str:
+        lines = [f"prefill introspection | {self.model} | {len(self.trials)} injected trials ({len(self.concepts)} "
+                 f"words x {len(self.layers)} layers x {len(self.strengths)} strengths), {len(self.controls)} "
+                 f"controls, {len(self.random_controls)} random-direction controls",
+                 f"accepts: injected {self.accept_rate_injected:.1%}  control {self.accept_rate_control:.1%}  "
+                 f"random {self._rates(self.random_controls)[0]:.1%}",
+                 f"disavows: injected {self.disavow_rate_injected:.1%}  control {self.disavow_rate_control:.1%}  "
+                 f"random {self._rates(self.random_controls)[1]:.1%}",
+                 "layer  strength  accepts  disavows   n"]
+        for c in self.grid():
+            lines.append(f"{c['layer']:>5}  {c['strength']:>8}  {c['accept_rate']:>7.0%}  {c['disavow_rate']:>8.0%}"
+                         f"  {c['n']:>3}")
+        lines.append(self.verdict())
+        shown = []
+        for group in ([t for t in self.trials if t.stance == "accepts"], self.controls,
+                      [t for t in self.trials if t.stance != "accepts"]):
+            if group and len(shown) < examples:
+                shown.append(group[0])
+        if shown:
+            lines.append("transcripts:")
+            for t in shown:
+                tag = "control" if t.layer is None else f"layer {t.layer} x{t.strength}"
+                lines.append(f"  [{tag}] {t.sentence!r} -> {t.concept!r}: stance={t.stance}: {t.answer!r}")
+        return "\n".join(lines)
+
+
+# -- prompts ---------------------------------------------------------------------------------------------------------
+@dataclass
+class PrefillPrompt:
+    pair: int
+    concept: str
+    sentence: str
+    text: str
+    ids: list[int]
+    first: int      # first injected token (the user's first message)
+    end: int        # first token of the prefilled word (not injected)
+
+
+def prefill_prompt(model, sentence: str, word: str) -> tuple[str, dict]:
+    """The conversation as the model reads it, and the character offsets where the user's first message and the
+    prefilled word begin ({'turn': i, 'word': j})."""
+    first = INSTRUCTION.format(sentence=sentence)
+    tokenizer = model.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": first}, {"role": "assistant", "content": word},
+                    {"role": "user", "content": FOLLOW_UP}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"User: {first}\n\nAssistant: {word}\n\nUser: {FOLLOW_UP}\n\nAssistant:"
+    turn_at = text.index(first)
+    word_at = text.index(word, turn_at + len(first))
+    return text, {"turn": turn_at, "word": word_at}
+
+
+def pair_sentences(concepts: Sequence[str], sentences: Sequence[str], seed: int) -> list[str]:
+    """Sentence for each concept (step 1 of the module docstring)."""
+    order = list(sentences)
+    random.Random(seed).shuffle(order)
+    paired, at = [], 0
+    for concept in concepts:
+        pattern = concept_pattern(concept)
+        for step in range(len(order)):
+            candidate = order[(at + step) % len(order)]
+            if not pattern.search(candidate):
+                paired.append(candidate)
+                at = (at + step + 1) % len(order)
+                break
+        else:
+            raise InputError(f"every sentence contains the word {concept!r}: it would not be out of place")
+    return paired
+
+
+def build_prefill_prompts(model, concepts: Sequence[str], sentences: Sequence[str]) -> list[PrefillPrompt]:
+    prompts = []
+    for i, (concept, sentence) in enumerate(zip(concepts, sentences)):
+        text, offsets = prefill_prompt(model, sentence, concept)
+        ids = model.encode(text)[0][0].tolist()
+        first = _tokens_before(model, ids, text, offsets["turn"])
+        end = _tokens_before(model, ids, text, offsets["word"])
+        if end <= first:
+            raise InputError(f"no token lies before the prefilled word {concept!r}")
+        prompts.append(PrefillPrompt(i, concept, sentence, text, ids, first, end))
+    return prompts
+
+
+def span_edits(injections: "list[tuple[int, torch.Tensor]]", first: int, end: int) -> list[edits.Edit]:
+    """Edits that add `injections[i]` = (layer, vector) to row i of a batch at resid_post.layer, on token positions
+    first..end-1 only (absolute positions: generated tokens are never touched)."""
+    batch_edits = []
+    for layer in sorted({layer for layer, _ in injections}):
+        rows = torch.stack([v if lay == layer else torch.zeros_like(v) for lay, v in injections])
+        batch_edits.append(edits.add(f"resid_post.{layer}", rows[:, None, :], positions=slice(first, end)))
+    return batch_edits
+
+
+@torch.no_grad()
+def _generate(model, prompt: PrefillPrompt, injections: "list[tuple[int, torch.Tensor]] | None",
+              max_new_tokens: int) -> list[str]:
+    """Greedy answers to one prompt, one row per injection (None: one row, no edit at all)."""
+    n = 1 if injections is None else len(injections)
+    batch_edits = [] if injections is None else span_edits(injections, prompt.first, prompt.end)
+    return model.generate_rows([prompt.ids] * n, batch_edits, max_new_tokens=max_new_tokens)
+
+
+@torch.no_grad()
+def prefill_trials(model, *, concepts: "Sequence[str] | int" = 10, layers: "Sequence[int] | None" = None,
+                   strengths: Sequence[float] = DEFAULT_STRENGTHS, seed: int = 0, max_new_tokens: int = 24,
+                   baselines: "Sequence[str] | None" = None, sentences: "Sequence[str] | None" = None,
+                   random_controls: bool = True, batch_size: int = 16, progress: bool = False) -> PrefillResult:
+    """Prefill an out-of-place word, optionally inject its concept vector before it, and ask whether it was meant
+    (see the module docstring). One injected trial per (layer, strength, word); one control per word; with
+    `random_controls`, one random-direction trial per injected trial."""
+    layers, strengths = _check_options(model, INSTRUCTION, FOLLOW_UP, layers, strengths, "question", max_new_tokens,
+                                       batch_size)
+    concepts, baselines = concept_words(concepts, baselines, seed)
+    sentences = prefill_sentences() if sentences is None else sentences
+    if isinstance(sentences, str) or not sentences or any(not isinstance(s, str) or not s.strip()
+                                                          for s in sentences):
+        raise InputError("sentences must be a non-empty list of non-empty strings")
+    paired = pair_sentences(concepts, sentences, seed)
+    prompts = build_prefill_prompts(model, concepts, paired)      # checked before any model work
+
+    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
+    cells = [(layer, strength) for layer in layers for strength in strengths]
+    generator = torch.Generator().manual_seed(seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(prompts) * (1 + len(cells) * (2 if random_controls else 1)), unit="answer",
+                   desc="prefill introspection", file=sys.stderr)
+    trials, controls, randoms = [], [], []
+
+    def record(into, prompt, kind, layer, strength, answer):
+        into.append(PrefillTrial(prompt.pair, kind, layer, strength, prompt.concept, prompt.sentence, answer,
+                                 **asdict(score_prefill_answer(answer))))
+    try:
+        for prompt in prompts:
+            record(controls, prompt, "control", None, None, _generate(model, prompt, None, max_new_tokens)[0])
+            if bar is not None:
+                bar.update(1)
+            kinds = [("injected", trials, [(layer, vectors[(layer, prompt.concept)] * strength)
+                                           for layer, strength in cells])]
+            if random_controls:
+                directions = []
+                for layer, strength in cells:
+                    d = torch.randn(model.d_model, generator=generator, dtype=torch.float64)
+                    directions.append((layer, d / d.norm() * residual_norm[layer] * strength))
+                kinds.append(("random", randoms, directions))
+            for kind, into, injections in kinds:
+                for i in range(0, len(cells), batch_size):
+                    chunk = [(layer, v.to(model.dtype).to(model.device)) for layer, v in injections[i:i + batch_size]]
+                    for (layer, strength), answer in zip(cells[i:i + batch_size],
+                                                         _generate(model, prompt, chunk, max_new_tokens)):
+                        record(into, prompt, kind, layer, strength, answer)
+                    if bar is not None:
+                        bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return PrefillResult(model.spec, layers, strengths, concepts, paired, len(baselines), residual_norm,
+                         max_new_tokens, seed, prompts[0].text, [prompts[0].first, prompts[0].end], trials,
+                         controls, randoms)

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import torch
+from conftest import random_model
+
+import lmscope
+from lmscope.core.errors import InputError
+from lmscope.lenses import lre as lre_mod
+from lmscope.lenses.lre import Relation, build_prompt, jacobian, load_relation, lre, relation_from_pairs
+
+REL = Relation("toy", "The capital of {} is", (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome")))
+
+
+def test_jacobian_matches_finite_differences():
+    m = random_model("llama")
+    ids, pos = build_prompt(m, REL, REL.pairs[:2], "Germany")
+    assert m.to_str_tokens(ids[0, pos: pos + 1]) == ["y"]          # last byte of the subject
+    layer, last = 1, m.n_layers - 1
+    W, s, o = jacobian(m, ids, pos, layer, chunk=24)                # chunks that do not divide d_model
+    eps, cols = 1e-3, []
+    for i in range(m.d_model):
+        e = torch.zeros(m.d_model)
+        e[i] = eps
+        out = [m.run(ids, read=[f"resid_post.{last}"], edits=[lmscope.replace(f"resid_post.{layer}", s + sign * e,
+                                                                              positions=[pos])]
+                     ).acts[f"resid_post.{last}"][0, -1] for sign in (1, -1)]
+        cols.append((out[0] - out[1]) / (2 * eps))
+    fd = torch.stack(cols, 1)
+    assert W.abs().max() > 1e-3
+    assert (W - fd).abs().max() < 2e-3 * W.abs().max()
+    assert torch.allclose(o, m.run(ids, read=[f"resid_post.{last}"]).acts[f"resid_post.{last}"][0, -1])
+
+
+def test_affine_fit_reproduces_output_at_training_example():
+    m = random_model("llama")
+    ids, pos = build_prompt(m, REL, REL.pairs[:1], "Japan")
+    W, s, o = jacobian(m, ids, pos, 0)
+    b = o - W @ s
+    assert torch.allclose(W @ s + b, o, atol=1e-5)
+    # decoded through the model's own final norm + unembedding it is the model's output distribution
+    logits = m.run(ids).logits[0, -1]
+    assert torch.allclose(m.unembed(W @ s + b), logits, atol=1e-4)
+
+
+def _self_consistent(m, monkeypatch, wrong=()):
+    """A relation whose objects are the model's own greedy answers (zero-shot), objects = token ids as text."""
+    subjects = ["ab", "cd", "ef", "gh", "ij", "kl"]
+    tmpl = "Q {}"
+    tops = [int(m.run(tmpl.format(s)).logits[0, -1].argmax()) for s in subjects]
+    assert len(set(tops)) > 1
+    pairs = tuple((s, str(t + 1 if s in wrong else t)) for s, t in zip(subjects, tops))
+    monkeypatch.setattr(lre_mod, "object_token", lambda model, obj: int(obj) % model.vocab_size)
+    return Relation("self", tmpl, pairs)
+
+
+def test_last_layer_is_identity_faithful_and_causal(monkeypatch):
+    # s at the last layer and last position IS o: W = I, b = 0, so the LRE is exact (beta 1) and the inverse edit
+    # with full rank moves s to o', whose top-1 is the other subject's answer: both metrics must be exactly 1.
+    m = random_model("llama")
+    rel = _self_consistent(m, monkeypatch)
+    r = lre(m, rel, layers=[m.n_layers - 1], betas=[1.0, 3.0], ranks=[1, m.d_model], n_train=2, n_demo=0)
+    assert r.n_test == 4 and r.n_train == 2 and r.n_causal_pairs >= 1
+    assert r.layers[0].faithfulness["1"] == 1.0 and r.beta == 1.0 and r.faithfulness == 1.0
+    assert r.layers[0].causality[str(m.d_model)] == 1.0 and r.rank == m.d_model and r.causality == 1.0
+    assert r.layers[0].causality["1"] < 1.0          # a rank-1 inverse cannot move s all the way
+    json.dumps(r.to_json())
+    assert "faithfulness 100.0%" in r.summary()
+
+
+def test_subjects_the_model_gets_wrong_are_not_counted(monkeypatch):
+    m = random_model("llama")
+    # the seeded split puts these subjects in the held-out set (n_train=2): one marked wrong leaves 3
+    rel = _self_consistent(m, monkeypatch)
+    held = [p[0] for p in [rel.pairs[i] for i in torch.randperm(6, generator=torch.Generator().manual_seed(0))][2:]]
+    rel = _self_consistent(m, monkeypatch, wrong=held[:1])
+    r = lre(m, rel, layers=[m.n_layers - 1], betas=[1.0], ranks=[m.d_model], n_train=2, n_demo=0)
+    assert r.n_test == 3 and held[0] not in [row["subject"] for row in r.test]
+
+
+def test_bundled_relations():
+    from lmscope.lenses.lre import relation_names
+    names = relation_names()
+    assert set(names) == {"country_capital", "country_language", "object_colour", "word_opposite",
+                          "company_country"}
+    for name in names:
+        rel = load_relation(name)
+        assert len(rel.pairs) >= 20 and rel.template.count("{}") == 1
+        assert len({s for s, _ in rel.pairs}) == len(rel.pairs)
+
+
+def test_bad_input(tmp_path):
+    m = random_model("llama")
+    with pytest.raises(InputError, match="unknown relation"):
+        load_relation("nope")
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"subject": "France", "object": "Paris"}\n{"subject": "Japan", "object": "Tokyo"}\n')
+    with pytest.raises(InputError, match=r"\{\}"):
+        relation_from_pairs(f, "The capital of")
+    assert relation_from_pairs(f, "The capital of {} is").pairs == (("France", "Paris"), ("Japan", "Tokyo"))
+    f.write_text('{"subject": "France", "object": "Paris"}\n')
+    with pytest.raises(InputError, match="at least 2"):
+        relation_from_pairs(f, "The capital of {} is")
+    f.write_text("")
+    with pytest.raises(InputError, match="at least 2"):
+        relation_from_pairs(f, "The capital of {} is")
+    f.write_text('{"subject": "France"}\n')
+    with pytest.raises(InputError, match="subject"):
+        relation_from_pairs(f, "The capital of {} is")
+    with pytest.raises(InputError, match="layers"):
+        lre(m, REL, layers=[99])
+    with pytest.raises(InputError):
+        lre(m, "country_capital")
+
+
+def test_cli(tmp_path, capsys):
+    from lmscope.cli import main
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"subject": s, "object": o}) + "\n" for s, o in REL.pairs))
+    assert main(["lre", "--pairs", str(f), "--template", "The capital of {} is", "--model", "random:llama",
+                 "--layer", "1", "--beta", "1,2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"relation", "layer", "beta", "faithfulness", "causality", "n_test"} <= set(out)
+    assert out["layer"] == 1 and out["relation"] == "p"
+    assert main(["lre", "--pairs", str(f), "--template", "no subject", "--model", "random:llama"]) == 2
+    assert "{}" in capsys.readouterr().err
+    assert main(["lre", "--model", "random:llama"]) == 2
+
+
+@pytest.mark.default_model
+def test_default_model_capital_prompt(smollm2):
+    rel = load_relation("country_capital")
+    ids, pos = build_prompt(smollm2, rel, rel.pairs[:3], "Germany")
+    assert smollm2.to_str_tokens(ids[0, pos: pos + 2]) == [" Germany", " is"]
+    assert smollm2.to_str_tokens(smollm2.run(ids).logits[0, -1].argmax()) == [" Berlin"]

@@ -1,0 +1,212 @@
+"""The implicit rank-1 update of in-context learning (Dherin et al. 2025): identities on real modules, ranks,
+the residual term, trajectories, bad input, the CLI, and the paper's toy regression model."""
+import functools
+import json
+import math
+
+import pytest
+import torch
+
+import lmscope
+from conftest import random_model
+from lmscope.papers.icl_update.dynamics import MLP_MODULE, _read, _token_ids, icl_update, implicit_update, update_trajectory
+
+PROMPT = "hot -> cold\nbig -> small\nfast ->"
+FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen3", "gemma2", "gemma3", "phi3")
+
+
+@functools.cache
+def float64_model(family: str) -> lmscope.Model:
+    return lmscope.load(f"random:{family}", dtype=torch.float64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_holds_to_float64_round_off_and_update_is_rank_one(family):
+    model = float64_model(family)
+    # a one-token query: the random Gemma 3's sliding window (4 tokens) must reach into the context
+    layers = implicit_update(model, "hot -> cold\nbig -> small\n", "f")
+    assert len(layers) == model.n_layers
+    for layer in layers:
+        assert layer.mlp_error < 1e-10 and layer.block_error < 1e-10
+        if model.parallel and layer.layer == 0:
+            # a parallel block's MLP reads resid_pre: at layer 0 that is the token embedding, blind to context
+            assert layer.delta_a_norm == 0.0 and set(layer.ranks.values()) == {0}
+            continue
+        assert set(layer.ranks.values()) == {1}
+        # not vacuous: the context moves A, the update is non-zero, and the residual term is needed
+        assert layer.delta_a_norm > 1e-3 and min(layer.update_norms.values()) > 1e-6
+        assert layer.residual_term_norm > 1e-3
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "gemma2", "phi3"])
+def test_mlp_input_is_what_the_real_mlp_module_receives(family):
+    """A is computed by applying the model's own input norm; a pre-hook on the MLP sees the same vector."""
+    model = float64_model(family)
+    ids, _ = _token_ids(model, "ab\n", "cd")
+    seen = {}
+    handles = [model.block_module(layer, MLP_MODULE).register_forward_pre_hook(
+        lambda mod, args, layer=layer: seen.__setitem__(layer, args[0][0, -1].clone()))
+        for layer in range(model.n_layers)]
+    try:
+        a = _read(model, ids, -1)["A"]
+    finally:
+        for h in handles:
+            h.remove()
+    for layer in range(model.n_layers):
+        torch.testing.assert_close(a[layer], seen[layer], rtol=0, atol=1e-12)
+
+
+def test_float32_model_identity_holds_to_float32_round_off():
+    model = random_model("llama")   # cached float32 model from conftest
+    layers = implicit_update(model, "one two\n", "three")
+    assert max(layer.mlp_error for layer in layers) < 1e-5
+    assert {r for layer in layers for r in layer.ranks.values()} == {1}
+
+
+def test_gpt2_conv1d_update_is_stored_transposed():
+    """GPT-2's c_fc weight is [in, out]: dW has that layout, and W + dW reproduces the context's pre-activations."""
+    model = float64_model("gpt2")
+    from lmscope.papers.icl_update.dynamics import rank1_update
+    c_fc = model.block_module(1, "mlp.c_fc")
+    full, alone = _token_ids(model, "xy\n", "z")
+    a_ctx, a = _read(model, full, -1)["A"][1], _read(model, alone, -1)["A"][1]
+    dw = rank1_update(c_fc, a, a_ctx - a)
+    assert dw.shape == c_fc.weight.shape == (64, 256)
+    torch.testing.assert_close(a @ (c_fc.weight + dw), a_ctx @ c_fc.weight, rtol=0, atol=1e-12)
+
+
+def test_trajectory_norms_agree_with_the_materialised_update():
+    model = float64_model("llama")
+    result = icl_update(model, PROMPT)
+    given = result.trajectories[0]
+    assert given.order == [0, 1] and result.trajectories[1].order == [1, 0]
+    assert given.update_norms[0] == 0.0                       # no context, no update
+    assert given.increment_norms[0] == pytest.approx(given.update_norms[1], rel=1e-12)
+    # the factored norms (|W dA| / |A|) match the Frobenius norms of the dW matrices built for the identity
+    materialised = math.sqrt(sum(v ** 2 for layer in result.layers for v in layer.update_norms.values()))
+    assert given.update_norms[-1] == pytest.approx(materialised, rel=1e-10)
+    assert result.order_gap > 1e-3                            # order matters on this model
+
+
+def test_identical_examples_have_no_order_effect():
+    model = float64_model("llama")
+    result = icl_update(model, "up -> down\nup -> down\nup ->")
+    assert result.order_gap == pytest.approx(0.0, abs=1e-12)
+    t = update_trajectory(model, ["a\n", "b\n", "c\n"], "d", [2, 0, 1])
+    assert len(t.update_norms) == 4 and len(t.increment_norms) == 3
+
+
+@pytest.mark.parametrize("prompt, position, message", [
+    ("fast ->", -1, "empty context"),
+    ("hot -> cold\n\nfast ->\n", -1, "empty query"),
+    ("", -1, "empty prompt"),
+    (PROMPT, 7, "out of range"),
+    (PROMPT, -8, "out of range"),
+])
+def test_bad_input_gets_one_clear_error(prompt, position, message):
+    with pytest.raises(lmscope.InputError, match=message) as info:
+        icl_update(float64_model("llama"), prompt, position=position)
+    assert "\n" not in str(info.value)
+
+
+def test_position_counts_in_the_query():
+    model = float64_model("llama")
+    first = implicit_update(model, "ab\n", "cde", position=0)
+    same = implicit_update(model, "ab\n", "cde", position=-3)
+    assert [layer.update_norms for layer in first] == [layer.update_norms for layer in same]
+    assert first[1].update_norms != implicit_update(model, "ab\n", "cde")[1].update_norms
+
+
+def test_cli_icl_update_json(capsys):
+    from lmscope.cli import main
+    assert main(["icl-update", "--model", "random:qwen2", "--prompt", "a -> b\\nc -> d\\ne ->", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"max_abs_error_mlp", "max_abs_error_block", "dtype", "rank", "increment_norms"} <= set(out)
+    assert out["dtype"] == "float64" and out["rank"] == 1 and out["max_abs_error_mlp"] < 1e-10
+    assert len(out["increment_norms"]) == 2 and all(v > 0 for v in out["increment_norms"])
+
+
+def test_cli_icl_update_bad_input_is_one_line(capsys):
+    from lmscope.cli import main
+    assert main(["icl-update", "--model", "random:llama", "--prompt", "no context here"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lmscope: error: empty context") and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def smollm2_float64():
+    return lmscope.load("smollm2", dtype=torch.float64)
+
+
+@pytest.mark.default_model
+def test_default_model_identity_and_rank(smollm2_float64, tmp_path):
+    result = icl_update(smollm2_float64, PROMPT)
+    assert len(result.layers) == 30
+    assert result.max_abs_error_mlp < 1e-10 and result.max_abs_error_block < 1e-10
+    assert result.rank == 1 and result.dtype == "float64"
+    assert all(v > 0 for v in result.increment_norms) and len(result.trajectories) == 2
+    saved = json.loads(result.save(tmp_path / "r.json").read_text())
+    assert saved["rank"] == 1 and saved["increment_norms"] == result.increment_norms
+    assert "Plotly" in result.save(tmp_path / "r.html").read_text()
+
+
+# -- the paper's toy setting ------------------------------------------------------------------------------------------
+from lmscope.papers.icl_update.regression import (OneBlockTransformer, RegressionConfig, icl_regression, implicit_updates,  # noqa: E402
+                                    sample_tasks)
+
+SMALL = RegressionConfig(dim=2, n_context=4, d_model=8, d_mlp=16, steps=60, batch=32, n_test=32, gd_steps=2,
+                         gd_lrs=(0.01, 0.1))
+
+
+@pytest.fixture(scope="module")
+def regression():
+    return icl_regression(SMALL)
+
+
+def test_regression_identity_and_reports(regression):
+    assert regression.max_abs_error < 1e-12
+    assert len(regression.increment_norms) == SMALL.n_context and min(regression.increment_norms) > 0
+    assert len(regression.mse_icl) == len(regression.mse_gd) == SMALL.n_context + 1
+    # with no examples both are the untouched model without context
+    assert regression.mse_icl[0] == regression.mse_gd[0]
+    # least squares recovers a noise-free linear task from dim examples
+    assert regression.mse_least_squares[SMALL.dim] < 1e-20 and regression.mse_least_squares[1] > 0.1
+    assert set(regression.to_json()) >= {"max_abs_error", "increment_norms", "final_mse_icl", "final_mse_gd"}
+
+
+def test_regression_update_reproduces_context_and_is_needed():
+    torch.manual_seed(0)
+    model = OneBlockTransformer(2, 8, 16).double()
+    context, query_x, _ = sample_tasks(5, 3, 2, torch.Generator().manual_seed(0), torch.float64)
+    with torch.no_grad():
+        updates, a_query = implicit_updates(model, context, query_x)
+        with_context = model(context, query_x)
+        torch.testing.assert_close(model.mlp(a_query, model.w1.weight + updates[-1]), with_context, rtol=0, atol=1e-13)
+        assert (model.mlp(a_query) - with_context).abs().max() > 1e-4      # without dW it differs
+        assert all(int(torch.linalg.matrix_rank(dw)) == 1 for dw in updates[-1])
+        assert updates[0].abs().max() == 0                              # no examples, no update
+
+
+def test_cli_icl_regression_json(capsys):
+    from lmscope.cli import main
+    assert main(["icl-regression", "--tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"max_abs_error", "increment_norms", "final_mse_icl", "final_mse_gd"} <= set(out)
+    assert out["max_abs_error"] < 1e-12 and out["final_mse_icl"] == out["mse_icl"][-1]
+
+
+def test_token_increments_match_the_full_updates():
+    from lmscope.papers.icl_update.dynamics import _read, _token_ids, rank1_update, _first_matrices, token_increments
+    model = lmscope.load("random:llama", dtype=torch.float64)
+    context, query = "ab\ncd\n", "ef"
+    increments = token_increments(model, context, query)
+    assert len(increments) == len(model.tokenizer(context, add_special_tokens=False)["input_ids"]) == 6
+    full, alone = _token_ids(model, context, query)
+    a = _read(model, alone, -1)["A"]
+    def updates(ids):
+        A = _read(model, ids, -1)["A"]
+        return [rank1_update(m, a[layer], A[layer] - a[layer]) for layer in range(model.n_layers)
+                for m in _first_matrices(model, layer).values()]
+    first, second = updates(full[:1] + alone), updates(full[:2] + alone)
+    direct = sum(float((x - y).square().sum()) for x, y in zip(second, first)) ** 0.5
+    assert abs(increments[1] - direct) < 1e-9 * max(1.0, direct) and direct > 0
