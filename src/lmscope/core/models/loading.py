@@ -23,6 +23,7 @@ import torch
 
 from lmscope.core.errors import ModelSpecError
 from lmscope.core.models.model import Model
+from lmscope.core.models.random_models import random_model
 
 DEFAULT_MODEL = "smollm2"
 MODEL_SPECS = "smollm2, hf:<name-or-path>, gguf:<path> or random:<family>"
@@ -49,7 +50,6 @@ def load(spec: str = DEFAULT_MODEL, *, dtype: "str | torch.dtype" = torch.float3
     elif kind == "gguf" and arg:
         hf, tok = _load_gguf(Path(arg).expanduser(), torch_dtype, device_map)
     elif kind == "random" and arg:
-        from lmscope.core.models.random_models import random_model
         hf, tok = random_model(arg, dtype=torch_dtype)
     else:
         raise ModelSpecError(f"unknown model spec '{spec}'; use 'smollm2', 'hf:<name-or-path>', 'gguf:<path>' "

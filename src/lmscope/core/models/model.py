@@ -9,6 +9,7 @@ import torch
 from lmscope.core.errors import InputError, SiteError
 from lmscope.core.models.adapters import Adapter, adapter_for, final_logit_softcap, in_features
 from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
+from lmscope.core.trace import Trace
 
 
 @dataclass
@@ -159,7 +160,6 @@ class Model:
 
     # -- running ------------------------------------------------------------------------------------------------------
     def trace(self, read=(), edits=(), **options):
-        from lmscope.core.trace import Trace
         return Trace(self, read, edits, **options)
 
     def run(self, inputs, read=(), edits=(), *, stop_early: bool = False, grad: bool = False,
