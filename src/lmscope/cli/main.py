@@ -79,7 +79,8 @@ class _GroupedHelp(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _GroupedHelp(prog="lmscope", description="Look inside language models: every experiment of the lecture "
                                                       "on LLM internals, and three 2025 papers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>",
+                                parser_class=argparse.ArgumentParser)
     groups = []
     for heading, modules in PARTS:
         before = set(sub.choices)
