@@ -124,20 +124,6 @@ def default_edges(first_batch: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.linspace(lo - 0.5 * span, hi + 0.5 * span, bins + 1)
 
 
-def check_layers(model, layers) -> list[int]:
-    if isinstance(layers, int):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise InputError("give at least one layer")
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -model.n_layers <= layer < model.n_layers:
-            raise InputError(f"layer {layer!r} out of range: the model has {model.n_layers} layers")
-        out.append(layer % model.n_layers)
-    return sorted(set(out))
-
-
 @dataclass
 class WindowTable:
     """(doc_id, start) of the windows that top contexts still point to; pruned so it stays small."""
