@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmscope.core.errors import InputError
 
 
 @dataclass
