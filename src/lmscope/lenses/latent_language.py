@@ -32,7 +32,7 @@ def load_words() -> list[dict]:
     return json.loads(text)["words"]
 
 
-def build_prompt(words: list[dict], query: int, shots: list[int], src: str, dst: str) -> str:
+def translation_prompt(words: list[dict], query: int, shots: list[int], src: str, dst: str) -> str:
     a, b = LANGUAGES[src], LANGUAGES[dst]
     lines = [f'{a}: "{words[i][src]}" - {b}: "{words[i][dst]}"' for i in shots]
     return "\n".join(lines + [f'{a}: "{words[query][src]}" - {b}: "'])
@@ -141,7 +141,7 @@ def latent_language(model, words: list[dict] | None = None, *, src: str = "fr", 
     prompts, en_ids, dst_ids = [], [], []
     for q in range(len(words)):
         shots = rng.sample([i for i in range(len(words)) if i != q], n_shots)
-        prompts.append(build_prompt(words, q, shots, src, dst))
+        prompts.append(translation_prompt(words, q, shots, src, dst))
         en_ids.append(first_token(model, words[q]["en"]))
         dst_ids.append(first_token(model, words[q][dst]))
     n = model.n_layers

@@ -94,7 +94,7 @@ def relation_from_pairs(path, template: str, name: str | None = None) -> Relatio
     return Relation(name or path.stem, template, _check_pairs(pairs, str(path)))
 
 
-def build_prompt(model, relation: Relation, demos, subject: str) -> tuple[torch.Tensor, int]:
+def relation_prompt(model, relation: Relation, demos, subject: str) -> tuple[torch.Tensor, int]:
     """Few-shot prompt ids [1, seq] and the position of the query subject's last token."""
     context = "".join(f"{relation.template.format(s)} {o}\n" for s, o in demos)
     text = context + relation.template.format(subject)
@@ -254,7 +254,7 @@ def lre(model, relation: Relation, *, layers=None, betas=(1.0, 2.0, 4.0, 8.0), r
     k = min(n_train, len(pairs) - 1)
     train, held = pairs[:k], pairs[k:]
     demos_for = lambda subj: [p for p in train if p[0] != subj][:n_demo]  # noqa: E731
-    prompt = {s: build_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
+    prompt = {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
     target = {s: object_token(model, o) for s, o in pairs}
     base = _outputs(model, [prompt[s] for s, _ in pairs], layers[0])
     known = {s for (s, _), (_, _, top) in zip(pairs, base) if top == target[s]}

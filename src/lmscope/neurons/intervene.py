@@ -147,7 +147,7 @@ def neuron_effects(model, layer: int, neurons, prompts, how: str = "zero", *, fa
 
 
 @dataclass
-class DoseResponse(Result, kind="neuron_dose_response"):
+class NeuronDoseResponse(Result, kind="neuron_dose_response"):
     """Chosen tokens' mean probability (over prompts) as the neurons are scaled by each factor."""
     layer: int
     neurons: list[int]
@@ -183,7 +183,7 @@ NEXT = "next token (per prompt)"
 
 @torch.no_grad()
 def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors=(-2, -1, 0, 0.5, 1, 2, 4, 8), *,
-                  next_tokens=None) -> DoseResponse:
+                  next_tokens=None) -> NeuronDoseResponse:
     """Sweep the scale factor; report chosen tokens' mean probabilities at each prompt's last token.
     `tokens`: strings (one token each) or ids, followed on every prompt. `next_tokens`: one token id per prompt
     (e.g. what actually followed in the corpus), reported as one curve named NEXT."""
@@ -213,4 +213,4 @@ def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors
         if next_tokens is not None:
             probs[NEXT].append(float(logp[rows, torch.tensor(next_tokens)].exp().mean()))
     neurons = [neurons] if isinstance(neurons, int) else list(neurons)
-    return DoseResponse(layer % model.n_layers, neurons, factors, probs, kls)
+    return NeuronDoseResponse(layer % model.n_layers, neurons, factors, probs, kls)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import plotly.graph_objects as go
 
 from lmscope.core.errors import InputError
-from lmscope.neurons.intervene import NEXT, DoseResponse, neuron_dose_response, neuron_effects
+from lmscope.neurons.intervene import NEXT, NeuronDoseResponse, neuron_dose_response, neuron_effects
 from lmscope.neurons.observe import TopContext, record_neurons
 from lmscope.results import Result
 
@@ -26,7 +26,7 @@ class NeuronProfile(Result, kind="neuron_profile"):
     top_contexts: list[TopContext]
     ablation: dict                  # zero ablation at the top contexts
     mean_ablation: dict             # mean ablation at the top contexts
-    dose_response: DoseResponse
+    dose_response: NeuronDoseResponse
 
     def groups(self) -> dict:
         """Polysemanticity at a glance: top contexts grouped by the token fired on and by document (topic)."""
