@@ -69,8 +69,9 @@ def test_word_list_on_the_default_tokenizer(smollm2):
 
 
 def test_cli_latent_language(capsys, monkeypatch):
-    import lmscope.lenses.latent_language as ll
+    import importlib
     from lmscope.cli import main
+    ll = importlib.import_module("lmscope.lenses.latent_language")   # the module; the attribute is the function
     monkeypatch.setattr(ll, "load_words", lambda: WORDS)
     assert main(["latent-language", "--model", "random:llama", "--shots", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import pytest
@@ -6,8 +7,9 @@ from conftest import random_model
 
 import lmscope
 from lmscope.core.errors import InputError
-from lmscope.lenses import lre as lre_mod
-from lmscope.lenses.lre import Relation, relation_prompt, jacobian, load_relation, lre, relation_from_pairs
+from lmscope.lenses.lre import Relation, jacobian, load_relation, lre, relation_from_pairs, relation_prompt
+
+lre_mod = importlib.import_module("lmscope.lenses.lre")   # the module (lmscope.lenses.lre is the function)
 
 REL = Relation("toy", "The capital of {} is", (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome")))
 

@@ -244,3 +244,6 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     return DLAResult(model.spec, prompt if isinstance(prompt, str) else str(prompt),
                      model.to_str_tokens(run.input_ids[0]), pos, model.tokenizer.decode([target_id]), target_id,
                      model_logit, components, head_rows, head_bias, remainder, scale, note)
+
+
+_norm_affine = norm_affine   # old name, until sae/features.py imports lmscope.lenses.norm_affine; then delete

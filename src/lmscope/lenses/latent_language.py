@@ -12,16 +12,17 @@ averaged over words in float64.
 """
 from __future__ import annotations
 
+import html
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results import Result
 
 LANGUAGES = {"fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano", "en": "English"}
 
@@ -46,7 +47,7 @@ def first_token(model, word: str) -> int:
 
 
 @dataclass
-class LatentLanguageResult:
+class LatentLanguageResult(Result, kind="latent_language"):
     model: str
     src: str
     dst: str
@@ -75,11 +76,10 @@ class LatentLanguageResult:
             s += f"English is never above {self.dst} at any layer."
         return s
 
-    def to_json(self) -> dict:
-        return {**asdict(self), "english_over_target": self.english_over_target, "verdict": self.verdict()}
+    def json_extras(self) -> dict:
+        return {"english_over_target": self.english_over_target, "verdict": self.verdict()}
 
     def figure(self):
-        import plotly.graph_objects as go
         layers = list(range(len(self.p_english)))
         fig = go.Figure()
         fig.add_trace(go.Scatter(x=layers, y=self.p_english, name="English (en)", mode="lines+markers"))
@@ -90,16 +90,15 @@ class LatentLanguageResult:
                           height=450, width=900)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Latent language - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        import html
-        body = f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
-        return write_page(path, [self.figure()], f"Latent language - {self.model}",
-                          "Mean over words of the logit-lens probability of the first token of the English "
-                          "word and of the target word, at the last position of the prompt, per layer.",
-                          body_html=body)
+    def page_intro(self) -> str:
+        return ("Mean over words of the logit-lens probability of the first token of the English word and of the "
+                "target word, at the last position of the prompt, per layer.")
+
+    def page_body(self) -> str:
+        return f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
 
     def summary(self) -> str:
         lines = [f"latent language | {self.model} | {LANGUAGES[self.src]} -> {LANGUAGES[self.dst]}, {self.n_words} "
