@@ -8,6 +8,7 @@ import lmscope.cli.common
 import lmscope.neurons.knowledge
 from lmscope.cli import main
 from lmscope.data.number_agreement import AgreementPrompt
+from lmscope.results import Result
 
 COMMANDS = {
     "neuron": ["neuron", "1", "7", "--model", "random:llama", "--tokens", "300", "--top-k", "4"],
@@ -51,7 +52,9 @@ def test_existing_output_is_refused_then_overwritten(name, flag, name_of_file, t
     assert len(err.splitlines()) == 1 and "exists" in err and target.read_text() == "old"
     if flag == "--json":   # one real run per command is enough to show --overwrite replaces it
         assert main(COMMANDS[name] + [flag, str(target), "--overwrite"]) == 0
-        assert json.loads(target.read_text())["kind"] in ("neuron_profile", "knowledge_neurons_agreement")
+        saved = json.loads(target.read_text())
+        assert saved["kind"] in ("neuron_profile", "knowledge_neurons_agreement")
+        assert Result.load(target).to_json() == saved     # the result round-trips
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
