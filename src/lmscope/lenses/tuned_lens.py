@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
+from lmscope.core.fingerprint import check_identity, model_identity
 from lmscope.data.corpora import iter_token_windows
 from lmscope.results import Result, atomic_path, check_output
 
@@ -90,7 +91,7 @@ class TunedLens:
         d, n = model.d_model, model.n_layers
         return cls(torch.zeros(n, d, d), torch.zeros(n, d),
                    {"format": FORMAT, "model": model.spec, "d_model": d, "n_layers": n,
-                    "vocab_size": model.vocab_size, **meta})
+                    "vocab_size": model.vocab_size, "identity": model_identity(model), **meta})
 
     def translate(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         a, b = self.weight[layer].to(resid), self.bias[layer].to(resid)
@@ -105,9 +106,16 @@ class TunedLens:
         return model.unembed(self.translate(layer % n, resid))
 
     def check(self, model) -> None:
+        """One clear error when the lens is another model's: by its config hash (core.fingerprint) where the file
+        records one, by the model name and shapes otherwise (files written before it did)."""
         m = self.meta
-        for key, have in (("model", model.spec), ("d_model", model.d_model), ("n_layers", model.n_layers),
-                          ("vocab_size", model.vocab_size)):
+        keys = ("model", "d_model", "n_layers", "vocab_size")
+        if "identity" in m:   # the same model loaded another way (a local folder, another dtype) still matches
+            check_identity({**m["identity"], "d_model": m.get("d_model")}, model, "this tuned lens")
+            keys = ("d_model", "n_layers", "vocab_size")
+        have_of = {"model": model.spec, "d_model": model.d_model, "n_layers": model.n_layers,
+                   "vocab_size": model.vocab_size}
+        for key, have in ((k, have_of[k]) for k in keys):
             if m.get(key) != have:
                 raise InputError(f"this tuned lens was trained for {m.get('model')!r} ({key} {m.get(key)}), "
                                  f"not for {model.spec!r} ({key} {have})")
