@@ -8,7 +8,7 @@ import torch
 import lmscope
 from lmscope import InputError, SiteError
 from lmscope.cli import main
-from lmscope.neurons import (neuron_dose_response, find_knowledge_neurons, integrated_gradients, neuron_edit,
+from lmscope.neurons import (find_knowledge_neurons, integrated_gradients, neuron_dose_response, neuron_edit,
                              neuron_effects, record_neurons)
 from conftest import random_model
 
@@ -161,7 +161,8 @@ def test_knowledge_neurons_refine_by_votes(llama):
     (lambda m: neuron_dose_response(m, 1, [1], ["hi"], ["a"], factors=[1, float("nan")]), InputError, "finite"),
     (lambda m: record_neurons(m, [1], [], n_tokens=10, progress=False), InputError, "empty text set"),
     (lambda m: record_neurons(m, [3], TEXTS, n_tokens=10, progress=False), InputError, "layer 3 out of range"),
-    (lambda m: record_neurons(m, [1], TEXTS, n_tokens=0, progress=False), InputError, "n_tokens must be an integer >= 1"),
+    (lambda m: record_neurons(m, [1], TEXTS, n_tokens=0, progress=False), InputError,
+     "n_tokens must be an integer >= 1"),
     (lambda m: record_neurons(m, [1], "nocorpus", n_tokens=10, progress=False), InputError, "unknown corpus"),
 ])
 def test_bad_input(llama, call, error, message):

@@ -34,7 +34,7 @@ from torch import nn
 from lmscope.core.errors import InputError
 from lmscope.core.models.adapters import final_logit_softcap
 from lmscope.core.models.sites import resolve_position
-from lmscope.lenses.logit_lens import show_token
+from lmscope.lenses.text import show_token
 from lmscope.results import Result
 
 

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import torch
 
 from lmscope.core.errors import InputError
+from lmscope.lenses.text import layer_ranges
 from lmscope.results import Result
 
 LANGUAGES = {"fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano", "en": "English"}
@@ -71,7 +72,7 @@ class LatentLanguageResult(Result, kind="latent_language"):
         s = (f"P(English) peaks at layer {peak} ({self.p_english[peak]:.2e}; output layer {self.p_english[-1]:.2e}); "
              f"P({self.dst}) at the output {self.p_target[-1]:.2e}. ")
         if over:
-            s += f"English above {self.dst} at layers {_ranges(over)}."
+            s += f"English above {self.dst} at layers {layer_ranges(over)}."
         else:
             s += f"English is never above {self.dst} at any layer."
         return s
@@ -109,15 +110,6 @@ class LatentLanguageResult(Result, kind="latent_language"):
             lines.append(f"{i:>5}  {e:.2e}  {t:.2e}" + ("   en > " + self.dst if e > t else ""))
         lines.append(self.verdict())
         return "\n".join(lines)
-
-
-def _ranges(layers: list[int]) -> str:
-    out, start = [], layers[0]
-    for a, b in zip(layers, layers[1:] + [None]):
-        if b != a + 1:
-            out.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ", ".join(out)
 
 
 @torch.no_grad()

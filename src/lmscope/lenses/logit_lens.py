@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
+from lmscope.lenses.text import show_token
 from lmscope.results import Result
 
 
@@ -99,13 +100,6 @@ class LensResult(Result, kind="logit_lens"):
             lines.append(f"  first layer where it is top-1: "
                          f"{next((i for i, r in enumerate(t.rank) if r == 1), 'never')}")
         return "\n".join(lines)
-
-
-def show_token(token: str, n: int = 10) -> str:
-    """A token for a table cell: spaces made visible (' Tokyo' and 'Tokyo' are different tokens), at most n
-    characters."""
-    s = repr(token)[1:-1].replace(" ", "␣")
-    return s if len(s) <= n else s[: n - 1] + "…"
 
 
 @torch.no_grad()

@@ -25,6 +25,7 @@ from lmscope.core.config import option
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
+from lmscope.lenses.text import layer_ranges
 from lmscope.results import Result
 
 TEMPLATES = {
@@ -120,19 +121,8 @@ class PatchscopeResult(Result, kind="patchscope"):
         for c in self.cells:
             lines.append(f"{c.source_layer:>3}  {c.target_layer:>3}  {'yes' if c.decoded else '   '}      {c.text!r}")
         layers = self.decoded_layers()
-        lines.append(f"source token decoded from source layers: {_ranges(layers) if layers else 'none'}")
+        lines.append(f"source token decoded from source layers: {layer_ranges(layers) if layers else 'none'}")
         return "\n".join(lines)
-
-
-def _ranges(xs: list[int]) -> str:
-    out, start = [], None
-    for i, x in enumerate(xs):
-        if start is None:
-            start = x
-        if i + 1 == len(xs) or xs[i + 1] != x + 1:
-            out.append(f"{start}" if start == x else f"{start}-{x}")
-            start = None
-    return ", ".join(out)
 
 
 def resolve_template(template: str, placeholder: str | None = None) -> tuple[str, str]:
