@@ -35,6 +35,7 @@ from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers, check_numbers
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
+from lmscope.core.runs import prefix_cache
 from lmscope.lenses.patchscope import configured
 from lmscope.results import Result
 
@@ -142,8 +143,7 @@ def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int = 192
     prefix = None
     if pos > 0:  # the tokens before the subject do not depend on s: run them once, reuse their KV cache
         with torch.no_grad():
-            first = model.hf(input_ids=ids[:, :pos], use_cache=True)
-            prefix = first.get("cache", None) or first.get("past_key_values", None)
+            prefix = prefix_cache(model, ids[:, :pos])
     rows = []
     eye = torch.eye(d, dtype=s.dtype, device=s.device)
     for start in range(0, d, chunk):
