@@ -22,9 +22,9 @@ def test_lens_capital_of_japan(smollm2, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "smollm2"
     assert out["tokens"] == ["The", " capital", " of", " Japan", " is"]
-    assert len(out["layers"]) == 30
-    assert all(len(layer["positions"]) == 5 for layer in out["layers"])
-    top1 = out["layers"][-1]["positions"][-1]["top"][0]["token"]
+    assert out["kind"] == "logit_lens" and len(out["top"]) == 30
+    assert all(len(layer) == 5 for layer in out["top"])
+    top1 = out["top"][-1][-1][0]["token"]
     ids, mask = smollm2.encode("The capital of Japan is")
     greedy = smollm2.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
     assert top1 == " Tokyo" == smollm2.tokenizer.decode(greedy[0, -1:])

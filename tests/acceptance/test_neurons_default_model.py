@@ -17,7 +17,8 @@ def test_neuron_profile_on_wiki(smollm2, capsys):
     assert out["n_tokens"] == 1500 and len(out["top_contexts"]) == 5
     top = out["top_contexts"][0]
     assert top["value"] == out["stats"]["max"]
-    assert len(top["text"]) > 20 and any(ch.isalpha() for ch in top["text"])  # real text around the token
+    text = top["left"] + top["token"] + top["right"]
+    assert len(text) > 20 and any(ch.isalpha() for ch in text)  # real text around the token
     assert 0 < out["stats"]["frac_active"] < 1
 
 
@@ -39,7 +40,7 @@ def test_number_agreement_experiment_is_consistent(smollm2):
 def test_mean_activations_are_computed_once_then_cached(smollm2, tmp_path, monkeypatch):
     import lmscope.neurons.means as means
     monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path))
-    first = means.mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False)
+    first = means.corpus_mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False)
     assert first.shape == (smollm2.d_mlp,) and first.dtype == torch.float64
     direct = means.record_neurons(smollm2, [5], "wiki", n_tokens=300, progress=False).mean(5)
     assert torch.equal(first, direct)
@@ -47,5 +48,5 @@ def test_mean_activations_are_computed_once_then_cached(smollm2, tmp_path, monke
     def no_second_pass(*args, **kwargs):
         raise AssertionError("the mean should come from the cache")
     monkeypatch.setattr(means, "record_neurons", no_second_pass)
-    assert torch.equal(means.mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False), first)
+    assert torch.equal(means.corpus_mean_activations(smollm2, 5, "wiki", n_tokens=300, progress=False), first)
     assert len(list((tmp_path / "means").glob("*.safetensors"))) == 1

@@ -61,5 +61,5 @@ def test_bad_input():
         backpatch(m, [])
     with pytest.raises(InputError, match="answer"):
         backpatch(m, [{"query": "ab"}])
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(InputError, match="out of range"):
         backpatch(m, [{"query": "ab", "answer": "c"}], layers=[0, 9])

@@ -5,7 +5,7 @@ import torch
 from conftest import random_model
 
 from lmscope.core.errors import InputError
-from lmscope.lenses.latent_language import build_prompt, first_token, latent_language, load_words
+from lmscope.lenses.latent_language import translation_prompt, first_token, latent_language, load_words
 
 WORDS = [{"en": "dog", "fr": "chien", "es": "perro"}, {"en": "book", "fr": "livre", "es": "libro"},
          {"en": "water", "fr": "eau", "es": "agua"}, {"en": "house", "fr": "maison", "es": "casa"}]
@@ -18,7 +18,7 @@ def test_probabilities_are_softmax_of_unembedded_resid_post_at_the_last_token():
     p_en = torch.zeros(m.n_layers, dtype=torch.float64)
     p_es = torch.zeros(m.n_layers, dtype=torch.float64)
     for q, w in enumerate(WORDS):
-        prompt = build_prompt(WORDS, q, [], "fr", "es")
+        prompt = translation_prompt(WORDS, q, [], "fr", "es")
         assert prompt == f'Français: "{w["fr"]}" - Español: "'
         acts = m.run(prompt, read="resid_post.*").acts
         for layer in range(m.n_layers):
@@ -69,8 +69,9 @@ def test_word_list_on_the_default_tokenizer(smollm2):
 
 
 def test_cli_latent_language(capsys, monkeypatch):
-    import lmscope.lenses.latent_language as ll
+    import importlib
     from lmscope.cli import main
+    ll = importlib.import_module("lmscope.lenses.latent_language")   # the module; the attribute is the function
     monkeypatch.setattr(ll, "load_words", lambda: WORDS)
     assert main(["latent-language", "--model", "random:llama", "--shots", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -13,14 +13,14 @@ def test_lens_json_on_a_random_model(capsys):
     out = json.loads(capsys.readouterr().out)
     m = random_model("gemma2")
     assert out["model"] == "random:gemma2" and out["tokens"] == ["h", "e", "l", "l", "o"]
-    assert [entry["layer"] for entry in out["layers"]] == [0, 1, 2]
+    assert out["kind"] == "logit_lens" and len(out["top"]) == 3
     logits = plain_logits(m, m.encode("hello")[0])[0]
     probs = torch.softmax(logits, -1)
-    for layer in out["layers"]:
-        assert len(layer["positions"]) == 5 and all(len(p["top"]) == 3 for p in layer["positions"])
-    for pos, entry in enumerate(out["layers"][-1]["positions"]):  # the last entry is the model's own output
-        assert entry["top"][0]["id"] == int(logits[pos].argmax())
-        assert abs(entry["top"][0]["prob"] - float(probs[pos].max())) < 1e-5
+    for layer in out["top"]:
+        assert len(layer) == 5 and all(len(p) == 3 for p in layer)
+    for pos, entry in enumerate(out["top"][-1]):  # the last entry is the model's own output
+        assert entry[0]["id"] == int(logits[pos].argmax())
+        assert abs(entry[0]["prob"] - float(probs[pos].max())) < 1e-5
     target = out["target"]
     o = m.token_id("o")
     assert target["token"] == "o" and len(target["rank"]) == len(target["prob"]) == 3
@@ -60,3 +60,10 @@ def test_saved_json_round_trips_with_a_normal_file_mode(tmp_path):
     path = result.save(tmp_path / "lens.json")
     assert json.loads(path.read_text()) == result.to_json()
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_result_round_trips_through_result_load(tmp_path):
+    from lmscope.results import Result
+    for target in (None, "e"):
+        result = lmscope.logit_lens(random_model("llama"), "hi there", top_k=2, target=target)
+        assert Result.load(result.save(tmp_path / f"lens{target}.json")).to_json() == result.to_json()

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import pytest
@@ -6,15 +7,16 @@ from conftest import random_model
 
 import lmscope
 from lmscope.core.errors import InputError
-from lmscope.lenses import lre as lre_mod
-from lmscope.lenses.lre import Relation, build_prompt, jacobian, load_relation, lre, relation_from_pairs
+from lmscope.lenses.lre import Relation, jacobian, load_relation, lre, relation_from_pairs, relation_prompt
+
+lre_mod = importlib.import_module("lmscope.lenses.lre")   # the module (lmscope.lenses.lre is the function)
 
 REL = Relation("toy", "The capital of {} is", (("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome")))
 
 
 def test_jacobian_matches_finite_differences():
     m = random_model("llama")
-    ids, pos = build_prompt(m, REL, REL.pairs[:2], "Germany")
+    ids, pos = relation_prompt(m, REL, REL.pairs[:2], "Germany")
     assert m.to_str_tokens(ids[0, pos: pos + 1]) == ["y"]          # last byte of the subject
     layer, last = 1, m.n_layers - 1
     W, s, o = jacobian(m, ids, pos, layer, chunk=24)                # chunks that do not divide d_model
@@ -34,7 +36,7 @@ def test_jacobian_matches_finite_differences():
 
 def test_affine_fit_reproduces_output_at_training_example():
     m = random_model("llama")
-    ids, pos = build_prompt(m, REL, REL.pairs[:1], "Japan")
+    ids, pos = relation_prompt(m, REL, REL.pairs[:1], "Japan")
     W, s, o = jacobian(m, ids, pos, 0)
     b = o - W @ s
     assert torch.allclose(W @ s + b, o, atol=1e-5)
@@ -130,6 +132,6 @@ def test_cli(tmp_path, capsys):
 @pytest.mark.default_model
 def test_default_model_capital_prompt(smollm2):
     rel = load_relation("country_capital")
-    ids, pos = build_prompt(smollm2, rel, rel.pairs[:3], "Germany")
+    ids, pos = relation_prompt(smollm2, rel, rel.pairs[:3], "Germany")
     assert smollm2.to_str_tokens(ids[0, pos: pos + 2]) == [" Germany", " is"]
     assert smollm2.to_str_tokens(smollm2.run(ids).logits[0, -1].argmax()) == [" Berlin"]

@@ -53,7 +53,7 @@ def test_bad_input(tmp_path):
         patchscope(m, "hello", template="no mark here", placeholder="?")
     with pytest.raises(InputError, match="position"):
         patchscope(m, "hi", position=7)
-    with pytest.raises(InputError, match="outside"):
+    with pytest.raises(InputError, match="out of range"):
         patchscope(m, "hi", layers=[3])
     r = patchscope(m, "hi", layers=[1], max_new_tokens=1)
     assert "PatchScope" in r.save(tmp_path / "p.html").read_text()

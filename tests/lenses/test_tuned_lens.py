@@ -68,8 +68,11 @@ def test_save_load_round_trip(trained, tmp_path):
 def test_mismatched_model_or_file_is_one_clear_error(trained, tmp_path):
     m, lens = trained
     path = lens.save(tmp_path / "lens.safetensors")
-    with pytest.raises(InputError, match="trained for 'random:llama'.*not for 'random:gpt2'"):
+    with pytest.raises(InputError, match=r"belongs to another model \(random:llama.*not random:gpt2"):
         TunedLens.load(path, random_model("gpt2"))
+    old = TunedLens(lens.weight, lens.bias, {k: v for k, v in lens.meta.items() if k != "identity"})
+    with pytest.raises(InputError, match="trained for 'random:llama'.*not for 'random:gpt2'"):
+        old.check(random_model("gpt2"))       # a file without the identity: checked by name and shapes
     bad = TunedLens(lens.weight, lens.bias, {**lens.meta, "d_model": 32})
     with pytest.raises(InputError, match="d_model 32"):
         bad.check(m)
@@ -104,4 +107,4 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert main(["tuned-lens", "eval", str(out), "--model", "random:llama", "--tokens", "50", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_tokens"] == 50
     assert main(["tuned-lens", "eval", str(out), "--model", "random:gpt2"]) == 2
-    assert "trained for 'random:llama'" in capsys.readouterr().err
+    assert "belongs to another model (random:llama" in capsys.readouterr().err

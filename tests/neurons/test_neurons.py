@@ -8,7 +8,7 @@ import torch
 import lmscope
 from lmscope import InputError, SiteError
 from lmscope.cli import main
-from lmscope.neurons import (dose_response, find_knowledge_neurons, integrated_gradients, neuron_edit,
+from lmscope.neurons import (find_knowledge_neurons, integrated_gradients, neuron_dose_response, neuron_edit,
                              neuron_effects, record_neurons)
 from conftest import random_model
 
@@ -118,7 +118,7 @@ def test_effect_report(llama):
 
 def test_dose_response_endpoints(llama):
     prompts = ["hello world", "a cat sat"]
-    dose = dose_response(llama, 1, [1, 2, 3], prompts, ["a", "e"], factors=[0.0, 1.0])
+    dose = neuron_dose_response(llama, 1, [1, 2, 3], prompts, ["a", "e"], factors=[0.0, 1.0])
     clean = torch.softmax(torch.stack([llama.run([p]).logits[0, -1] for p in prompts]), -1)
     assert math.isclose(dose.probs["a"][1], float(clean[:, llama.token_id("a")].mean()), rel_tol=1e-5)
     zero = neuron_effects(llama, 1, [1, 2, 3], prompts, "zero", tokens=["e"])
@@ -158,10 +158,11 @@ def test_knowledge_neurons_refine_by_votes(llama):
     (lambda m: neuron_effects(m, 1, [m.d_mlp], ["hi"], "zero"), lmscope.EditError, "out of range"),
     (lambda m: neuron_effects(m, 1, [1], [], "zero"), InputError, "empty prompt set"),
     (lambda m: neuron_edit(m, 1, [1], "mean"), InputError, "needs the layer's mean"),
-    (lambda m: dose_response(m, 1, [1], ["hi"], ["a"], factors=[1, float("nan")]), InputError, "finite"),
+    (lambda m: neuron_dose_response(m, 1, [1], ["hi"], ["a"], factors=[1, float("nan")]), InputError, "finite"),
     (lambda m: record_neurons(m, [1], [], n_tokens=10, progress=False), InputError, "empty text set"),
     (lambda m: record_neurons(m, [3], TEXTS, n_tokens=10, progress=False), InputError, "layer 3 out of range"),
-    (lambda m: record_neurons(m, [1], TEXTS, n_tokens=0, progress=False), InputError, "positive integer"),
+    (lambda m: record_neurons(m, [1], TEXTS, n_tokens=0, progress=False), InputError,
+     "n_tokens must be an integer >= 1"),
     (lambda m: record_neurons(m, [1], "nocorpus", n_tokens=10, progress=False), InputError, "unknown corpus"),
 ])
 def test_bad_input(llama, call, error, message):
@@ -180,13 +181,24 @@ def test_neuron_cli_json_and_html(capsys, tmp_path):
     assert set(out["stats"]) >= {"mean", "std", "frac_active", "max"}
     values = [c["value"] for c in out["top_contexts"]]
     assert values == sorted(values, reverse=True) and len(values) == 20
-    assert all(c["token"] in c["text"] for c in out["top_contexts"])
+    assert all(c["token"] and c["context_ids"] for c in out["top_contexts"])
     assert set(out["ablation"]) >= {"mean_kl", "argmax_flip_fraction", "top_up", "top_down"}
     assert "<mark><b>" in page.read_text()
-    assert main(argv) == 0  # the same result on a rerun
+    assert main(argv + ["--overwrite"]) == 0  # the same result on a rerun
     assert json.loads(capsys.readouterr().out)["top_contexts"] == out["top_contexts"]
 
 
 def test_neuron_cli_bad_index(capsys):
     assert main(["neuron", "1", "96", "--model", "random:llama", "--tokens", "100"]) == 2
     assert capsys.readouterr().err.strip() == "lmscope: error: neuron 96 out of range: layer 1 has 96 neurons (0..95)"
+
+
+def test_results_round_trip(llama, tmp_path):
+    from lmscope.results import Result
+    prompts = ["hello world", "a cat sat"]
+    results = [neuron_effects(llama, 1, [1, 2], prompts, "zero", tokens=["a"]),
+               neuron_dose_response(llama, 1, [1], prompts, ["a"], factors=[0.0, 1.0]),
+               find_knowledge_neurons(llama, ["hello wor"], ["l"], layers=[1], steps=2)]
+    for i, r in enumerate(results):
+        assert Result.load(r.save(tmp_path / f"r{i}.json")).to_json() == r.to_json()
+    assert results[0].to_json()["kl_direction"] == "KL(reference || edited)"

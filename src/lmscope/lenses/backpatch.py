@@ -15,15 +15,16 @@ default model answers alone were kept.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
+from lmscope.core.checks import check_count, check_layers
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results import Result
 
 
 @dataclass
@@ -37,13 +38,13 @@ class QueryResult:
 
 
 @dataclass
-class BackpatchResult:
+class BackpatchResult(Result, kind="backpatch"):
     model: str
     layers: list[int]
     n_queries: int
     n_wrong: int
     n_fixed: int
-    fixed_fraction: float | None
+    fixed_fraction: float | None        # null when the model answers every query (no wrong query to fix)
     pair_fixes: dict[str, int]          # "s->t" -> number of wrong queries this pair fixes
     queries: list[QueryResult]
     oracle: bool = True
@@ -53,19 +54,15 @@ class BackpatchResult:
     def control_fixed_fraction(self) -> float | None:
         return self.control_fixed / self.n_wrong if self.n_wrong else None
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "layers": self.layers, "n_queries": self.n_queries, "n_wrong": self.n_wrong,
-                "n_fixed": self.n_fixed, "fixed_fraction": self.fixed_fraction, "oracle": self.oracle,
-                "control_fixed": self.control_fixed, "control_fixed_fraction": self.control_fixed_fraction,
+    def json_extras(self) -> dict:
+        return {"control_fixed_fraction": self.control_fixed_fraction,
                 "note": "fixed_fraction = share of wrong queries fixed by at least one (source, target) pair chosen "
                         "per query with the answer known: an oracle upper bound. control_fixed_fraction: the same "
                         "search when the patched state comes from another query (the next one in the set), i.e. "
-                        "how often any perturbation of that size lands on the answer",
-                "pair_fixes": self.pair_fixes,
-                "queries": [dict(asdict(q), fixed_by=[list(f) for f in q.fixed_by]) for q in self.queries]}
+                        "how often any perturbation of that size lands on the answer; both null when no query "
+                        "is answered wrongly"}
 
     def figure(self):
-        import plotly.graph_objects as go
         z = [[self.pair_fixes.get(f"{s}->{t}") if s > t else None for s in self.layers] for t in self.layers]
         fig = go.Figure(go.Heatmap(z=z, x=[f"src {s}" for s in self.layers], y=[f"tgt {t}" for t in self.layers],
                                    colorscale="Blues", colorbar={"title": "queries fixed"},
@@ -74,12 +71,11 @@ class BackpatchResult:
                           height=500, width=700)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Back-patching - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure()], f"Back-patching - {self.model}", self._headline() +
-                          " resid_post of the last token at the source layer replaces the target layer's.")
+    def page_intro(self) -> str:
+        return self._headline() + " resid_post of the last token at the source layer replaces the target layer's."
 
     def _headline(self) -> str:
         frac = "n/a" if self.fixed_fraction is None else f"{self.fixed_fraction:.1%}"
@@ -127,15 +123,10 @@ def backpatch(model, items=None, *, layers=None, step: int = 3) -> BackpatchResu
                 or not x["answer"].strip():
             raise InputError("each two-hop item needs a 'query' and a non-empty 'answer' (strings)")
     if layers is None:
-        if not isinstance(step, int) or step < 1:
-            raise InputError(f"step must be a positive integer, got {step!r}")
+        check_count("step", step)
         layers = list(range(0, model.n_layers, step))
-    bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool)
-           or not -model.n_layers <= x < model.n_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]!r} is outside 0..{model.n_layers - 1}")
-    layers = sorted({x % model.n_layers for x in layers})
-    if not layers or len(layers) < 2:
+    layers = check_layers(model, layers)
+    if len(layers) < 2:
         raise InputError(f"back-patching needs at least two layers in 0..{model.n_layers - 1}")
     pairs = [(s, t) for s in layers for t in layers if s > t]
     pair_fixes = {f"{s}->{t}": 0 for s, t in pairs}

@@ -1,156 +1,161 @@
-"""Command line of lecture part 4, the model explains itself: lens, tuned-lens, dla, patchscope, backpatch,
-latent-language, lre."""
+"""Command line of lecture part 4, the model explains itself: lens, dla, patchscope, backpatch, tuned-lens,
+latent-language, lre. Every output location is checked before the model loads."""
 from __future__ import annotations
 
 import json
+import sys
 
-from lmscope.cli.common import emit, load_model, model_options, numbers, output_options
+from lmscope.cli.common import (JSON_STDOUT, add_config_options, check_outputs, config_from_args, emit, load_model,
+                                model_options, numbers, output_options)
 from lmscope.core.errors import InputError
+from lmscope.lenses.backpatch import backpatch
+from lmscope.lenses.dla import direct_logit_attribution
+from lmscope.lenses.latent_language import latent_language
+from lmscope.lenses.logit_lens import logit_lens
+from lmscope.lenses.lre import LreConfig, load_relation, lre, relation_from_pairs
+from lmscope.lenses.patchscope import PatchscopeConfig, patchscope
+from lmscope.lenses.tuned_lens import TunedLens, evaluate_tuned_lens, train_tuned_lens
+from lmscope.results import check_output, write_atomic
 
 
 def cmd_lens(args) -> None:
-    from lmscope.lenses.logit_lens import logit_lens
+    check_outputs(args)
     model = load_model(args)
-    result = logit_lens(model, args.prompt, target=args.target, top_k=args.top_k)
-    emit(args, result)
+    emit(args, logit_lens(model, args.prompt, target=args.target, top_k=args.top_k))
 
 
 def cmd_dla(args) -> None:
-    from lmscope.lenses.dla import direct_logit_attribution
+    check_outputs(args)
     model = load_model(args)
     result = direct_logit_attribution(model, args.prompt, args.target, position=args.position)
-    if getattr(args, "html", None):
-        print(f"lmscope: wrote {result.save(args.html)}", file=sys.stderr)
-    print(json.dumps(result.to_json()) if args.json else result.summary(args.top))
+    emit(args, result, result.summary(args.top))
 
 
 def cmd_patchscope(args) -> None:
-    from lmscope.lenses.patchscope import patchscope
+    check_outputs(args)
+    config = config_from_args(PatchscopeConfig, args)
     model = load_model(args)
-    emit(args, patchscope(model, args.source_prompt, position=args.position, template=args.template,
-                           placeholder=args.placeholder, layers=numbers(args.layers, int, "--layers"),
-                           target_layers=numbers(args.target_layers, int, "--target-layers"),
-                           max_new_tokens=args.max_new_tokens))
+    emit(args, patchscope(model, args.source_prompt, config))
 
 
 def cmd_backpatch(args) -> None:
-    from lmscope.lenses.backpatch import backpatch
+    check_outputs(args)
+    layers = numbers(args.layers, int, "--layers")
     model = load_model(args)
-    emit(args, backpatch(model, layers=numbers(args.layers, int, "--layers"), step=args.step))
+    emit(args, backpatch(model, layers=layers, step=args.step))
 
 
-def cmd_tuned_lens(args) -> None:
-    from lmscope.lenses.tuned_lens import TunedLens, evaluate_tuned_lens, train_tuned_lens
+def cmd_tuned_lens_train(args) -> None:
+    check_outputs(args)
+    out = check_output(args.out, overwrite=args.overwrite, suffixes=(".safetensors",), what="--out")
     model = load_model(args)
-    if args.action == "train":
-        lens = train_tuned_lens(model, args.corpus, n_tokens=args.tokens, steps=args.steps, lr=args.lr,
-                                seed=args.seed, progress=not args.json)
-        path = lens.save(args.out)
+    lens = train_tuned_lens(model, args.corpus, n_tokens=args.tokens, steps=args.steps, lr=args.lr,
+                            seed=args.seed, progress=not args.json)
+    print(f"lmscope: wrote {lens.save(out, overwrite=args.overwrite)}", file=sys.stderr)
+    if args.json not in (None, JSON_STDOUT):   # the lens's metadata (it is not a result: its file is the lens)
+        path = write_atomic(check_output(args.json, overwrite=args.overwrite, suffixes=(".json",)),
+                            json.dumps(lens.to_json(), indent=1, allow_nan=False))
         print(f"lmscope: wrote {path}", file=sys.stderr)
+    else:
         emit(args, lens)
-        return
-    lens = TunedLens.load(args.lens, model)
+
+
+def cmd_tuned_lens_eval(args) -> None:
+    check_outputs(args)
+    lens = TunedLens.load(args.lens)          # a bad file fails before the model loads
+    model = load_model(args)
+    lens.check(model)
     emit(args, evaluate_tuned_lens(model, lens, args.corpus, n_tokens=args.tokens, seed=args.seed))
 
 
 def cmd_latent_language(args) -> None:
-    from lmscope.lenses.latent_language import latent_language
+    check_outputs(args)
     model = load_model(args)
     emit(args, latent_language(model, src=args.src, dst=args.dst, n_shots=args.shots, seed=args.seed))
 
 
 def cmd_lre(args) -> None:
-    from lmscope.lenses.lre import load_relation, lre, relation_from_pairs
-
+    check_outputs(args)
     if (args.relation is None) == (args.pairs is None):
         raise InputError("give --relation NAME or --pairs FILE --template TEXT")
     if args.pairs is not None and args.template is None:
         raise InputError("--pairs needs --template, e.g. --template 'The capital of {} is'")
-    relation = (load_relation(args.relation) if args.relation else relation_from_pairs(args.pairs, args.template))
-    layers = numbers(args.layer, int, "--layer")
+    relation = load_relation(args.relation) if args.relation else relation_from_pairs(args.pairs, args.template)
+    config = config_from_args(LreConfig, args)
     model = load_model(args)
-    emit(args, lre(model, relation, layers=layers, betas=numbers(args.beta, float, "--beta"),
-                    ranks=numbers(args.ranks, int, "--ranks"), n_train=args.train, seed=args.seed,
-                    progress=not args.json))
+    emit(args, lre(model, relation, config, progress=not args.json))
 
 
 def register(sub) -> None:
     p = sub.add_parser("lens", help="logit lens: what each layer would predict")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the prompt to read")
     model_options(p)
-    p.add_argument("--target", help="a token to follow through the layers (exactly one token, e.g. ' Tokyo')")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--target", help="a token to follow through the layers (exactly one token, e.g. ' Tokyo'; "
+                                    "default none)")
+    p.add_argument("--top-k", type=int, default=5, help="top tokens kept per layer and position (default 5)")
     output_options(p)
     p.set_defaults(func=cmd_lens)
 
     p = sub.add_parser("dla", help="direct logit attribution: embedding, layers and heads -> target logit")
-    p.add_argument("prompt")
-    p.add_argument("--target", required=True, help="exactly one token, e.g. ' Tokyo'")
+    p.add_argument("prompt", help="the prompt to decompose")
+    p.add_argument("--target", required=True, help="exactly one token, e.g. ' Tokyo' (required)")
     p.add_argument("--position", type=int, default=-1, help="token position (default -1, the last)")
     model_options(p)
-    p.add_argument("--top", type=int, default=12, help="largest contributions to list")
+    p.add_argument("--top", type=int, default=12, help="largest contributions to list (default 12)")
     output_options(p)
     p.set_defaults(func=cmd_dla)
 
     p = sub.add_parser("patchscope", help="PatchScope: a hidden state decoded by the model in a target prompt")
-    p.add_argument("source_prompt")
-    p.add_argument("--position", type=int, default=-1, help="source token position (default -1, the last)")
-    p.add_argument("--template", default="identity", help="identity (default), entity, or a text with a placeholder")
-    p.add_argument("--placeholder", default=None, help="placeholder of a custom template (default '?')")
-    p.add_argument("--layers", help="source layers, comma-separated (default: all)")
-    p.add_argument("--target-layers", help="target layers for a grid (default: target layer = source layer)")
-    p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument("source_prompt", help="the prompt whose hidden state is decoded")
+    add_config_options(p, PatchscopeConfig)
     model_options(p)
     output_options(p)
     p.set_defaults(func=cmd_patchscope)
 
     p = sub.add_parser("backpatch", help="back-patching two-hop queries (oracle upper bound)")
     p.add_argument("--layers", help="layer grid, comma-separated (default: every --step-th layer)")
-    p.add_argument("--step", type=int, default=3)
+    p.add_argument("--step", type=int, default=3, help="spacing of the default layer grid (default 3)")
     model_options(p)
     output_options(p)
     p.set_defaults(func=cmd_backpatch)
 
     p = sub.add_parser("tuned-lens", help="tuned lens: train per-layer affine translators, evaluate vs logit lens")
     tl = p.add_subparsers(dest="action", required=True)
-    for action, help_text in (("train", "train a tuned lens on corpus text, save it (safetensors)"),
-                              ("eval", "held-out KL and perplexity per layer: logit lens vs tuned lens")):
-        q = tl.add_parser(action, help=help_text)
-        if action == "eval":
-            q.add_argument("lens", help="a .safetensors file written by 'tuned-lens train'")
-        model_options(q)
-        q.add_argument("--corpus", default="wiki")
-        q.add_argument("--tokens", type=int, default=20_000 if action == "train" else 2048,
-                       help="corpus tokens (default 20000 to train, 2048 to evaluate)")
-        q.add_argument("--seed", type=int, default=0 if action == "train" else 1, help="corpus order")
-        if action == "train":
-            q.add_argument("--steps", type=int, default=200, help="Adam steps (default 200)")
-            q.add_argument("--lr", type=float, default=1e-3)
-            q.add_argument("--out", default="tuned_lens.safetensors", metavar="FILE.safetensors")
-        else:
-            q.add_argument("--html", metavar="FILE")
-        q.add_argument("--json", action="store_true")
-        q.set_defaults(func=cmd_tuned_lens)
+    q = tl.add_parser("train", help="train a tuned lens on corpus text, save it (safetensors)")
+    model_options(q)
+    q.add_argument("--corpus", default="wiki", help="training text (default wiki)")
+    q.add_argument("--tokens", type=int, default=20_000, help="corpus tokens to train on (default 20000)")
+    q.add_argument("--seed", type=int, default=0, help="corpus order and sampled positions (default 0)")
+    q.add_argument("--steps", type=int, default=200, help="Adam steps (default 200)")
+    q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    q.add_argument("--out", default="tuned_lens.safetensors", metavar="FILE.safetensors",
+                   help="where the lens is written (default tuned_lens.safetensors)")
+    output_options(q, html=False)
+    q.set_defaults(func=cmd_tuned_lens_train)
+    q = tl.add_parser("eval", help="held-out KL and perplexity per layer: logit lens vs tuned lens")
+    q.add_argument("lens", help="a .safetensors file written by 'tuned-lens train'")
+    model_options(q)
+    q.add_argument("--corpus", default="wiki", help="evaluation text, held-out documents (default wiki)")
+    q.add_argument("--tokens", type=int, default=2048, help="held-out tokens to score (default 2048)")
+    q.add_argument("--seed", type=int, default=1, help="corpus order (default 1)")
+    output_options(q)
+    q.set_defaults(func=cmd_tuned_lens_eval)
 
     p = sub.add_parser("latent-language", help="latent language: logit-lens P(English) vs P(target) in translation")
     model_options(p)
-    p.add_argument("--src", default="fr")
-    p.add_argument("--dst", default="es")
-    p.add_argument("--shots", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--src", default="fr", choices=["fr", "es", "de", "it"], help="source language (default fr)")
+    p.add_argument("--dst", default="es", choices=["fr", "es", "de", "it"], help="target language (default es)")
+    p.add_argument("--shots", type=int, default=4, help="translation examples per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="choice of the examples (default 0)")
     output_options(p)
     p.set_defaults(func=cmd_latent_language)
 
     p = sub.add_parser("lre", help="linear relational embeddings: is a relation an affine map W s + b?")
     p.add_argument("--relation", help="a bundled relation: country_capital, country_language, object_colour, "
-                                      "word_opposite, company_country")
+                                      "word_opposite, company_country (default: none; or --pairs)")
     p.add_argument("--pairs", metavar="FILE", help="a jsonl of {\"subject\": ..., \"object\": ...} lines")
     p.add_argument("--template", help="with --pairs: a prompt where {} is the subject, e.g. 'The capital of {} is'")
     model_options(p)
-    p.add_argument("--layer", help="layer(s) of s, comma-separated (default: every 3rd layer)")
-    p.add_argument("--beta", default="1,2,4,8", help="scales of W s, comma-separated (default 1,2,4,8)")
-    p.add_argument("--ranks", default="32,96,256", help="ranks of the pseudo-inverse for causality")
-    p.add_argument("--train", type=int, default=5, help="pairs to fit W and b on (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="train / test split")
+    add_config_options(p, LreConfig)
     output_options(p)
     p.set_defaults(func=cmd_lre)

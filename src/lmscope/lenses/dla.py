@@ -25,17 +25,17 @@ per-head attribution is refused for that family.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
 from torch import nn
 
 from lmscope.core.errors import InputError
-from lmscope.core.models.sites import resolve_position
 from lmscope.core.models.adapters import final_logit_softcap
-from lmscope.results import save_result, write_page
-from lmscope.lenses.logit_lens import _short
+from lmscope.core.models.sites import resolve_position
+from lmscope.lenses.text import show_token
+from lmscope.results import Result
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Component:
 
 
 @dataclass
-class DLAResult:
+class DLAResult(Result, kind="direct_logit_attribution"):
     model: str
     prompt: str
     tokens: list[str]
@@ -58,8 +58,8 @@ class DLAResult:
     target_id: int
     logit: float                       # the model's own target logit at the position
     components: list[Component]        # embed, then attn.L, mlp.L per layer (these sum with the remainder)
-    heads: list[list[float]] | None    # [layer][head]; None where refused or not asked
-    head_bias: list[float] | None      # per layer: the output projection's bias term (0 without a bias)
+    heads: list[list[float]] | None    # [layer][head]; null where refused (gemma) or not asked
+    head_bias: list[float] | None      # per layer: the output projection's bias term (0 without one); null as heads
     remainder: dict[str, float]        # norm_bias, lm_head_bias, softcap, total
     norm_scale: float                  # the frozen normalisation factor
     heads_note: str = ""
@@ -68,12 +68,8 @@ class DLAResult:
     def total(self) -> float:
         return sum(c.contribution for c in self.components) + self.remainder["total"]
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "prompt": self.prompt, "tokens": self.tokens, "position": self.position,
-                "target": self.target, "target_id": self.target_id, "logit": self.logit,
-                "sum_of_parts": self.total, "norm_scale": self.norm_scale, "remainder": self.remainder,
-                "components": [asdict(c) for c in self.components], "heads": self.heads,
-                "head_bias": self.head_bias, "heads_note": self.heads_note}
+    def json_extras(self) -> dict:
+        return {"sum_of_parts": self.total}
 
     def largest(self, n: int = 10) -> list[Component]:
         parts = list(self.components)
@@ -83,7 +79,6 @@ class DLAResult:
         return sorted(parts, key=lambda c: -abs(c.contribution))[:n]
 
     def figure(self, n: int = 20):
-        import plotly.graph_objects as go
         parts = sorted(self.largest(n), key=lambda c: c.contribution)
         fig = go.Figure(go.Bar(x=[c.contribution for c in parts], y=[c.name for c in parts], orientation="h",
                                marker_color=["#c0392b" if c.contribution < 0 else "#2471a3" for c in parts],
@@ -95,7 +90,6 @@ class DLAResult:
         return fig
 
     def heads_figure(self):
-        import plotly.graph_objects as go
         z = self.heads
         lim = max(1e-9, max(abs(v) for row in z for v in row))
         fig = go.Figure(go.Heatmap(z=z, x=[f"head {h}" for h in range(len(z[0]))],
@@ -105,18 +99,19 @@ class DLAResult:
                           width=700)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])
 
-    def _write_html(self, path: Path) -> Path:
-        figures = [self.figure()] + ([self.heads_figure()] if self.heads is not None else [])
+    def title(self) -> str:
+        return f"Direct logit attribution - {self.model}"
+
+    def page_intro(self) -> str:
         r = self.remainder
-        return write_page(path, figures, f"Direct logit attribution - {self.model}",
-                          f"Prompt: {self.prompt!r}. Target {self.target!r} at position {self.position}; model "
-                          f"logit {self.logit:.4f} = sum of the parts {self.total - r['total']:.4f} + remainder "
-                          f"{r['total']:.4f} (norm bias {r['norm_bias']:.4f}, lm_head bias "
-                          f"{r['lm_head_bias']:.4f}, soft-capping {r['softcap']:.4f}). The final norm's scale "
-                          f"is frozen at the clean run's value ({self.norm_scale:.4f}). {self.heads_note}")
+        return (f"Prompt: {self.prompt!r}. Target {self.target!r} at position {self.position}; model logit "
+                f"{self.logit:.4f} = sum of the parts {self.total - r['total']:.4f} + remainder {r['total']:.4f} "
+                f"(norm bias {r['norm_bias']:.4f}, lm_head bias {r['lm_head_bias']:.4f}, soft-capping "
+                f"{r['softcap']:.4f}). The final norm's scale is frozen at the clean run's value "
+                f"({self.norm_scale:.4f}). {self.heads_note}")
 
     def summary(self, n: int = 12) -> str:
         r = self.remainder
@@ -127,15 +122,16 @@ class DLAResult:
                  f"; frozen norm scale {self.norm_scale:.4f}",
                  f"largest {n} contributions:"]
         for c in self.largest(n):
-            tops = " ".join(_short(t, 10) for t in c.top_tokens[:5])
+            tops = " ".join(show_token(t, 10) for t in c.top_tokens[:5])
             lines.append(f"  {c.name:<12} {c.contribution:+9.4f}   {tops}")
         if self.heads is None and self.heads_note:
             lines.append(self.heads_note)
         return "\n".join(lines)
 
 
-def _norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
-    """(gain, bias, centred, eps) of the model's final norm, read by probing the module itself with +-v."""
+def norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """(gain, bias, centred, eps) of a (Layer|RMS)Norm module (e.g. the model's final norm), read by probing the
+    module itself with +-v: gain as the model applies it (Gemma's 1 + weight included), float64."""
     centred = isinstance(norm, nn.LayerNorm)
     eps = getattr(norm, "eps", None)
     if eps is None:
@@ -195,7 +191,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                          f"(max gap {float((summed - x).abs().max()):.3g}); DLA does not apply")
 
     norm = model.module(model.adapter.final_norm)
-    gain, bias, centred, eps = _norm_affine(norm, model.d_model)
+    gain, bias, centred, eps = norm_affine(norm, model.d_model)
     xc = x - x.mean() if centred else x
     scale = 1.0 / float((xc.pow(2).mean() + eps).sqrt())
     normed = xc * scale * gain + bias
@@ -248,3 +244,6 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     return DLAResult(model.spec, prompt if isinstance(prompt, str) else str(prompt),
                      model.to_str_tokens(run.input_ids[0]), pos, model.tokenizer.decode([target_id]), target_id,
                      model_logit, components, head_rows, head_bias, remainder, scale, note)
+
+
+_norm_affine = norm_affine   # old name, until sae/features.py imports lmscope.lenses.norm_affine; then delete

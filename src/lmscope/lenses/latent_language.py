@@ -12,16 +12,18 @@ averaged over words in float64.
 """
 from __future__ import annotations
 
+import html
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.lenses.text import layer_ranges
+from lmscope.results import Result
 
 LANGUAGES = {"fr": "Français", "es": "Español", "de": "Deutsch", "it": "Italiano", "en": "English"}
 
@@ -32,7 +34,7 @@ def load_words() -> list[dict]:
     return json.loads(text)["words"]
 
 
-def build_prompt(words: list[dict], query: int, shots: list[int], src: str, dst: str) -> str:
+def translation_prompt(words: list[dict], query: int, shots: list[int], src: str, dst: str) -> str:
     a, b = LANGUAGES[src], LANGUAGES[dst]
     lines = [f'{a}: "{words[i][src]}" - {b}: "{words[i][dst]}"' for i in shots]
     return "\n".join(lines + [f'{a}: "{words[query][src]}" - {b}: "'])
@@ -46,7 +48,7 @@ def first_token(model, word: str) -> int:
 
 
 @dataclass
-class LatentLanguageResult:
+class LatentLanguageResult(Result, kind="latent_language"):
     model: str
     src: str
     dst: str
@@ -70,16 +72,15 @@ class LatentLanguageResult:
         s = (f"P(English) peaks at layer {peak} ({self.p_english[peak]:.2e}; output layer {self.p_english[-1]:.2e}); "
              f"P({self.dst}) at the output {self.p_target[-1]:.2e}. ")
         if over:
-            s += f"English above {self.dst} at layers {_ranges(over)}."
+            s += f"English above {self.dst} at layers {layer_ranges(over)}."
         else:
             s += f"English is never above {self.dst} at any layer."
         return s
 
-    def to_json(self) -> dict:
-        return {**asdict(self), "english_over_target": self.english_over_target, "verdict": self.verdict()}
+    def json_extras(self) -> dict:
+        return {"english_over_target": self.english_over_target, "verdict": self.verdict()}
 
     def figure(self):
-        import plotly.graph_objects as go
         layers = list(range(len(self.p_english)))
         fig = go.Figure()
         fig.add_trace(go.Scatter(x=layers, y=self.p_english, name="English (en)", mode="lines+markers"))
@@ -90,16 +91,15 @@ class LatentLanguageResult:
                           height=450, width=900)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Latent language - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        import html
-        body = f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
-        return write_page(path, [self.figure()], f"Latent language - {self.model}",
-                          "Mean over words of the logit-lens probability of the first token of the English "
-                          "word and of the target word, at the last position of the prompt, per layer.",
-                          body_html=body)
+    def page_intro(self) -> str:
+        return ("Mean over words of the logit-lens probability of the first token of the English word and of the "
+                "target word, at the last position of the prompt, per layer.")
+
+    def page_body(self) -> str:
+        return f"<pre>{html.escape(self.example_prompt)}</pre><p>{html.escape(self.verdict())}</p>"
 
     def summary(self) -> str:
         lines = [f"latent language | {self.model} | {LANGUAGES[self.src]} -> {LANGUAGES[self.dst]}, {self.n_words} "
@@ -110,15 +110,6 @@ class LatentLanguageResult:
             lines.append(f"{i:>5}  {e:.2e}  {t:.2e}" + ("   en > " + self.dst if e > t else ""))
         lines.append(self.verdict())
         return "\n".join(lines)
-
-
-def _ranges(layers: list[int]) -> str:
-    out, start = [], layers[0]
-    for a, b in zip(layers, layers[1:] + [None]):
-        if b != a + 1:
-            out.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ", ".join(out)
 
 
 @torch.no_grad()
@@ -141,7 +132,7 @@ def latent_language(model, words: list[dict] | None = None, *, src: str = "fr", 
     prompts, en_ids, dst_ids = [], [], []
     for q in range(len(words)):
         shots = rng.sample([i for i in range(len(words)) if i != q], n_shots)
-        prompts.append(build_prompt(words, q, shots, src, dst))
+        prompts.append(translation_prompt(words, q, shots, src, dst))
         en_ids.append(first_token(model, words[q]["en"]))
         dst_ids.append(first_token(model, words[q][dst]))
     n = model.n_layers

@@ -5,13 +5,16 @@ The last layer's entry is the model's own output distribution (its logits, not a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
+from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.lenses.text import show_token
+from lmscope.results import Result
 
 
 @dataclass
@@ -30,28 +33,18 @@ class TargetTrace:
 
 
 @dataclass
-class LensResult:
+class LensResult(Result, kind="logit_lens"):
     model: str
     prompt: str
     tokens: list[str]
     token_ids: list[int]
-    top: list[list[list[TopToken]]]        # [layer][position][k]
-    target: TargetTrace | None = None
-
-    def to_json(self) -> dict:
-        out = {"model": self.model, "prompt": self.prompt, "tokens": self.tokens,
-               "layers": [{"layer": i, "positions": [{"top": [{"token": t.token, "id": t.id, "prob": t.prob}
-                                                               for t in pos]} for pos in layer]}
-                          for i, layer in enumerate(self.top)]}
-        if self.target is not None:
-            out["target"] = asdict(self.target)
-        return out
+    top: list[list[list[TopToken]]]        # [layer][position][k]; the last layer is the model's own output
+    target: TargetTrace | None = None      # null when no target token was asked for
 
     def figure(self):
-        import plotly.graph_objects as go
         n_layers, n_pos = len(self.top), len(self.tokens)
         z = [[self.top[layer][p][0].prob for p in range(n_pos)] for layer in range(n_layers)]
-        text = [[_short(self.top[layer][p][0].token) for p in range(n_pos)] for layer in range(n_layers)]
+        text = [[show_token(self.top[layer][p][0].token) for p in range(n_pos)] for layer in range(n_layers)]
         hover = [["<br>".join(f"{t.token!r}: {t.prob:.3f}" for t in self.top[layer][p]) for p in range(n_pos)]
                  for layer in range(n_layers)]
         x = [f"{p}: {tok!r}" for p, tok in enumerate(self.tokens)]
@@ -69,8 +62,6 @@ class LensResult:
 
     def target_figure(self):
         """Rank (log scale) and probability of the target token at the last position, layer by layer."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         t = self.target
         layers = list(range(len(t.rank)))
         fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -83,25 +74,25 @@ class LensResult:
                           xaxis_title="layer", height=380, width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        """Write the result: .html as a self-contained page, anything else as JSON."""
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure()] + ([self.target_figure()] if self.target is not None else [])
 
-    def _write_html(self, path: Path) -> Path:
-        figures = [self.figure()] + ([self.target_figure()] if self.target is not None else [])
-        return write_page(path, figures, f"Logit lens - {self.model}",
-                          f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream "
-                          f"is read through the final norm and unembedding; colour = its probability; hover "
-                          f"for the top-{len(self.top[0][0])}.")
+    def title(self) -> str:
+        return f"Logit lens - {self.model}"
+
+    def page_intro(self) -> str:
+        return (f"Prompt: {self.prompt!r}. Each cell: the top-1 token when layer L's residual stream is read "
+                f"through the final norm and unembedding; colour = its probability; hover for the "
+                f"top-{len(self.top[0][0])}.")
 
     def summary(self, max_positions: int = 8) -> str:
         n_pos = len(self.tokens)
         cols = list(range(max(0, n_pos - max_positions), n_pos))
         width = 14
         lines = [f"logit lens | {self.model} | top-1 token (probability) per layer and position"]
-        lines.append("layer  " + "".join(_short(self.tokens[p], width - 1).ljust(width) for p in cols))
+        lines.append("layer  " + "".join(show_token(self.tokens[p], width - 1).ljust(width) for p in cols))
         for i, layer in enumerate(self.top):
-            cells = "".join(f"{_short(layer[p][0].token, 8)} {layer[p][0].prob:.2f}".ljust(width) for p in cols)
+            cells = "".join(f"{show_token(layer[p][0].token, 8)} {layer[p][0].prob:.2f}".ljust(width) for p in cols)
             lines.append(f"{i:>5}  {cells}")
         if self.target is not None:
             t = self.target
@@ -111,17 +102,10 @@ class LensResult:
         return "\n".join(lines)
 
 
-def _short(token: str, n: int = 10) -> str:
-    # spaces made visible: ' Tokyo' and 'Tokyo' are different tokens
-    s = repr(token)[1:-1].replace(" ", "␣")
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
 @torch.no_grad()
 def logit_lens(model, prompt: str, *, target: str | None = None, top_k: int = 5) -> LensResult:
     """Top-k tokens per layer and position, and the rank and probability of `target` at the last position."""
-    if not isinstance(top_k, int) or top_k < 1:
-        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    check_count("top_k", top_k)
     target_id = model.token_id(target) if target is not None else None
     run = model.run(prompt, read="resid_post.*")
     if run.input_ids.shape[0] != 1:

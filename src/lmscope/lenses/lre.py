@@ -22,16 +22,34 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
+from tqdm import tqdm
 
 from lmscope.core import edits
+from lmscope.core.checks import check_count, check_layers, check_numbers
+from lmscope.core.config import option
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.core.runs import prefix_cache
+from lmscope.lenses.patchscope import configured
+from lmscope.results import Result
+
+
+@dataclass
+class LreConfig:
+    """The options of one LRE fit (also the CLI's flags and the `config` stored in the result)."""
+    layers: "list[int] | None" = option(None, "layer(s) of s, comma-separated (None: every 3rd layer)",
+                                        flag="--layer")
+    betas: list[float] = option([1.0, 2.0, 4.0, 8.0], "scales of W s, comma-separated", flag="--beta")
+    ranks: list[int] = option([32, 96, 256], "ranks of the pseudo-inverse for causality, comma-separated")
+    n_train: int = option(5, "pairs to fit W and b on", flag="--train")
+    n_demo: int = option(3, "few-shot demonstrations per prompt")
+    seed: int = option(0, "train / test split")
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,7 @@ def relation_from_pairs(path, template: str, name: str | None = None) -> Relatio
     return Relation(name or path.stem, template, _check_pairs(pairs, str(path)))
 
 
-def build_prompt(model, relation: Relation, demos, subject: str) -> tuple[torch.Tensor, int]:
+def relation_prompt(model, relation: Relation, demos, subject: str) -> tuple[torch.Tensor, int]:
     """Few-shot prompt ids [1, seq] and the position of the query subject's last token."""
     context = "".join(f"{relation.template.format(s)} {o}\n" for s, o in demos)
     text = context + relation.template.format(subject)
@@ -125,8 +143,7 @@ def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int = 192
     prefix = None
     if pos > 0:  # the tokens before the subject do not depend on s: run them once, reuse their KV cache
         with torch.no_grad():
-            first = model.hf(input_ids=ids[:, :pos], use_cache=True)
-            prefix = first.get("cache", None) or first.get("past_key_values", None)
+            prefix = prefix_cache(model, ids[:, :pos])
     rows = []
     eye = torch.eye(d, dtype=s.dtype, device=s.device)
     for start in range(0, d, chunk):
@@ -156,7 +173,7 @@ class LayerFit:
 
 
 @dataclass
-class LreResult:
+class LreResult(Result, kind="lre"):
     model: str
     relation: str
     template: str
@@ -172,9 +189,13 @@ class LreResult:
     train: list[str]
     layers: list[LayerFit] = field(default_factory=list)
     test: list[dict] = field(default_factory=list)   # subject, object, model top-1, LRE top-1 (best layer, beta)
+    config: LreConfig = field(default_factory=LreConfig)
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def title(self) -> str:
+        return f"LRE - {self.relation}"
+
+    def page_intro(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         lines = [f"LRE | {self.model} | {self.relation}: {self.template!r} | {self.n_pairs} pairs, "
@@ -193,7 +214,6 @@ class LreResult:
         return "\n".join(lines)
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure()
         layers = [f.layer for f in self.layers]
         for b in (self.layers[0].faithfulness if self.layers else {}):
@@ -205,12 +225,6 @@ class LreResult:
                           xaxis_title="layer of s", yaxis={"range": [0, 1], "title": "fraction of held-out subjects"},
                           height=420, width=800)
         return fig
-
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
-
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, self.figure(), f"LRE - {self.relation}", self.summary())
 
 
 def _top1(model, resid: torch.Tensor) -> torch.Tensor:
@@ -232,29 +246,28 @@ def _outputs(model, prompts, layer: int, edit_values=None):
     return out
 
 
-def lre(model, relation: Relation, *, layers=None, betas=(1.0, 2.0, 4.0, 8.0), ranks=(32, 96, 256),
-        n_train: int = 5, n_demo: int = 3, seed: int = 0, progress: bool = False) -> LreResult:
+def lre(model, relation: Relation, config: LreConfig | None = None, *, progress: bool = False,
+        **overrides) -> LreResult:
     """Fit an LRE per layer on `n_train` pairs, measure faithfulness (per beta) and causality (per rank) on the
-    held-out subjects the model gets right; the best layer and beta are those of the highest faithfulness."""
+    held-out subjects the model gets right; the best layer and beta are those of the highest faithfulness.
+    `config` holds the options (LreConfig); keyword arguments override its fields (e.g. layers=[6], n_train=4)."""
     if not isinstance(relation, Relation):
         raise InputError("give a Relation (load_relation(name) or relation_from_pairs(path, template))")
-    if not isinstance(n_train, int) or n_train < 1 or not isinstance(n_demo, int) or n_demo < 0:
-        raise InputError("n_train must be >= 1 and n_demo >= 0")
-    layers = list(range(0, model.n_layers - 1, 3)) if layers is None else list(layers)
-    if not layers or any(not isinstance(x, int) or not -model.n_layers <= x < model.n_layers for x in layers):
-        raise InputError(f"layers must be integers in 0..{model.n_layers - 1}, got {layers!r}")
-    layers = [x % model.n_layers for x in layers]
-    betas = [float(b) for b in betas]
-    ranks = [min(int(r), model.d_model) for r in ranks]
-    if not betas or not ranks or any(r < 1 for r in ranks):
-        raise InputError("give at least one beta and one rank >= 1")
+    config = configured(LreConfig, config, overrides)
+    n_train, n_demo, seed = config.n_train, config.n_demo, config.seed
+    check_count("n_train", n_train)
+    check_count("n_demo", n_demo, minimum=0)
+    layers = (list(range(0, model.n_layers - 1, 3)) if config.layers is None
+              else check_layers(model, config.layers, what="layers"))
+    betas = check_numbers("betas", config.betas)
+    ranks = [min(check_count("ranks", r), model.d_model) for r in list(config.ranks) or [0]]
     pairs = list(relation.pairs)
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     pairs = [pairs[i] for i in order]
     k = min(n_train, len(pairs) - 1)
     train, held = pairs[:k], pairs[k:]
     demos_for = lambda subj: [p for p in train if p[0] != subj][:n_demo]  # noqa: E731
-    prompt = {s: build_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
+    prompt = {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
     target = {s: object_token(model, o) for s, o in pairs}
     base = _outputs(model, [prompt[s] for s, _ in pairs], layers[0])
     known = {s for (s, _), (_, _, top) in zip(pairs, base) if top == target[s]}
@@ -271,7 +284,6 @@ def lre(model, relation: Relation, *, layers=None, betas=(1.0, 2.0, 4.0, 8.0), r
     fits, per_test = [], {}
     iterator = layers
     if progress:
-        from tqdm import tqdm
         iterator = tqdm(layers, desc=f"LRE {relation.name}", unit="layer")
     for layer in iterator:
         W = torch.zeros(model.d_model, model.d_model, dtype=torch.float64)
@@ -314,4 +326,4 @@ def lre(model, relation: Relation, *, layers=None, betas=(1.0, 2.0, 4.0, 8.0), r
             for i, ((s, o), x) in enumerate(zip(test, outs))]
     return LreResult(model.spec, relation.name, relation.template, f.layer, beta, f.faithfulness[f"{beta:g}"],
                      f.causality[str(f.best_rank)], f.best_rank, len(test), len(fit), len(pairs), len(cpairs),
-                     [s for s, _ in fit], fits, rows)
+                     [s for s, _ in fit], fits, rows, config)

@@ -13,21 +13,47 @@ A custom template is any text with its placeholder (the last occurrence is patch
 """
 from __future__ import annotations
 
+import dataclasses
 import html
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
+import plotly.graph_objects as go
 import torch
 
+from lmscope.core.checks import check_count, check_layers
+from lmscope.core.config import option
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
-from lmscope.results import save_result, write_page
+from lmscope.lenses.text import layer_ranges
+from lmscope.results import Result
 
 TEMPLATES = {
     "identity": ("cat -> cat; 1135 -> 1135; hello -> hello; ? ->", "?"),
     "entity": ("Leonardo da Vinci: Italian painter. TSMC: Taiwanese company. x:", "x"),
 }
+
+
+@dataclass
+class PatchscopeConfig:
+    """The options of one PatchScope sweep (also the CLI's flags and the `config` stored in the result)."""
+    position: int = option(-1, "source token position (-1: the last)")
+    template: str = option("identity", "identity, entity, or a text with a placeholder")
+    placeholder: "str | None" = option(None, "placeholder of a custom template (None: '?')")
+    layers: "list[int] | None" = option(None, "source layers, comma-separated (None: all)")
+    target_layers: "list[int] | None" = option(None, "target layers for a grid (None: target layer = source layer)")
+    max_new_tokens: int = option(4, "greedy tokens generated per cell")
+
+
+def configured(cls, config, overrides: dict):
+    """`config` (default: cls()) with keyword overrides; one clear error for an unknown name or a wrong config."""
+    config = cls() if config is None else config
+    if not isinstance(config, cls):
+        raise InputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise InputError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(config, **overrides)
 
 
 @dataclass
@@ -39,7 +65,7 @@ class PatchCell:
 
 
 @dataclass
-class PatchscopeResult:
+class PatchscopeResult(Result, kind="patchscope"):
     model: str
     source_prompt: str
     source_position: int
@@ -49,18 +75,15 @@ class PatchscopeResult:
     target_position: int
     unpatched: str               # the template's own generation, no patch
     cells: list[PatchCell]
+    config: PatchscopeConfig = dataclasses.field(default_factory=PatchscopeConfig)
 
     def decoded_layers(self) -> list[int]:
         return sorted({c.source_layer for c in self.cells if c.decoded})
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "source_prompt": self.source_prompt, "source_position": self.source_position,
-                "source_token": self.source_token, "template": self.template, "placeholder": self.placeholder,
-                "target_position": self.target_position, "unpatched": self.unpatched,
-                "decoded_source_layers": self.decoded_layers(), "cells": [asdict(c) for c in self.cells]}
+    def json_extras(self) -> dict:
+        return {"decoded_source_layers": self.decoded_layers()}
 
     def figure(self):
-        import plotly.graph_objects as go
         src = sorted({c.source_layer for c in self.cells})
         tgt = sorted({c.target_layer for c in self.cells})
         cell = {(c.source_layer, c.target_layer): c for c in self.cells}
@@ -75,19 +98,19 @@ class PatchscopeResult:
                           height=max(350, 28 * len(tgt) + 160), width=max(700, 70 * len(src) + 200))
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"PatchScope - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
+    def page_intro(self) -> str:
+        return (f"resid_post of {self.source_prompt!r} at position {self.source_position} ({self.source_token!r}) "
+                f"replaces the target prompt {self.template!r} at its placeholder {self.placeholder!r} (position "
+                f"{self.target_position}); greedy generation. Unpatched: {self.unpatched!r}.")
+
+    def page_body(self) -> str:
         rows = "".join(f"<tr><td>{c.source_layer}</td><td>{c.target_layer}</td><td>{'yes' if c.decoded else ''}"
                        f"</td><td><code>{html.escape(repr(c.text))}</code></td></tr>" for c in self.cells)
-        table = (f"<table border=1 cellpadding=3><tr><th>source layer</th><th>target layer</th><th>decoded</th>"
-                 f"<th>generation</th></tr>{rows}</table>")
-        return write_page(path, [self.figure()], f"PatchScope - {self.model}",
-                          f"resid_post of {self.source_prompt!r} at position {self.source_position} "
-                          f"({self.source_token!r}) replaces the target prompt {self.template!r} at its "
-                          f"placeholder {self.placeholder!r} (position {self.target_position}); greedy "
-                          f"generation. Unpatched: {self.unpatched!r}.", body_html=table)
+        return (f"<table border=1 cellpadding=3><tr><th>source layer</th><th>target layer</th><th>decoded</th>"
+                f"<th>generation</th></tr>{rows}</table>")
 
     def summary(self) -> str:
         lines = [f"patchscope | {self.model} | source {self.source_token!r} (position {self.source_position} of "
@@ -98,19 +121,8 @@ class PatchscopeResult:
         for c in self.cells:
             lines.append(f"{c.source_layer:>3}  {c.target_layer:>3}  {'yes' if c.decoded else '   '}      {c.text!r}")
         layers = self.decoded_layers()
-        lines.append(f"source token decoded from source layers: {_ranges(layers) if layers else 'none'}")
+        lines.append(f"source token decoded from source layers: {layer_ranges(layers) if layers else 'none'}")
         return "\n".join(lines)
-
-
-def _ranges(xs: list[int]) -> str:
-    out, start = [], None
-    for i, x in enumerate(xs):
-        if start is None:
-            start = x
-        if i + 1 == len(xs) or xs[i + 1] != x + 1:
-            out.append(f"{start}" if start == x else f"{start}-{x}")
-            start = None
-    return ", ".join(out)
 
 
 def resolve_template(template: str, placeholder: str | None = None) -> tuple[str, str]:
@@ -141,34 +153,22 @@ def patch_edit(layer: int, state: torch.Tensor, position: int):
     return replace(f"resid_post.{layer}", state, positions=[position])
 
 
-def _layers(model, layers, what: str) -> list[int]:
-    if layers is None:
-        return list(range(model.n_layers))
-    out = []
-    for x in layers:
-        if not isinstance(x, int) or isinstance(x, bool) or not -model.n_layers <= x < model.n_layers:
-            raise InputError(f"{what} {x!r} is outside 0..{model.n_layers - 1}")
-        out.append(x % model.n_layers)
-    if not out:
-        raise InputError(f"no {what}s given")
-    return out
-
-
 def _starts_with(text: str, token: str) -> bool:
     t = token.strip().lower()
     return bool(t) and text.strip().lower().startswith(t)
 
 
 @torch.no_grad()
-def patchscope(model, source_prompt: str, *, position: int = -1, template: str = "identity",
-               placeholder: str | None = None, layers=None, target_layers=None, max_new_tokens: int = 4
-               ) -> PatchscopeResult:
-    """Sweep source layers (default: all); target layer = source layer unless `target_layers` gives a grid."""
-    template, placeholder = resolve_template(template, placeholder)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    src_layers = _layers(model, layers, "layer")
-    tgt_layers = None if target_layers is None else _layers(model, target_layers, "target layer")
+def patchscope(model, source_prompt: str, config: PatchscopeConfig | None = None, **overrides) -> PatchscopeResult:
+    """Sweep source layers (default: all); target layer = source layer unless `target_layers` gives a grid.
+    `config` holds the options (PatchscopeConfig); keyword arguments override its fields (e.g. layers=[3, 6])."""
+    config = configured(PatchscopeConfig, config, overrides)
+    position, max_new_tokens = config.position, config.max_new_tokens
+    template, placeholder = resolve_template(config.template, config.placeholder)
+    check_count("max_new_tokens", max_new_tokens)
+    src_layers = check_layers(model, config.layers, what="layers")
+    tgt_layers = None if config.target_layers is None else check_layers(model, config.target_layers,
+                                                                         what="target layers")
     run = model.run(source_prompt, read=[f"resid_post.{layer}" for layer in sorted(set(src_layers))])
     if run.input_ids.shape[0] != 1:
         raise InputError("patchscope takes one source prompt")
@@ -183,4 +183,4 @@ def patchscope(model, source_prompt: str, *, position: int = -1, template: str =
             text = model.generate(template, edits=[patch_edit(t, state, tpos)], max_new_tokens=max_new_tokens).text
             cells.append(PatchCell(s, t, text, _starts_with(text, source_token)))
     return PatchscopeResult(model.spec, source_prompt, pos, source_token, template, placeholder, tpos, unpatched,
-                            cells)
+                            cells, config)

@@ -17,15 +17,21 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
 
+from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
-from lmscope.results.files import atomic_path
-from lmscope.results.output import check_output
+from lmscope.core.fingerprint import check_identity, model_identity
+from lmscope.data.corpora import iter_token_windows
+from lmscope.results import Result, atomic_path, check_output
 
 FORMAT = "lmscope-tuned-lens/1"
 
@@ -43,8 +49,7 @@ def _held_out(doc_id: str) -> bool:
 
 def _batches(model, corpus: str, n_tokens: int, window: int, batch_windows: int, seed: int, split: str):
     """Batches (lists of token-id lists) from one side of the document split, `n_tokens` in all (or fewer)."""
-    from lmscope.data.corpora import iter_token_windows
-    if not isinstance(n_tokens, int) or n_tokens < 1:
+    if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 1:
         raise InputError(f"the number of tokens must be a positive integer, got {n_tokens!r}")
     remaining, batch = n_tokens, []
     for w in iter_token_windows(model.tokenizer, corpus, n_tokens=10**12, window=window, seed=seed):
@@ -86,7 +91,7 @@ class TunedLens:
         d, n = model.d_model, model.n_layers
         return cls(torch.zeros(n, d, d), torch.zeros(n, d),
                    {"format": FORMAT, "model": model.spec, "d_model": d, "n_layers": n,
-                    "vocab_size": model.vocab_size, **meta})
+                    "vocab_size": model.vocab_size, "identity": model_identity(model), **meta})
 
     def translate(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
         a, b = self.weight[layer].to(resid), self.bias[layer].to(resid)
@@ -101,16 +106,22 @@ class TunedLens:
         return model.unembed(self.translate(layer % n, resid))
 
     def check(self, model) -> None:
+        """One clear error when the lens is another model's: by its config hash (core.fingerprint) where the file
+        records one, by the model name and shapes otherwise (files written before it did)."""
         m = self.meta
-        for key, have in (("model", model.spec), ("d_model", model.d_model), ("n_layers", model.n_layers),
-                          ("vocab_size", model.vocab_size)):
+        keys = ("model", "d_model", "n_layers", "vocab_size")
+        if "identity" in m:   # the same model loaded another way (a local folder, another dtype) still matches
+            check_identity({**m["identity"], "d_model": m.get("d_model")}, model, "this tuned lens")
+            keys = ("d_model", "n_layers", "vocab_size")
+        have_of = {"model": model.spec, "d_model": model.d_model, "n_layers": model.n_layers,
+                   "vocab_size": model.vocab_size}
+        for key, have in ((k, have_of[k]) for k in keys):
             if m.get(key) != have:
                 raise InputError(f"this tuned lens was trained for {m.get('model')!r} ({key} {m.get(key)}), "
                                  f"not for {model.spec!r} ({key} {have})")
 
     # -- files: safetensors, the metadata as JSON in its header (no pickle) --------------------------------------
     def save(self, path, *, overwrite: bool = False) -> Path:
-        from safetensors.torch import save_file
         path = check_output(path, overwrite=overwrite, suffixes=(".safetensors",))
         with atomic_path(path) as tmp:
             save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp),
@@ -119,7 +130,6 @@ class TunedLens:
 
     @classmethod
     def load(cls, path, model=None) -> "TunedLens":
-        from safetensors import SafetensorError, safe_open
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no tuned lens file at {path}")
@@ -164,8 +174,7 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
     `bf16` runs the unembedding matmuls of the training steps under bfloat16 autocast (default: on CPU, where it
     is ~3x faster); evaluation is always float32."""
     for name, v in (("steps", steps), ("positions_per_step", positions_per_step), ("batch_windows", batch_windows)):
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be a positive integer, got {v!r}")
+        check_count(name, v)
     if model.n_layers < 2:
         raise InputError("a tuned lens needs a model with at least 2 layers")
     if bf16 is None:
@@ -181,7 +190,6 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
     losses, seen, step = [], 0, 0
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=steps, desc="tuned lens", unit="step")
     for rows in _batches(model, corpus, n_tokens, window, batch_windows, seed, "train"):
         with torch.no_grad():
@@ -247,7 +255,7 @@ def _select_layer_scales(model, lens: "TunedLens", corpus: str, window: int, see
 
 
 @dataclass
-class TunedLensEval:
+class TunedLensEval(Result, kind="tuned_lens_eval"):
     model: str
     corpus: str
     n_tokens: int                   # held-out positions scored (each has a next token)
@@ -263,12 +271,10 @@ class TunedLensEval:
         lower than the logit lens's."""
         return [i for i in range(len(self.kl_logit) - 1) if not self.kl_tuned[i] < self.kl_logit[i]]
 
-    def to_json(self) -> dict:
-        return {**asdict(self), "tuned_worse": self.tuned_worse}
+    def json_extras(self) -> dict:
+        return {"tuned_worse": self.tuned_worse}
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         layers = list(range(len(self.kl_logit)))
         fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(final || lens), nats", "next-token perplexity"))
         for col, (a, b) in enumerate(((self.kl_logit, self.kl_tuned), (self.ppl_logit, self.ppl_tuned)), 1):
@@ -282,14 +288,13 @@ class TunedLensEval:
                                 f"{self.model}", height=450, width=1100)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Tuned lens - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure()], f"Tuned lens - {self.model}",
-                          "Per layer: mean KL from the model's final distribution to the lens's (lower is "
-                          "closer to the output) and perplexity of the actual next token, on held-out "
-                          "documents. The last layer is the model's output for both lenses.")
+    def page_intro(self) -> str:
+        return ("Per layer: mean KL(final || lens), from the model's final distribution to the lens's (lower is "
+                "closer to the output), and perplexity of the actual next token, on held-out documents. The last "
+                "layer is the model's output for both lenses.")
 
     def summary(self) -> str:
         lines = [f"tuned lens vs logit lens | {self.model} | held-out {self.corpus!r}, {self.n_tokens} tokens, "

@@ -2,17 +2,18 @@
 measure what changes in the next-token distribution. Works in one forward pass and during generation."""
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.core import edits
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_atomic, write_page
+from lmscope.core.metrics import KL_REFERENCE_EDITED, kl_reference_edited
+from lmscope.core.runs import last_logits
 from lmscope.core.trace import bind_edit
+from lmscope.results import Result
 
 HOW = ("zero", "mean", "resample", "scale")
 
@@ -59,18 +60,19 @@ class TokenShift:
 
 
 @dataclass
-class EffectReport:
+class EffectReport(Result, kind="neuron_effects"):
     """What an intervention changes in the next-token distribution at the last token of each prompt."""
     intervention: str
     layer: int
     neurons: list[int]
     n_prompts: int
-    kl: list[float]                 # KL(clean || edited) per prompt, nats
+    kl: list[float]                 # KL(clean || edited) per prompt, nats (see kl_direction)
     argmax_flips: list[bool]
     chosen: dict[str, dict] = field(default_factory=dict)   # token -> {"before": [...], "after": [...]}
     top_up: list[TokenShift] = field(default_factory=list)
     top_down: list[TokenShift] = field(default_factory=list)
     generations: list[dict] = field(default_factory=list)   # {"prompt", "before", "after"}
+    kl_direction: str = KL_REFERENCE_EDITED                   # reference = the clean model
 
     @property
     def mean_kl(self) -> float:
@@ -80,28 +82,26 @@ class EffectReport:
     def argmax_flip_fraction(self) -> float:
         return sum(self.argmax_flips) / len(self.argmax_flips)
 
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out.update(mean_kl=self.mean_kl, argmax_flip_fraction=self.argmax_flip_fraction)
-        return out
+    def json_extras(self) -> dict:
+        return {"mean_kl": self.mean_kl, "argmax_flip_fraction": self.argmax_flip_fraction}
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+    def figure(self):
+        shifts = self.top_up[::-1] + self.top_down
+        fig = go.Figure(go.Bar(x=[t.delta_prob for t in shifts], y=[repr(t.token) for t in shifts],
+                               orientation="h"))
+        fig.update_layout(title=f"{self.intervention} of neurons {self.neurons}, layer {self.layer}: mean change of "
+                                f"next-token probability", xaxis_title="p_edited - p_clean", height=480, width=760)
+        return fig
 
     def summary(self) -> str:
         lines = [f"{self.intervention} of neurons {self.neurons} at layer {self.layer} on {self.n_prompts} prompts: "
-                 f"mean KL {self.mean_kl:.4g} nats, argmax flips {self.argmax_flip_fraction:.1%}"]
+                 f"mean {self.kl_direction} {self.mean_kl:.4g} nats, argmax flips {self.argmax_flip_fraction:.1%}"]
         lines.append("  rises most: " + ", ".join(f"{t.token!r} {t.delta_prob:+.4f}" for t in self.top_up[:5]))
         lines.append("  falls most: " + ", ".join(f"{t.token!r} {t.delta_prob:+.4f}" for t in self.top_down[:5]))
         for tok, v in self.chosen.items():
             before, after = sum(v["before"]) / len(v["before"]), sum(v["after"]) / len(v["after"])
             lines.append(f"  p({tok!r}): {before:.4f} -> {after:.4f}")
         return "\n".join(lines)
-
-
-def _last_logits(model, prompts, edit_list) -> torch.Tensor:
-    run = model.run(prompts, edits=edit_list)
-    return run.at_last(run.logits).float()
 
 
 @torch.no_grad()
@@ -116,9 +116,14 @@ def neuron_effects(model, layer: int, neurons, prompts, how: str = "zero", *, fa
         raise InputError("empty prompt set: give at least one prompt")
     edit = neuron_edit(model, layer, neurons, how, factor=factor, mean=mean, samples=samples, batch=len(prompts),
                        seed=seed)
-    clean = torch.log_softmax(_last_logits(model, prompts, []), -1)
-    edited = torch.log_softmax(_last_logits(model, prompts, [edit]), -1)
-    kl = (clean.exp() * (clean - edited)).sum(-1).clamp_min(0)
+    clean_logits = last_logits(model, prompts)
+    if how == "resample":   # one sampled row per prompt: the batch must be all prompts, in order (padded run)
+        run = model.run(prompts, edits=[edit])
+        edited_logits = run.at_last(run.logits).float().cpu()
+    else:                   # the same edit for every prompt: unpadded runs grouped by length
+        edited_logits = last_logits(model, prompts, [edit])
+    clean, edited = torch.log_softmax(clean_logits, -1), torch.log_softmax(edited_logits, -1)
+    kl = kl_reference_edited(clean_logits, edited_logits).float().clamp_min(0)
     flips = clean.argmax(-1) != edited.argmax(-1)
     delta = (edited.exp() - clean.exp()).mean(0)
     up, down = delta.topk(top), (-delta).topk(top)
@@ -142,19 +147,27 @@ def neuron_effects(model, layer: int, neurons, prompts, how: str = "zero", *, fa
 
 
 @dataclass
-class DoseResponse:
+class NeuronDoseResponse(Result, kind="neuron_dose_response"):
     """Chosen tokens' mean probability (over prompts) as the neurons are scaled by each factor."""
     layer: int
     neurons: list[int]
     factors: list[float]
     probs: dict[str, list[float]]        # token -> mean probability per factor
-    kl: list[float]                      # mean KL(clean || scaled) per factor
+    kl: list[float]                      # mean KL(clean || scaled) per factor (see kl_direction)
+    kl_direction: str = KL_REFERENCE_EDITED
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def title(self) -> str:
+        return f"Dose-response, layer {self.layer}"
+
+    def summary(self) -> str:
+        lines = [f"neurons {self.neurons} of layer {self.layer} scaled; mean probability per factor"]
+        lines += [f"  {tok!r}: " + "  ".join(f"x{f:g}: {p:.4f}" for f, p in zip(self.factors, ps))
+                  for tok, ps in self.probs.items()]
+        lines.append(f"  mean {self.kl_direction}: " + "  ".join(f"x{f:g}: {k:.4g}" for f, k in
+                                                               zip(self.factors, self.kl)))
+        return "\n".join(lines)
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure()
         for tok, ps in self.probs.items():
             fig.add_trace(go.Scatter(x=self.factors, y=ps, mode="lines+markers", name=repr(tok)))
@@ -164,19 +177,13 @@ class DoseResponse:
                           height=420, width=760)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
-
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, self.figure(), f"Dose-response, layer {self.layer}")
-
 
 NEXT = "next token (per prompt)"
 
 
 @torch.no_grad()
-def dose_response(model, layer: int, neurons, prompts, tokens=(), factors=(-2, -1, 0, 0.5, 1, 2, 4, 8), *,
-                  next_tokens=None) -> DoseResponse:
+def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors=(-2, -1, 0, 0.5, 1, 2, 4, 8), *,
+                  next_tokens=None) -> NeuronDoseResponse:
     """Sweep the scale factor; report chosen tokens' mean probabilities at each prompt's last token.
     `tokens`: strings (one token each) or ids, followed on every prompt. `next_tokens`: one token id per prompt
     (e.g. what actually followed in the corpus), reported as one curve named NEXT."""
@@ -193,17 +200,17 @@ def dose_response(model, layer: int, neurons, prompts, tokens=(), factors=(-2, -
         raise InputError("give one next token per prompt")
     ids = [t if isinstance(t, int) else model.token_id(t) for t in tokens]
     names = [model.tokenizer.decode([i]) if isinstance(t, int) else t for t, i in zip(tokens, ids)]
-    clean = torch.log_softmax(_last_logits(model, prompts, []), -1)
+    clean_logits = last_logits(model, prompts)
     probs = {n: [] for n in names + ([NEXT] if next_tokens is not None else [])}
     kls = []
     rows = torch.arange(len(prompts))
     for f in factors:
-        logp = torch.log_softmax(_last_logits(model, prompts, [neuron_edit(model, layer, neurons, "scale",
-                                                                           factor=f)]), -1)
-        kls.append(float((clean.exp() * (clean - logp)).sum(-1).clamp_min(0).mean()))
+        logits = last_logits(model, prompts, [neuron_edit(model, layer, neurons, "scale", factor=f)])
+        logp = torch.log_softmax(logits, -1)
+        kls.append(float(kl_reference_edited(clean_logits, logits).clamp_min(0).mean()))
         for n, i in zip(names, ids):
             probs[n].append(float(logp[:, i].exp().mean()))
         if next_tokens is not None:
             probs[NEXT].append(float(logp[rows, torch.tensor(next_tokens)].exp().mean()))
     neurons = [neurons] if isinstance(neurons, int) else list(neurons)
-    return DoseResponse(layer % model.n_layers, neurons, factors, probs, kls)
+    return NeuronDoseResponse(layer % model.n_layers, neurons, factors, probs, kls)

@@ -6,23 +6,24 @@ Coarse neurons: attribution above `threshold` x the prompt's max. Refined: coars
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from lmscope.core import edits
+from lmscope.core.checks import check_count, check_layers
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
-from lmscope.neurons.records import check_layers
+from lmscope.data.number_agreement import load_number_agreement
+from lmscope.results import Result
 
 
 def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps: int = 20) -> torch.Tensor:
     """Attribution of every neuron of `layers` (default: all) to P(target) at the prompt's last token.
     Returns [len(layers), d_mlp] (float32)."""
-    layers = check_layers(model, range(model.n_layers) if layers is None else layers)
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    layers = check_layers(model, layers)
+    check_count("steps", steps)
     target_id = model.token_id(target)
     ids, _ = model.encode(prompt)
     last = ids.shape[1] - 1
@@ -42,7 +43,7 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
 
 
 @dataclass
-class KnowledgeNeurons:
+class KnowledgeNeurons(Result, kind="knowledge_neurons"):
     layers: list[int]
     prompts: list[str]
     targets: list[str]
@@ -52,8 +53,9 @@ class KnowledgeNeurons:
     mean_attribution: list[float]                   # per refined neuron, over prompts
     ranking: list[tuple[int, int]] = field(default_factory=list)   # all neurons by mean attribution, top 500
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def summary(self) -> str:
+        return (f"{len(self.neurons)} refined knowledge neurons (coarse > {self.threshold} x max on >= "
+                f"{self.share:.0%} of {len(self.prompts)} prompts) in layers {self.layers}: {self.neurons[:10]}")
 
 
 def find_knowledge_neurons(model, prompts, targets, *, layers=None, steps: int = 20, threshold: float = 0.2,
@@ -62,7 +64,7 @@ def find_knowledge_neurons(model, prompts, targets, *, layers=None, steps: int =
     prompts, targets = list(prompts), list(targets)
     if not prompts or len(prompts) != len(targets):
         raise InputError("give one target per prompt, and at least one prompt")
-    layers = check_layers(model, range(model.n_layers) if layers is None else layers)
+    layers = check_layers(model, layers)
     attrs = torch.stack([integrated_gradients(model, p, t, layers=layers, steps=steps)
                          for p, t in zip(prompts, targets)])                     # [n, L, d]
     coarse = attrs > threshold * attrs.flatten(1).max(1).values[:, None, None]
@@ -111,7 +113,7 @@ def agreement_margins(model, items, edit_list=(), batch_size: int = 32) -> torch
 
 
 @dataclass
-class AgreementExperiment:
+class AgreementExperiment(Result, kind="knowledge_neurons_agreement"):
     """Niu et al.'s test of the knowledge-neuron thesis on number agreement."""
     model: str
     attribution_prompts: int
@@ -127,8 +129,11 @@ class AgreementExperiment:
     singular_margin_after: float
     sweep: list[dict]   # top-k neurons by attribution suppressed: k, margin, flip fraction, and the same for k random
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def title(self) -> str:
+        return "Knowledge neurons: number agreement"
+
+    def page_intro(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         lines = [f"number agreement | {self.model} | {len(self.neurons)} refined plural neurons from "
@@ -145,8 +150,6 @@ class AgreementExperiment:
         return "\n".join(lines)
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         ks = [s["k"] for s in self.sweep]
         fig = make_subplots(specs=[[{"secondary_y": True}]])
         fig.add_trace(go.Scatter(x=ks, y=[s["flip_fraction"] for s in self.sweep], name="flip fraction",
@@ -161,17 +164,15 @@ class AgreementExperiment:
         fig.update_layout(title=f"How many neurons does it take? ({self.model})", height=420, width=780)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, self.figure(), "Knowledge neurons: number agreement", self.summary())
+SWEEP = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: int = 10, layers=None,
                                 threshold: float = 0.2, share: float = 0.5,
-                                sweep=(1, 2, 5, 10, 20, 50, 100, 200, 500)) -> AgreementExperiment:
-    from lmscope.data.number_agreement import load_number_agreement
+                                sweep=SWEEP) -> AgreementExperiment:
+    check_count("attribution_prompts", attribution_prompts)
+    sweep = [check_count("sweep k", k) for k in sweep]
     items = load_number_agreement()
     plural = [it for it in items if it.number == "plural"]
     singular = [it for it in items if it.number == "singular"]

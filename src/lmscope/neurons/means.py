@@ -1,4 +1,5 @@
-"""Mean activations over a reference corpus, for mean ablation: computed once, then read from the user's cache."""
+"""Mean activations over a reference corpus, for mean ablation: computed once, then read from the user's cache.
+(core.runs.mean_activations is the other kind: means at one token per prompt, not over a corpus stream.)"""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,7 @@ from lmscope.results.files import atomic_path
 from lmscope.neurons.observe import record_neurons
 
 
-def mean_activations(model, layer: int, corpus: str = "wiki", *, n_tokens: int = 20_000, seed: int = 0,
+def corpus_mean_activations(model, layer: int, corpus: str = "wiki", *, n_tokens: int = 20_000, seed: int = 0,
                      progress: bool = True) -> torch.Tensor:
     """Mean of every neuron of `layer` over `n_tokens` of a named corpus (float64, [d_mlp]).
     Cached as safetensors, keyed by model, layer, corpus, token count and seed; random models are not cached."""

@@ -5,9 +5,12 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
+from lmscope.core.checks import check_count, check_layers
 from lmscope.core.errors import InputError
-from lmscope.neurons.records import LayerRecord, WindowTable, check_layers, default_edges
+from lmscope.data.corpora import iter_token_windows
+from lmscope.neurons.records import LayerRecord, WindowTable, default_edges
 
 
 @dataclass
@@ -94,10 +97,8 @@ def record_neurons(model, layers, texts="wiki", *, n_tokens: int = 100_000, wind
                    progress: bool = True) -> NeuronRecords:
     """Stream `n_tokens` tokens of a corpus (a name, see lmscope.data.corpora) or a list of texts through the model
     and record every neuron of `layers`. Deterministic for a fixed corpus, seed and n_tokens."""
-    from lmscope.data.corpora import iter_token_windows
     layers = check_layers(model, layers)
-    if not isinstance(n_tokens, int) or n_tokens < 1:
-        raise InputError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    check_count("n_tokens", n_tokens)
     if isinstance(texts, (list, tuple)) and not texts:
         raise InputError("empty text set: give at least one text")
     stream = iter_token_windows(model.tokenizer, texts, n_tokens=n_tokens, window=window, seed=seed)
@@ -157,6 +158,5 @@ def _run_batch(model, batch, sites, layers, records, table, window_no, k, contex
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
     return tqdm(total=total, unit="tok", unit_scale=True, desc="recording neurons", file=sys.stderr,
                 dynamic_ncols=True)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+import plotly.graph_objects as go
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
-from lmscope.neurons.intervene import NEXT, DoseResponse, dose_response, neuron_effects
+from lmscope.neurons.intervene import NEXT, NeuronDoseResponse, neuron_dose_response, neuron_effects
 from lmscope.neurons.observe import TopContext, record_neurons
+from lmscope.results import Result
 
 
 @dataclass
-class NeuronProfile:
+class NeuronProfile(Result, kind="neuron_profile"):
     model: str
     corpus: str
     n_tokens: int
@@ -25,7 +26,7 @@ class NeuronProfile:
     top_contexts: list[TopContext]
     ablation: dict                  # zero ablation at the top contexts
     mean_ablation: dict             # mean ablation at the top contexts
-    dose: DoseResponse
+    dose_response: NeuronDoseResponse
 
     def groups(self) -> dict:
         """Polysemanticity at a glance: top contexts grouped by the token fired on and by document (topic)."""
@@ -34,13 +35,11 @@ class NeuronProfile:
         return {"by_token": by_token.most_common(), "by_document": by_doc.most_common(),
                 "distinct_tokens": len(by_token), "distinct_documents": len(by_doc)}
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "corpus": self.corpus, "n_tokens": self.n_tokens, "layer": self.layer,
-                "index": self.index, "stats": self.stats,
-                "top_contexts": [{"text": c.text, "token": c.token, "value": c.value, "doc_id": c.doc_id,
-                                  "position": c.position} for c in self.top_contexts],
-                "ablation": self.ablation, "mean_ablation": self.mean_ablation, "dose_response": asdict(self.dose),
-                "groups": self.groups(), "histogram": self.histogram}
+    def json_extras(self) -> dict:
+        return {"groups": self.groups()}
+
+    def title(self) -> str:
+        return f"Neuron {self.layer}.{self.index}"
 
     def summary(self) -> str:
         s, g = self.stats, self.groups()
@@ -57,13 +56,12 @@ class NeuronProfile:
                      f"{a['argmax_flip_fraction']:.0%}; rises: "
                      + ", ".join(repr(t["token"]) for t in a["top_up"][:5]) + "; falls: "
                      + ", ".join(repr(t["token"]) for t in a["top_down"][:5]))
-        ps = self.dose.probs[NEXT]
+        ps = self.dose_response.probs[NEXT]
         lines.append("p(actual next token) by scale factor: "
-                     + "  ".join(f"x{f:g}: {p:.3f}" for f, p in zip(self.dose.factors, ps)))
+                     + "  ".join(f"x{f:g}: {p:.3f}" for f, p in zip(self.dose_response.factors, ps)))
         return "\n".join(lines)
 
     def figures(self):
-        import plotly.graph_objects as go
         edges, counts = self.histogram["edges"], self.histogram["counts"]
         used = [i for i, c in enumerate(counts) if c]  # the bins are shared by the layer: show this neuron's range
         edges, counts = edges[used[0]: used[-1] + 2], counts[used[0]: used[-1] + 1]
@@ -72,9 +70,9 @@ class NeuronProfile:
         hist.update_yaxes(type="log", title_text="tokens")
         hist.update_layout(title=f"Activation histogram over {self.n_tokens} tokens (end bins hold the overflow)",
                            xaxis_title="activation", height=360, width=760)
-        return [hist, self.dose.figure()]
+        return [hist, self.dose_response.figure()]
 
-    def contexts_html(self) -> str:
+    def page_body(self) -> str:
         rows = []
         for c in self.top_contexts:
             rows.append(f"<tr><td>{c.value:.3f}</td><td style='font-family:monospace'>{html.escape(c.left)}"
@@ -95,15 +93,10 @@ class NeuronProfile:
                 + html.escape(", ".join(f"{t['token']!r} {t['delta_prob']:+.4f}" for t in a["top_down"][:8]))
                 + f". Mean ablation: mean KL {self.mean_ablation['mean_kl']:.4g}.</p>")
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
-
-    def _write_html(self, path: Path) -> Path:
+    def page_intro(self) -> str:
         s = self.stats
-        intro = (f"{self.model}, {self.n_tokens} tokens of {self.corpus}. mean {s['mean']:.4f}, std "
-                 f"{s['std']:.4f}, active (>0) {s['frac_active']:.1%}, max {s['max']:.3f}.")
-        return write_page(path, self.figures(), f"Neuron {self.layer}.{self.index}", intro,
-                          self.contexts_html())
+        return (f"{self.model}, {self.n_tokens} tokens of {self.corpus}. mean {s['mean']:.4f}, std "
+                f"{s['std']:.4f}, active (>0) {s['frac_active']:.1%}, max {s['max']:.3f}.")
 
 
 def profile_neuron(model, layer: int, index: int, corpus="wiki", *, n_tokens: int = 100_000, k: int = 20,
@@ -121,7 +114,7 @@ def profile_neuron(model, layer: int, index: int, corpus="wiki", *, n_tokens: in
     zero = neuron_effects(model, layer, index, prompts, "zero")
     mean = neuron_effects(model, layer, index, prompts, "mean", mean=records.mean(layer))
     keep = [i for i, c in enumerate(contexts) if c.next_token_id >= 0]
-    dose = dose_response(model, layer, index, [prompts[i] for i in keep], factors=factors,
+    dose = neuron_dose_response(model, layer, index, [prompts[i] for i in keep], factors=factors,
                          next_tokens=[contexts[i].next_token_id for i in keep])
     edges, counts = records.histogram(layer, index)
     brief = lambda r: {"mean_kl": r.mean_kl, "argmax_flip_fraction": r.argmax_flip_fraction,  # noqa: E731

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lmscope.core.errors import InputError
 
 
 @dataclass
@@ -122,20 +121,6 @@ def default_edges(first_batch: torch.Tensor, bins: int) -> torch.Tensor:
     lo, hi = float(first_batch.min()), float(first_batch.max())
     span = max(hi - lo, 1e-6)
     return torch.linspace(lo - 0.5 * span, hi + 0.5 * span, bins + 1)
-
-
-def check_layers(model, layers) -> list[int]:
-    if isinstance(layers, int):
-        layers = [layers]
-    layers = list(layers)
-    if not layers:
-        raise InputError("give at least one layer")
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int) or not -model.n_layers <= layer < model.n_layers:
-            raise InputError(f"layer {layer!r} out of range: the model has {model.n_layers} layers")
-        out.append(layer % model.n_layers)
-    return sorted(set(out))
 
 
 @dataclass
