@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers.utils import logging as hf_logging
 
-from lmscope import __version__
+from lmscope.core import __version__
 from lmscope.core.errors import InputError
 from lmscope.core.models.model import Model
 from lmscope.directions.steering import as_vector

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lmscope import __version__
+from lmscope.core import __version__
 from lmscope.core.errors import InputError, LmscopeError
 from lmscope.core.fingerprint import check_identity
 from lmscope.results.files import atomic_path
