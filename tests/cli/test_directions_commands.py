@@ -44,7 +44,7 @@ def test_steer(capsys, vector):
     assert main(["steer", "hello", "--vector", str(vector), *MODEL, "--coefs=-2,0,2", "--max-new-tokens", "2",
                  "--score", "sentiment", "--json"]) == 0
     out = _json(capsys)
-    assert out["kind"] == "steer" and out["coefs"] == [-2.0, 0.0, 2.0] and out["site"] == "resid_post.1"
+    assert out["kind"] == "steering" and out["coefs"] == [-2.0, 0.0, 2.0] and out["site"] == "resid_post.1"
     assert len(out["texts"]) == 3 and out["config"]["max_new_tokens"] == 2
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import random_model
-from lmscope.directions import (Contrast, DoseResponse, SteerResult, SweepResult, TruthResult, contrast, selection_sweep,
-                                steer, steering_dose_response, truth_direction)
+from lmscope.directions import (Contrast, SteeringDoseResponse, SteeringResult, SweepResult, TruthResult, contrast,
+                                selection_sweep, steer, steering_dose_response, truth_direction)
 from lmscope.results import Result
 
 POS = ["I love this film", "What a great day", "This is wonderful", "So happy now"]
@@ -39,9 +39,9 @@ def test_steer_and_dose(case, tmp_path):
     m, c = case
     d = c.direction(1, -1)
     r = steer(m, ["hello"], d, coefs=[0, 1], max_new_tokens=2, scorer=len, score_name="length")
-    assert _round_trip(r, SteerResult, tmp_path).config.max_new_tokens == 2
+    assert _round_trip(r, SteeringResult, tmp_path).config.max_new_tokens == 2
     dose = steering_dose_response(m, d, ["hello"], coefs=[0, 1], max_new_tokens=2, kl_tokens=30)
-    assert _round_trip(dose, DoseResponse, tmp_path).kl_direction == "KL(edited || reference)"
+    assert _round_trip(dose, SteeringDoseResponse, tmp_path).kl_direction == "KL(edited || reference)"
 
 
 def test_truth(tmp_path):

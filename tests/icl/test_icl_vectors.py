@@ -135,7 +135,8 @@ def test_sweep_layers_picks_the_best_build_layer():
     assert s.build[last] == s.heldout[last] == 1.0
     assert s.build[0] == accuracy(plain, p.zero_build_answers) < 1.0
     assert s.layer == last and s.acc_heldout == 1.0
-    assert s.build_prob[last] > s.build_prob[0] and s.build_prob[0] == pytest.approx(answer_prob(plain, p.zero_build_answers))
+    assert s.build_prob[last] > s.build_prob[0]
+    assert s.build_prob[0] == pytest.approx(answer_prob(plain, p.zero_build_answers))
     # flat accuracy: the answer's build probability decides, then the earliest layer
     half = push * 1e-3
     t = sweep_layers(m, p, [0, 1], lambda layer: half if layer == 1 else half * 0, "add")

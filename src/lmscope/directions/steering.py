@@ -164,7 +164,7 @@ class SteerConfig:
 
 
 @dataclass
-class SteerResult(Result, kind="steer"):
+class SteeringResult(Result, kind="steering"):
     model: str
     prompts: list[str]
     mode: str
@@ -238,7 +238,7 @@ def edits_for_length(model, d, mode: str, coef: float, layers, positions):
 
 @torch.no_grad()
 def steer(model, prompts: Sequence[str], direction: Direction, config: "SteerConfig | None" = None, *,
-          scorer=None, score_name: str = "", **overrides) -> SteerResult:
+          scorer=None, score_name: str = "", **overrides) -> SteeringResult:
     """Generations of each prompt at each coefficient (0 = no edit), greedy. scorer(text) -> float scores each
     continuation. ablate ignores the coefficients: it runs coef 0 (clean) and 1 (ablated). The default scale
     'resid' makes coef 1 a vector as long as the mean residual stream at the site (see `scaled`). Options: a
@@ -264,7 +264,7 @@ def steer(model, prompts: Sequence[str], direction: Direction, config: "SteerCon
     kind, own = _site_of(d)
     used = check_layers(model, layers) if layers is not None else ([own] if own is not None else [])
     site = "resid_pre.0 + every attn_out, mlp_out" if mode == "ablate" else ", ".join(f"{kind}.{x}" for x in used)
-    return SteerResult(model.spec, prompts, mode, site, used, str(positions), config.scale, coefs, float(d.norm),
+    return SteeringResult(model.spec, prompts, mode, site, used, str(positions), config.scale, coefs, float(d.norm),
                        texts, scores, score_name, config=config)
 
 

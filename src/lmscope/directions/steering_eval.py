@@ -115,7 +115,7 @@ class DoseConfig:
 
 
 @dataclass
-class DoseResponse(Result, kind="steering_dose_response"):
+class SteeringDoseResponse(Result, kind="steering_dose_response"):
     model: str
     site: str
     mode: str
@@ -195,7 +195,7 @@ class DoseResponse(Result, kind="steering_dose_response"):
 @torch.no_grad()
 def steering_dose_response(model, direction: Direction, prompts: Sequence[str], config: "DoseConfig | None" = None,
                            *, scorer=sentiment_score, score_name: str = "sentiment (positive - negative words)",
-                           **overrides) -> DoseResponse:
+                           **overrides) -> SteeringDoseResponse:
     """Steer `prompts` at each coefficient (greedy), score each continuation, and measure KL(edited || clean)
     on `kl_tokens` tokens of `corpus` with the same edit at every position. Options: a DoseConfig, or its fields
     as keyword overrides."""
@@ -222,5 +222,6 @@ def steering_dose_response(model, direction: Direction, prompts: Sequence[str], 
     kls = [costs.get(c, 0.0) for c in coefs]
     edits = steering_edits(model, d, mode=mode, coef=1.0, layers=layers)
     site = ", ".join(sorted({str(e.site) for e in edits}))
-    return DoseResponse(model.spec, site, mode, scale, float(d.norm), direction.resid_norm, coefs, prompts, texts,
-                        scores, kls, sum(len(r) for r in text_rows), config.corpus, score_name, config=config)
+    return SteeringDoseResponse(model.spec, site, mode, scale, float(d.norm), direction.resid_norm, coefs, prompts,
+                                texts, scores, kls, sum(len(r) for r in text_rows), config.corpus, score_name,
+                                config=config)

@@ -121,8 +121,8 @@ class SweepResult(Result, kind="direction_sweep"):
         neg = f" vs {self.negative_tokens}" if self.negative_tokens else " (log-odds)"
         return (f"Metric: next token in {self.positive_tokens}{neg}; clean mean {self.clean_positive:+.3f} on "
                 f"{self.n_eval[0]} positive prompts, {self.clean_negative:+.3f} on {self.n_eval[1]} negative; KL on "
-                f"{self.n_eval[2]} neutral prompts ({self.kl_direction}, edited = ablated). Filter: kl <= {self.max_kl}, layer < {self.max_layer}, "
-                f"induce > 0. " + " ".join(self.notes))
+                f"{self.n_eval[2]} neutral prompts ({self.kl_direction}, edited = ablated). Filter: kl <= "
+                f"{self.max_kl}, layer < {self.max_layer}, induce > 0. " + " ".join(self.notes))
 
     def summary(self) -> str:
         lines = [f"selection sweep | {self.model} | {self.site_kind}", self._intro(),

@@ -7,7 +7,8 @@ vector, with JSON metadata in its header.
 The metadata names where the vector came from (model spec, d_model, site, layer, position, method, sha256 of the
 two prompt sets, norm, lmscope version, the model's config hash). Loading against a model checks the vector's
 size, that its site exists in that model, and that it was read from the same model (lmscope.core.fingerprint:
-the config hash; `allow_other_model=True` to use it elsewhere on purpose). safetensors only: a vector file cannot carry code, unlike a pickle.
+the config hash; `allow_other_model=True` to use it elsewhere on purpose). safetensors only: a vector file cannot
+carry code, unlike a pickle.
 """
 from __future__ import annotations
 
