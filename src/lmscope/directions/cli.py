@@ -18,7 +18,7 @@ from lmscope.cli.common import (add_config_options, check_outputs, config_from_a
 from lmscope.core.checks import check_layers
 from lmscope.core.errors import InputError
 from lmscope.data.contrast import load_contrast, neutral_prompts
-from lmscope.directions.contrast import SITE_KINDS, contrast
+from lmscope.directions.contrast import SITE_KINDS, ContrastConfig, contrast
 from lmscope.directions.orthogonalize import save_orthogonalized
 from lmscope.directions.steering import SteerConfig, steer
 from lmscope.directions.steering_eval import SCORERS, DoseConfig, steering_dose_response
@@ -71,11 +71,9 @@ def cmd_extract(args) -> None:
         raise InputError("--save needs --layer L (which layer's direction to write)")
     _check_save(args)
     positive, negative = _sets(args)
+    config = config_from_args(ContrastConfig, args)
     model = load_model(args)
-    c = contrast(model, positive, negative, layers=numbers(args.layers, int, "--layers"), site_kind=args.site_kind,
-                 positions=numbers(args.positions, int, "--positions"), last_k=args.last_k, chat=args.chat,
-                 probe=not args.no_probe, test_fraction=args.test_fraction, seed=args.seed,
-                 batch_size=args.batch_size)
+    c = contrast(model, positive, negative, config)
     if args.save:
         position = args.position if args.position is not None else c.positions[-1]
         d = c.direction(check_layers(model, args.layer)[0], position, args.method, dtype=model.dtype)
@@ -142,14 +140,16 @@ def cmd_steer(args) -> None:
     emit(args, result)
 
 
-def _set_args(p) -> None:
+def _set_args(p, chat: bool = True) -> None:
     p.add_argument("set", nargs="?", help="bundled contrast set: harmful, sentiment, formality, language, "
                                           "concept:<word> (default: none; or --positive/--negative)")
     p.add_argument("--positive", help="file of positive prompts, one per line or .jsonl with 'text' (default: none)")
     p.add_argument("--negative", help="file of negative prompts (default: none)")
-    p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (default off)")
-    p.add_argument("--site-kind", default="resid_post", choices=list(SITE_KINDS),
-                   help="the d_model-wide site read at every layer (default resid_post)")
+    if chat:
+        p.add_argument("--chat", action="store_true",
+                       help="wrap prompts in the tokenizer's chat template (default off)")
+        p.add_argument("--site-kind", default="resid_post", choices=list(SITE_KINDS),
+                       help="the d_model-wide site read at every layer (default resid_post)")
 
 
 def _save_args(p, sweep: bool) -> None:
@@ -165,14 +165,9 @@ def register(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True)
 
     q = actions.add_parser("extract", help="difference of means, PCA and probe at every layer; held-out accuracy")
-    _set_args(q)
+    _set_args(q, chat=False)
     model_options(q)
-    q.add_argument("--layers", help="layers, comma-separated (default: all)")
-    q.add_argument("--positions", help="token positions, e.g. -3,-2,-1 (default: the last token)")
-    q.add_argument("--last-k", type=int, help="each of the last K tokens (chat: the template tokens) (default: none)")
-    q.add_argument("--no-probe", action="store_true", help="skip the probes (faster) (default off)")
-    q.add_argument("--test-fraction", type=float, default=0.25, help="share of prompts held out (default 0.25)")
-    q.add_argument("--seed", type=int, default=0, help="train/test split (default 0)")
+    add_config_options(q, ContrastConfig, skip=("batch_size",))
     q.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
     _save_args(q, sweep=False)
     q.add_argument("--method", default="dom", choices=["dom", "pca", "probe"],

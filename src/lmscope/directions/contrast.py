@@ -32,6 +32,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from lmscope.core.checks import check_count, check_layers, check_prompts
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.fingerprint import config_sha256
 from lmscope.core.runs import mean_activations, prompt_rows, token_index
@@ -80,6 +81,21 @@ def prompt_hash(positive: Sequence[str], negative: Sequence[str], chat: bool = F
 
 
 @dataclass
+class ContrastConfig:
+    """The options of `contrast` (and of `lmscope direction extract`)."""
+    layers: "list[int] | None" = option(None, "layers (None: every layer)")
+    site_kind: str = option("resid_post", "the d_model-wide site read at every layer", choices=list(SITE_KINDS))
+    positions: "list[int] | None" = option(None, "token positions, e.g. -3,-2,-1 (None: the last token)")
+    last_k: "int | None" = option(None, "each of the last K tokens instead (chat: the template tokens)")
+    chat: bool = option(False, "wrap prompts in the tokenizer's chat template")
+    probe: bool = option(True, "fit the held-out probe and the held-out difference of means")
+    test_fraction: float = option(0.25, "share of the prompts held out for the accuracies")
+    seed: int = option(0, "the train/test split")
+    l2: float = option(1e-2, "the probe's L2 penalty")
+    batch_size: int = option(32, "prompts per forward pass")
+
+
+@dataclass
 class Contrast(Result, kind="contrast"):
     """Directions between two prompt sets at every layer and chosen positions. Tensors are [position, layer, d]
     (float64). Its JSON holds every field (the tensors too, so a saved contrast gives its directions back) and,
@@ -105,6 +121,7 @@ class Contrast(Result, kind="contrast"):
     n_test: int = 0
     seed: int = 0
     config_sha256: "str | None" = None   # the model's config hash: vector files made from it are checked with it
+    config: "ContrastConfig | None" = None
 
     @classmethod
     def from_json(cls, data: dict) -> "Contrast":
@@ -216,14 +233,17 @@ class Contrast(Result, kind="contrast"):
 
 
 @torch.no_grad()
-def contrast(model, positive: Sequence[str], negative: Sequence[str], *, layers: "Sequence[int] | None" = None,
-             site_kind: str = "resid_post", positions: "Sequence[int] | None" = None, last_k: "int | None" = None,
-             chat: bool = False, probe: bool = True, test_fraction: float = 0.25, seed: int = 0, l2: float = 1e-2,
-             batch_size: int = 32) -> Contrast:
+def contrast(model, positive: Sequence[str], negative: Sequence[str], config: "ContrastConfig | None" = None,
+             **overrides) -> Contrast:
     """Directions between `positive` and `negative` prompts at every layer (or `layers`) and at each of `positions`
     (default: the last token; `last_k=k` = each of the last k tokens), all from one forward pass per batch.
     The sets are paired (pos_i with neg_i) when they have equal length: then PCA of the differences is computed
-    and the train/test split keeps pairs together."""
+    and the train/test split keeps pairs together. Options: a ContrastConfig, or its fields as keyword overrides
+    (contrast(model, pos, neg, chat=True, last_k=6))."""
+    config = with_overrides(ContrastConfig, config, overrides)
+    layers, site_kind, positions, last_k = config.layers, config.site_kind, config.positions, config.last_k
+    chat, probe, test_fraction, seed = config.chat, config.probe, config.test_fraction, config.seed
+    l2, batch_size = config.l2, config.batch_size
     positive = check_prompts(positive, "positive prompts")
     negative = check_prompts(negative, "negative prompts")
     if site_kind not in SITE_KINDS:
@@ -267,7 +287,7 @@ def contrast(model, positive: Sequence[str], negative: Sequence[str], *, layers:
               for q in positions]
     return Contrast(model.spec, site_kind, layers, positions, tokens, bool(chat), positive, negative,
                     prompt_hash(positive, negative, chat), dom, resid_norm, pca, probe_dir, probe_acc, probe_train,
-                    dom_acc, n_train, n_test, seed, config_sha256(model))
+                    dom_acc, n_train, n_test, seed, config_sha256(model), config)
 
 
 def _acts(model, rows, prompts, sites, positions, batch_size) -> torch.Tensor:

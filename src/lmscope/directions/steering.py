@@ -19,7 +19,6 @@ length so that no prompt is padded).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,7 +26,7 @@ import plotly.graph_objects as go
 import torch
 
 from lmscope.core.checks import check_count, check_layers, check_number, check_prompts
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.edits import Edit, add, project_out
 from lmscope.core.errors import InputError
 from lmscope.core.runs import prompt_rows
@@ -243,7 +242,7 @@ def steer(model, prompts: Sequence[str], direction: Direction, config: "SteerCon
     continuation. ablate ignores the coefficients: it runs coef 0 (clean) and 1 (ablated). The default scale
     'resid' makes coef 1 a vector as long as the mean residual stream at the site (see `scaled`). Options: a
     SteerConfig, or its fields as keyword overrides (steer(model, prompts, d, coefs=[0, 0.25], chat=True))."""
-    config = apply_overrides(SteerConfig, config, overrides)
+    config = with_overrides(SteerConfig, config, overrides)
     prompts = check_prompts(prompts, "prompts")
     if not isinstance(direction, Direction):
         raise InputError("steer takes a lmscope Direction (from contrast(...).direction() or load_vector)")
@@ -266,15 +265,3 @@ def steer(model, prompts: Sequence[str], direction: Direction, config: "SteerCon
     site = "resid_pre.0 + every attn_out, mlp_out" if mode == "ablate" else ", ".join(f"{kind}.{x}" for x in used)
     return SteeringResult(model.spec, prompts, mode, site, used, str(positions), config.scale, coefs, float(d.norm),
                        texts, scores, score_name, config=config)
-
-
-def apply_overrides(cls, config, overrides: dict):
-    """`config` (or the defaults) with keyword overrides of its fields; one clear error for an unknown name."""
-    config = config if config is not None else cls()
-    if not isinstance(config, cls):
-        raise InputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} has "
-                         f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-    return dataclasses.replace(config, **overrides)

@@ -22,12 +22,12 @@ import torch
 from plotly.subplots import make_subplots
 
 from lmscope.core.checks import check_count, check_prompts
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import KL_EDITED_REFERENCE, kl_edited_reference
 from lmscope.core.runs import prompt_rows
 from lmscope.data.corpora import iter_token_windows
-from lmscope.directions.steering import (MODES, POSITIONS, SCALES, apply_overrides, edits_for_length,
+from lmscope.directions.steering import (MODES, POSITIONS, SCALES, edits_for_length,
                                          generate_steered, scaled, steering_edits)
 from lmscope.directions.vector_files import Direction
 from lmscope.results.base import Result
@@ -199,7 +199,7 @@ def steering_dose_response(model, direction: Direction, prompts: Sequence[str], 
     """Steer `prompts` at each coefficient (greedy), score each continuation, and measure KL(edited || clean)
     on `kl_tokens` tokens of `corpus` with the same edit at every position. Options: a DoseConfig, or its fields
     as keyword overrides."""
-    config = apply_overrides(DoseConfig, config, overrides)
+    config = with_overrides(DoseConfig, config, overrides)
     prompts = check_prompts(prompts, "prompts")
     coefs = [float(c) for c in config.coefs]
     mode, layers, positions, scale = config.mode, config.layers, config.positions, config.scale

@@ -27,13 +27,13 @@ from plotly.subplots import make_subplots
 from tqdm import tqdm
 
 from lmscope.core.checks import check_count, check_layers, check_prompts
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.edits import add
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import KL_EDITED_REFERENCE, kl_edited_reference
 from lmscope.core.runs import last_logits, prompt_rows
 from lmscope.directions.contrast import Contrast
-from lmscope.directions.steering import ablation_edits, apply_overrides
+from lmscope.directions.steering import ablation_edits
 from lmscope.directions.vector_files import Direction
 from lmscope.results.base import Result
 from lmscope.results.html import table
@@ -147,7 +147,7 @@ def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_
     """Score every candidate direction of `contrast` (or the configured layers / positions of it); see the
     docstring. The first `n_eval` prompts of each set are used (the neutral ones with the contrast's chat
     setting). Options: a SweepConfig, or its fields as keyword overrides."""
-    config = apply_overrides(SweepConfig, config, overrides)
+    config = with_overrides(SweepConfig, config, overrides)
     if not isinstance(contrast, Contrast):
         raise InputError("selection_sweep takes the Contrast returned by lmscope.directions.contrast")
     if contrast.model != model.spec:

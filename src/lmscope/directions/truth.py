@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 import torch
 
 from lmscope.core.checks import check_count, check_layers
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.runs import activations_at
 from lmscope.data.icl_tasks import load_cities
@@ -73,6 +74,19 @@ def split_cities(cities: list[str], seed: int, val_fraction: float, test_fractio
 
 
 @dataclass
+class TruthConfig:
+    """The options of `truth_direction` (and of `lmscope truth`)."""
+    layers: "list[int] | None" = option(None, "layers (None: every layer)")
+    position: int = option(-1, "token read: -1 the final '.', -2 the last token of the country")
+    top_k: int = option(10, "heads to report")
+    heads: bool = option(True, "fit the per-head (ITI) probes")
+    seed: int = option(0, "false countries and the city split")
+    val_fraction: float = option(0.2, "share of the cities for validation (chooses the layer, ranks the heads)")
+    test_fraction: float = option(0.2, "share of the cities for test (reported only)")
+    batch_size: int = option(32, "statements per forward pass")
+
+
+@dataclass
 class TruthResult(Result, kind="truth_direction"):
     model: str
     position: int
@@ -92,6 +106,7 @@ class TruthResult(Result, kind="truth_direction"):
     top_heads: list[list]            # [[layer, head, val_acc, test_acc], ...] best validation first
     seconds: float
     direction: "torch.Tensor | None" = None  # difference of means at best_layer, [d_model] float64
+    config: "TruthConfig | None" = None
 
     @classmethod
     def from_json(cls, data: dict) -> "TruthResult":
@@ -159,10 +174,13 @@ def _accuracy(scores: torch.Tensor, threshold: float, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def truth_direction(model, *, layers=None, position: int = -1, top_k: int = 10, heads: bool = True, seed: int = 0,
-                    val_fraction: float = 0.2, test_fraction: float = 0.2, batch_size: int = 32) -> TruthResult:
+def truth_direction(model, config: "TruthConfig | None" = None, **overrides) -> TruthResult:
     """Per-layer truth probes and difference-of-means directions, and ITI per-head probes; see the module doc.
-    `top_k` heads are reported (all of them when the layers have fewer)."""
+    `top_k` heads are reported (all of them when the layers have fewer). Options: a TruthConfig, or its fields as
+    keyword overrides."""
+    config = with_overrides(TruthConfig, config, overrides)
+    layers, position, top_k, heads, seed = config.layers, config.position, config.top_k, config.heads, config.seed
+    val_fraction, test_fraction, batch_size = config.val_fraction, config.test_fraction, config.batch_size
     start = time.perf_counter()
     layers = check_layers(model, layers)
     if heads:
@@ -214,4 +232,4 @@ def truth_direction(model, *, layers=None, position: int = -1, top_k: int = 10, 
         top = [[layers[i], h, -v, head_test[i][h]] for v, i, h in ranked[:top_k]]
     return TruthResult(model.spec, position, token, int(tr.sum()), int(va.sum()), int(te.sum()), layers, probe_train,
                        probe_val, probe_test, dom_test, cosine, layers[best], head_val, head_test, top,
-                       time.perf_counter() - start, directions[best])
+                       time.perf_counter() - start, directions[best], config)

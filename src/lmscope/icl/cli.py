@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from lmscope.cli.common import (add_config_options, check_outputs, config_from_args, emit, load_model, model_options,
-                                numbers, output_options)
+                                output_options)
 from lmscope.core.errors import InputError
 from lmscope.data.icl_tasks import TASKS, load_icl_task, load_pairs
-from lmscope.directions import truth_direction
+from lmscope.directions import TruthConfig, truth_direction
 from lmscope.icl.function_vectors import FvConfig, function_vector
 from lmscope.icl.prompts import split_pairs
 
@@ -25,10 +25,9 @@ def cmd_fv(args) -> None:
 
 def cmd_truth(args) -> None:
     check_outputs(args)
-    layers = numbers(args.layers, int, "--layers")
+    config = config_from_args(TruthConfig, args)
     model = load_model(args)
-    emit(args, truth_direction(model, layers=layers, position=args.position, top_k=args.top_k,
-                               heads=not args.no_heads, seed=args.seed))
+    emit(args, truth_direction(model, config))
 
 
 def register(sub) -> None:
@@ -51,11 +50,6 @@ def register(sub) -> None:
                        description="Probe 'The city of X is in Y.' statements (true and false, from the bundled "
                                    "city table, split by city) layer by layer and head by head.")
     model_options(p)
-    p.add_argument("--layers", help="layers, comma-separated (default: all)")
-    p.add_argument("--position", type=int, default=-1,
-                   help="token read: -1 the final '.', -2 the last token of the country (default -1)")
-    p.add_argument("--top-k", type=int, default=10, help="heads to report (default 10)")
-    p.add_argument("--no-heads", action="store_true", help="skip the per-head probes (default off)")
-    p.add_argument("--seed", type=int, default=0, help="false countries and the city split (default 0)")
+    add_config_options(p, TruthConfig)
     output_options(p)
     p.set_defaults(func=cmd_truth)

@@ -23,7 +23,6 @@ Gemma is refused: its post-attention norm acts on the sum of the heads, so a hea
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import accuracy
 from lmscope.core.runs import last_logits, length_groups, mean_activations, prefix_cache
@@ -223,13 +222,7 @@ def function_vector(model, task, config: "FvConfig | None" = None, *, progress: 
     """Function vector of a task (bundled name, pairs file path, or (input, output) pairs); see the module doc.
     Options: an FvConfig, or its fields as keyword overrides (`layers`: where the FV and task vector may go,
     default every layer)."""
-    config = config if config is not None else FvConfig()
-    if not isinstance(config, FvConfig):
-        raise InputError(f"config must be an FvConfig, got {type(config).__name__}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(FvConfig)})
-    if unknown:
-        raise InputError(f"unknown option(s) {', '.join(unknown)} of function_vector")
-    config = dataclasses.replace(config, **overrides)
+    config = with_overrides(FvConfig, config, overrides)
     n_shots, n_heads, n_mean_prompts = config.n_shots, config.n_heads, config.n_mean_prompts
     n_cie_prompts, layers, seed = config.n_cie_prompts, config.layers, config.seed
     heldout_fraction, with_task_vector = config.heldout_fraction, config.with_task_vector
