@@ -3,7 +3,7 @@ from importlib import resources
 
 import pytest
 
-from lmscope.data.icl_tasks import TASKS, load_cities, load_pairs, load_task
+from lmscope.data.icl_tasks import TASKS, load_cities, load_pairs, load_icl_task
 from lmscope.core.errors import InputError
 
 
@@ -12,7 +12,7 @@ def test_bundled_task_files(name):
     lines = [json.loads(x) for x in resources.files("lmscope.data").joinpath(f"icl_task_{name}.jsonl")
              .read_text(encoding="utf-8").splitlines() if x.strip()]
     assert all(set(row) == {"input", "output"} for row in lines)
-    task = load_task(name)
+    task = load_icl_task(name)
     assert task.name == name and len(task.pairs) == len(lines) >= 60
     inputs = [x for x, _ in task.pairs]
     assert len(set(inputs)) == len(inputs)
@@ -22,16 +22,16 @@ def test_bundled_task_files(name):
 
 
 def test_task_semantics_where_checkable():
-    for x, y in load_task("lowercase_uppercase").pairs:
+    for x, y in load_icl_task("lowercase_uppercase").pairs:
         assert x == x.lower() and y == x.upper()
-    pairs = dict(load_task("singular_plural").pairs)
+    pairs = dict(load_icl_task("singular_plural").pairs)
     assert pairs["child"] == "children" and pairs["box"] == "boxes" and pairs["city"] == "cities"
-    assert dict(load_task("present_past").pairs)["go"] == "went"
-    antonyms = dict(load_task("antonyms").pairs)
+    assert dict(load_icl_task("present_past").pairs)["go"] == "went"
+    antonyms = dict(load_icl_task("antonyms").pairs)
     assert antonyms["hot"] == "cold" and antonyms["fast"] == "slow"
     # consistent with the capitals of the LRE relations, where both name the country
     rel = json.loads(resources.files("lmscope.data").joinpath("relations.json").read_text(encoding="utf-8"))
-    ours = dict(load_task("country_capital").pairs)
+    ours = dict(load_icl_task("country_capital").pairs)
     shared = [(c, cap) for c, cap in rel["country_capital"]["pairs"] if c in ours]
     assert len(shared) >= 20 and all(ours[c] == cap for c, cap in shared)
 
@@ -79,7 +79,7 @@ def test_load_pairs_missing_and_unknown_task(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_pairs(tmp_path / "nope.jsonl")
     with pytest.raises(InputError, match="unknown task 'nope'.*antonyms"):
-        load_task("nope")
+        load_icl_task("nope")
 
 
 @pytest.mark.default_model
@@ -87,5 +87,5 @@ def test_first_token_rule_on_default_tokenizer(smollm2):
     from lmscope.icl.prompts import token_check
     # antonyms, plurals and past tenses were written so the first-token rule is (nearly) the whole word
     for name in ("antonyms", "singular_plural", "present_past"):
-        check = token_check(smollm2, load_task(name).pairs)
+        check = token_check(smollm2, load_icl_task(name).pairs)
         assert check["n_multi_token"] <= 2 and check["n_shared_first_token"] <= 2, (name, check)

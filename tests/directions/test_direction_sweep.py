@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import random_model
-from lmscope.directions.sweep import best_direction, last_logits, metric, selection_sweep
+from lmscope.core.runs import last_logits
+from lmscope.directions.sweep import best_direction, metric, selection_sweep
 from lmscope.directions.contrast import contrast
 from lmscope.core.edits import add
 from lmscope.core.errors import InputError
@@ -36,7 +37,7 @@ def test_last_logits_are_the_model_logits_at_each_last_token(setup):
     rows = [m.tokenizer(p)["input_ids"] for p in POS]
     got = last_logits(m, rows, batch_size=3)
     for i, r in enumerate(rows):
-        torch.testing.assert_close(got[i], m.run([r]).logits[0, -1].double(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(got[i], m.run([r]).logits[0, -1].float(), rtol=0, atol=1e-5)
 
 
 def test_scores_match_a_direct_computation(setup):
@@ -54,7 +55,7 @@ def test_scores_match_a_direct_computation(setup):
     assert s.bypass[0][1] == pytest.approx(-toward * float(ablated.mean() - clean_pos.mean()), abs=1e-9)
     clean_neu = last_logits(m, rows(NEUTRAL))
     neu = last_logits(m, rows(NEUTRAL), ablation_edits(m, r))
-    lp, lq = torch.log_softmax(neu, -1), torch.log_softmax(clean_neu, -1)
+    lp, lq = torch.log_softmax(neu.double(), -1), torch.log_softmax(clean_neu.double(), -1)
     assert s.kl[0][1] == pytest.approx(float((lp.exp() * (lp - lq)).sum(-1).mean()), abs=1e-9)
     assert all(k >= 0 for row in s.kl for k in row)
     assert not m.has_hooks()

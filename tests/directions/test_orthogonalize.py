@@ -64,7 +64,7 @@ def test_saved_copy_reloads_with_the_same_logits(family, gpt2_biased, tmp_path):
     reloaded = lmscope.load(f"hf:{folder}")
     assert torch.equal(reloaded.run(ids).logits, orthogonalize(m, d).run(ids).logits)
     assert (folder / "lmscope_orthogonalization.json").is_file()
-    with pytest.raises(InputError, match="not an empty folder"):
+    with pytest.raises(InputError, match="is not empty"):
         save_orthogonalized(m, d, folder)
 
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from conftest import plain_logits, random_model
-from lmscope.directions.contrast import Direction
+from lmscope.directions.vector_files import Direction
 from lmscope.core.errors import InputError
 from lmscope.directions.steering import ablation_edits, steer, steering_edits
-from lmscope.directions.steering_eval import dose_response, kl_cost
+from lmscope.directions.steering_eval import kl_cost, steering_dose_response
 
 
 def _direction(model, layer=1, seed=0):
@@ -96,7 +96,7 @@ def test_dose_response_and_kl():
     rows = [list(range(30, 50)), list(range(60, 70))]
     assert kl_cost(m, [], rows) == 0.0
     assert kl_cost(m, steering_edits(m, d, coef=2.0), rows) > 0
-    r = dose_response(m, d, ["hello", "abc"], coefs=[-2, 0, 2], max_new_tokens=3, kl_tokens=40, scale="resid")
+    r = steering_dose_response(m, d, ["hello", "abc"], coefs=[-2, 0, 2], max_new_tokens=3, kl_tokens=40, scale="resid")
     assert r.kl[1] == 0.0 and r.kl[0] > 0 and r.kl[2] > 0 and r.unit_norm == pytest.approx(3.0)
     assert r.kl_tokens == 40 and len(r.scores) == 3 and "KL" in r.summary()
 

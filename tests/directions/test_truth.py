@@ -78,7 +78,7 @@ def test_top_heads_ranked_by_validation(result):
 
 def test_outputs(result, tmp_path):
     j = json.loads(json.dumps(result.to_json()))
-    assert j["probe_test_acc"] == result.probe_test and j["top_heads"] == result.top_heads
+    assert j["probe_test"] == result.probe_test and j["top_heads"] == result.top_heads
     page = result.save(tmp_path / "truth.html").read_text()
     assert "Truth direction" in page and "plotly" in page.lower() and "validation acc" in page
     assert "best layer" in result.summary()
@@ -88,7 +88,7 @@ def test_options_and_bad_input():
     m = random_model("gpt2")
     r = truth_direction(m, layers=[1], heads=False, position=-2)
     assert r.layers == [1] and r.head_val is None and r.top_heads == [] and r.token != "."
-    with pytest.raises(InputError, match="unknown layer 5"):
+    with pytest.raises(InputError, match="layer 5 out of range"):
         truth_direction(m, layers=[5])
     with pytest.raises(InputError, match="top_k"):
         truth_direction(m, layers=[1], top_k=0)
@@ -100,9 +100,9 @@ def test_options_and_bad_input():
 def test_cli(capsys):
     assert main(["truth", "--model", "random:llama", "--layers", "0,2", "--top-k", "2", "--json"]) == 0
     j = json.loads(capsys.readouterr().out)
-    assert j["layers"] == [0, 2] and len(j["top_heads"]) == 2 and len(j["probe_test_acc"]) == 2
+    assert j["layers"] == [0, 2] and len(j["top_heads"]) == 2 and len(j["probe_test"]) == 2
     assert main(["truth", "--model", "random:llama", "--layers", "3"]) == 2
-    assert "unknown layer 3" in capsys.readouterr().err
+    assert "layer 3 out of range" in capsys.readouterr().err
 
 
 @pytest.mark.default_model

@@ -6,8 +6,10 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import random_model
-from lmscope.directions.contrast import Direction, contrast
+from lmscope.directions.contrast import contrast
+from lmscope.directions.vector_files import Direction
 from lmscope.core.errors import InputError
+from lmscope.core.fingerprint import config_sha256
 from lmscope.directions.vector_files import load_vector, read_metadata, save_vector
 
 
@@ -44,13 +46,14 @@ def test_existing_file_is_never_overwritten_silently(direction, tmp_path):
 def test_wrong_model_size_or_layer_one_clear_error(direction, tmp_path):
     path = save_vector(tmp_path / "v.safetensors", direction)
     qwen = random_model("qwen2")
-    with pytest.raises(InputError, match="extracted from model 'random:llama'"):
+    with pytest.raises(InputError, match=r"belongs to another model \(random:llama"):
         load_vector(path, qwen)
     assert load_vector(path, qwen, allow_other_model=True).site == "resid_post.2"
     small = Direction(torch.ones(32), "resid_post.1", -1, 1, 1, 0.0, "dom", "random:llama")
     with pytest.raises(InputError, match="d_model 32"):
         load_vector(save_vector(tmp_path / "small.safetensors", small), random_model("llama"))
-    deep = Direction(torch.ones(64), "resid_post.7", -1, 1, 1, 0.0, "dom", "random:llama")
+    deep = Direction(torch.ones(64), "resid_post.7", -1, 1, 1, 0.0, "dom", "random:llama",
+                     config_sha256=config_sha256(random_model("llama")))
     with pytest.raises(InputError, match="site does not exist"):
         load_vector(save_vector(tmp_path / "deep.safetensors", deep), random_model("llama"))
     assert not random_model("llama").has_hooks()
@@ -69,7 +72,7 @@ def test_damaged_or_foreign_files_refused(direction, tmp_path):
         load_vector(tampered)
     with pytest.raises(InputError, match="not found"):
         load_vector(tmp_path / "missing.safetensors")
-    with pytest.raises(InputError, match="ends in .safetensors"):
+    with pytest.raises(InputError, match="must end in .safetensors"):
         save_vector(tmp_path / "v.pt", direction)
     with pytest.raises(InputError, match="non-zero"):
         save_vector(tmp_path / "z.safetensors", Direction(torch.zeros(64), "resid_post.0", -1, 1, 1, 0.0))

@@ -31,7 +31,7 @@ def task_names() -> list[str]:
 
 
 @cache
-def load_task(name: str) -> IclTask:
+def load_icl_task(name: str) -> IclTask:
     """A bundled task by name; one clear error for an unknown name."""
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; bundled tasks: {', '.join(TASKS)} (or give a pairs file)")

@@ -21,94 +21,37 @@ last token of "Tell me about {word}" minus the mean over baseline words.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import hashlib
 import json
 import random
-from pathlib import Path
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
+from lmscope.core.checks import check_count, check_layers, check_prompts
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
-
-
-@dataclass
-class Direction:
-    vector: torch.Tensor       # [*feature shape of the site], model dtype
-    site: str                  # canonical site name, e.g. 'resid_post.12'
-    position: "int | None"     # None = the last real token of each prompt
-    n_positive: int
-    n_negative: int
-    norm: float                # |vector|, computed in float64
-    method: str = "dom"        # dom (difference of means), pca, probe, or where a loaded vector says it came from
-    model: "str | None" = None           # the spec of the model it was read from
-    prompt_sha256: "str | None" = None   # hash of the two prompt sets (see prompt_hash)
-    resid_norm: "float | None" = None    # mean |activation| at the site over the prompts: a natural unit of strength
-
-    @property
-    def unit(self) -> torch.Tensor:
-        """The direction scaled to norm 1 (model dtype)."""
-        return (self.vector.double() / self.vector.double().norm()).to(self.vector.dtype)
-
-    @property
-    def layer(self) -> "int | None":
-        return int(self.site.rsplit(".", 1)[1]) if "." in self.site else None
-
-    def to_json(self) -> dict:
-        """Metadata only: the vector itself belongs in a safetensors file, not in JSON."""
-        return {"site": self.site, "position": self.position, "n_positive": self.n_positive,
-                "n_negative": self.n_negative, "norm": self.norm, "method": self.method, "model": self.model,
-                "prompt_sha256": self.prompt_sha256, "resid_norm": self.resid_norm}
-
-    def save(self, path, *, overwrite: bool = False):
-        """A safetensors file with the vector and this metadata (lmscope.vector_files)."""
-        from lmscope.directions.vector_files import save_vector
-        return save_vector(path, self, overwrite=overwrite)
-
-
-def activations_at(model, prompts: Sequence[str], sites, *, position: "int | None" = None, batch_size: int = 32
-                   ) -> Iterator[dict[str, torch.Tensor]]:
-    """For each batch of prompts: {site: float64 activations [batch, *feature shape]} at one token per prompt."""
-    prompts = _check_prompts(prompts, "prompts")
-    sites = [str(s) for s in model.sites(sites if isinstance(sites, (list, tuple)) else [sites])]
-    if position is not None and (not isinstance(position, int) or isinstance(position, bool)):
-        raise InputError(f"position must be an int or None (the last real token), got {position!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        # Stop after the deepest site read: the layers above it cannot change it.
-        run = model.run(batch, read=sites, stop_early=True)
-        lengths = run.attention_mask.sum(dim=1)
-        index = _token_index(lengths, position, batch)
-        rows = torch.arange(len(batch), device=index.device)
-        yield {site: run.acts[site][rows, index].to(torch.float64) for site in sites}
-
-
-def mean_activations(model, prompts: Sequence[str], sites, *, position: "int | None" = None,
-                     batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """{site: float64 mean activation [*feature shape]} over the prompts, at one token per prompt."""
-    sums: dict[str, torch.Tensor] = {}
-    count = 0
-    for acts in activations_at(model, prompts, sites, position=position, batch_size=batch_size):
-        for site, a in acts.items():
-            sums[site] = sums[site] + a.sum(dim=0) if site in sums else a.sum(dim=0)
-        count += next(iter(acts.values())).shape[0]
-    return {site: s / count for site, s in sums.items()}
+from lmscope.core.fingerprint import config_sha256
+from lmscope.core.runs import mean_activations, prompt_rows, token_index
+from lmscope.directions.probes import fit_probe
+from lmscope.directions.vector_files import Direction
+from lmscope.results.base import Result
 
 
 def difference_of_means(model, positive: Sequence[str], negative: Sequence[str], site, *,
                         position: "int | None" = None, batch_size: int = 32) -> Direction:
     """mean(positive) - mean(negative) at `site` (one site, e.g. 'resid_post.12')."""
-    positive = _check_prompts(positive, "positive prompts")
-    negative = _check_prompts(negative, "negative prompts")
+    positive = check_prompts(positive, "positive prompts")
+    negative = check_prompts(negative, "negative prompts")
     name = str(model.site(site))
     pos = mean_activations(model, positive, [name], position=position, batch_size=batch_size)[name]
     neg = mean_activations(model, negative, [name], position=position, batch_size=batch_size)[name]
     diff = pos - neg
     return Direction(diff.to(model.dtype), name, position, len(positive), len(negative), float(diff.norm()),
-                     "dom", model.spec, prompt_hash(positive, negative))
+                     "dom", model.spec, prompt_hash(positive, negative), config_sha256=config_sha256(model))
 
 
 def concept_vector(model, word: str, baselines: Sequence[str], layer: int, template: str = "Tell me about {}",
@@ -117,35 +60,11 @@ def concept_vector(model, word: str, baselines: Sequence[str], layer: int, templ
     token, at `site_kind.layer` (the residual stream after block `layer` by default)."""
     if not isinstance(word, str) or not word.strip():
         raise InputError("concept word is empty")
-    baselines = _check_prompts(baselines, "baseline words")
+    baselines = check_prompts(baselines, "baseline words")
     if "{}" not in template:
         raise InputError(f"template must contain '{{}}' where the word goes, got {template!r}")
     return difference_of_means(model, [template.format(word)], [template.format(b) for b in baselines],
                                f"{site_kind}.{layer}")
-
-
-def _check_prompts(prompts, what: str) -> list[str]:
-    if isinstance(prompts, str):
-        raise InputError(f"{what} must be a list of strings, not one string")
-    prompts = list(prompts)
-    if not prompts:
-        raise InputError(f"{what}: the list is empty")
-    if any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise InputError(f"{what}: every entry must be non-empty text")
-    return prompts
-
-
-def _token_index(lengths: torch.Tensor, position: "int | None", prompts: list[str]) -> torch.Tensor:
-    """Index of the chosen token in each (right-padded) row; a clear error where a prompt is too short."""
-    if position is None:
-        return lengths - 1
-    index = lengths + position if position < 0 else torch.full_like(lengths, position)
-    bad = ((index < 0) | (index >= lengths)).nonzero()
-    if len(bad):
-        i = int(bad[0])
-        raise InputError(f"position {position} is out of range for prompt {prompts[i]!r} "
-                         f"({int(lengths[i])} tokens)")
-    return index
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,27 +80,27 @@ def prompt_hash(positive: Sequence[str], negative: Sequence[str], chat: bool = F
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def prompt_rows(model, prompts: Sequence[str], chat: bool = False) -> list[list[int]]:
-    """Token ids of each prompt; with chat=True wrapped in the tokenizer's chat template with the assistant turn
-    opened. Ids (not text) go to the model, so a template that starts with BOS does not get a second one."""
-    prompts = _check_prompts(prompts, "prompts")
-    tok = model.tokenizer
-    if tok is None:
-        raise InputError(f"{model.spec} has no tokenizer")
-    if not chat:
-        return [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
-    if not getattr(tok, "chat_template", None):
-        raise InputError(f"{model.spec}'s tokenizer has no chat template: use chat=False")
-    rows = []
-    for p in prompts:
-        out = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, add_generation_prompt=True)
-        rows.append(list(out["input_ids"] if hasattr(out, "keys") else out))
-    return rows
+@dataclass
+class ContrastConfig:
+    """The options of `contrast` (and of `lmscope direction extract`)."""
+    layers: "list[int] | None" = option(None, "layers (None: every layer)")
+    site_kind: str = option("resid_post", "the d_model-wide site read at every layer", choices=list(SITE_KINDS))
+    positions: "list[int] | None" = option(None, "token positions, e.g. -3,-2,-1 (None: the last token)")
+    last_k: "int | None" = option(None, "each of the last K tokens instead (chat: the template tokens)")
+    chat: bool = option(False, "wrap prompts in the tokenizer's chat template")
+    probe: bool = option(True, "fit the held-out probe and the held-out difference of means")
+    test_fraction: float = option(0.25, "share of the prompts held out for the accuracies")
+    seed: int = option(0, "the train/test split")
+    l2: float = option(1e-2, "the probe's L2 penalty")
+    batch_size: int = option(32, "prompts per forward pass")
 
 
 @dataclass
-class Contrast:
-    """Directions between two prompt sets at every layer and chosen positions. Tensors are [position, layer, d]."""
+class Contrast(Result, kind="contrast"):
+    """Directions between two prompt sets at every layer and chosen positions. Tensors are [position, layer, d]
+    (float64). Its JSON holds every field (the tensors too, so a saved contrast gives its directions back) and,
+    for readers, per-layer norms, accuracies and cosines (null where a method was not run: pca on unpaired sets,
+    the probes with probe=False)."""
     model: str
     site_kind: str
     layers: list[int]
@@ -201,9 +120,21 @@ class Contrast:
     n_train: int = 0
     n_test: int = 0
     seed: int = 0
+    config_sha256: "str | None" = None   # the model's config hash: vector files made from it are checked with it
+    config: "ContrastConfig | None" = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Contrast":
+        """The base reader, with the tensors read back in float64 (as computed), not the default float32."""
+        out = super().from_json(data)
+        for name in ("dom", "resid_norm", "pca", "probe_direction", "probe_accuracy", "probe_train_accuracy",
+                     "dom_accuracy"):
+            if data.get(name) is not None:
+                setattr(out, name, torch.tensor(data[name], dtype=torch.float64))
+        return out
 
     # -- directions ----------------------------------------------------------------------------------------------
-    def _index(self, layer: int, position: int) -> tuple[int, int]:
+    def index_of(self, layer: int, position: int) -> tuple[int, int]:
         if layer not in self.layers:
             raise InputError(f"layer {layer} was not extracted (layers: {_ranges(self.layers)})")
         if position not in self.positions:
@@ -213,7 +144,7 @@ class Contrast:
     def direction(self, layer: int, position: int = -1, method: str = "dom", *, dtype=None) -> Direction:
         """One direction as a `Direction`. dom: the difference of means itself. pca / probe: their unit direction
         times the class separation along it (dom . unit), so all three have comparable sizes."""
-        p, i = self._index(layer, position)
+        p, i = self.index_of(layer, position)
         dom = self.dom[p, i]
         if method == "dom":
             vec = dom
@@ -228,7 +159,7 @@ class Contrast:
             raise InputError(f"method must be dom, pca or probe, got {method!r}")
         return Direction(vec.to(dtype or torch.float32), f"{self.site_kind}.{layer}", position, len(self.positive),
                          len(self.negative), float(vec.norm()), method, self.model, self.prompt_sha256,
-                         float(self.resid_norm[p, i]))
+                         float(self.resid_norm[p, i]), self.config_sha256)
 
     def cosines(self, method: str) -> "torch.Tensor | None":
         """[P, L] cosine between the difference of means and the pca or probe direction."""
@@ -238,21 +169,12 @@ class Contrast:
         return torch.nn.functional.cosine_similarity(self.dom, other, dim=-1)
 
     # -- report ----------------------------------------------------------------------------------------------------
-    def to_json(self) -> dict:
-        def rows(t):
-            return None if t is None else [[round(float(v), 6) for v in row] for row in t]
-        return {"model": self.model, "site_kind": self.site_kind, "layers": self.layers, "positions": self.positions,
-                "position_tokens": self.position_tokens, "chat": self.chat, "n_positive": len(self.positive),
-                "n_negative": len(self.negative), "prompt_sha256": self.prompt_sha256, "seed": self.seed,
-                "n_train": self.n_train, "n_test": self.n_test,
-                "dom_norm": rows(self.dom.norm(dim=-1)), "resid_norm": rows(self.resid_norm),
-                "probe_accuracy": rows(self.probe_accuracy), "probe_train_accuracy": rows(self.probe_train_accuracy),
-                "dom_accuracy": rows(self.dom_accuracy), "cos_dom_pca": rows(self.cosines("pca")),
-                "cos_dom_probe": rows(self.cosines("probe"))}
+    def json_extras(self) -> dict:
+        return {"n_positive": len(self.positive), "n_negative": len(self.negative),
+                "dom_norm": self.dom.norm(dim=-1), "cos_dom_pca": self.cosines("pca"),
+                "cos_dom_probe": self.cosines("probe")}
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
                             subplot_titles=("held-out accuracy (probe: solid, difference of means: dotted)",
                                             "|difference of means| / mean |activation|",
@@ -278,17 +200,13 @@ class Contrast:
                           + (" (chat template)" if self.chat else ""))
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        from lmscope.results.files import save_result
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Contrastive directions - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        from lmscope.results.html import write_page
-        return write_page(path, self.figure(), f"Contrastive directions - {self.model}",
-                          f"Positive: {self.positive[0]!r} ... ({len(self.positive)}); negative: "
-                          f"{self.negative[0]!r} ... ({len(self.negative)}). Held-out split: {self.n_train} train / "
-                          f"{self.n_test} test prompts (seed {self.seed}). Prompt sets sha256 "
-                          f"{self.prompt_sha256[:16]}.")
+    def page_intro(self) -> str:
+        return (f"Positive: {self.positive[0]!r} ... ({len(self.positive)}); negative: "
+                f"{self.negative[0]!r} ... ({len(self.negative)}). Held-out split: {self.n_train} train / "
+                f"{self.n_test} test prompts (seed {self.seed}). Prompt sets sha256 {self.prompt_sha256[:16]}.")
 
     def summary(self, position: "int | None" = None) -> str:
         position = self.positions[-1] if position is None else position
@@ -315,32 +233,33 @@ class Contrast:
 
 
 @torch.no_grad()
-def contrast(model, positive: Sequence[str], negative: Sequence[str], *, layers: "Sequence[int] | None" = None,
-             site_kind: str = "resid_post", positions: "Sequence[int] | None" = None, last_k: "int | None" = None,
-             chat: bool = False, probe: bool = True, test_fraction: float = 0.25, seed: int = 0, l2: float = 1e-2,
-             batch_size: int = 32) -> Contrast:
+def contrast(model, positive: Sequence[str], negative: Sequence[str], config: "ContrastConfig | None" = None,
+             **overrides) -> Contrast:
     """Directions between `positive` and `negative` prompts at every layer (or `layers`) and at each of `positions`
     (default: the last token; `last_k=k` = each of the last k tokens), all from one forward pass per batch.
     The sets are paired (pos_i with neg_i) when they have equal length: then PCA of the differences is computed
-    and the train/test split keeps pairs together."""
-    positive = _check_prompts(positive, "positive prompts")
-    negative = _check_prompts(negative, "negative prompts")
+    and the train/test split keeps pairs together. Options: a ContrastConfig, or its fields as keyword overrides
+    (contrast(model, pos, neg, chat=True, last_k=6))."""
+    config = with_overrides(ContrastConfig, config, overrides)
+    layers, site_kind, positions, last_k = config.layers, config.site_kind, config.positions, config.last_k
+    chat, probe, test_fraction, seed = config.chat, config.probe, config.test_fraction, config.seed
+    l2, batch_size = config.l2, config.batch_size
+    positive = check_prompts(positive, "positive prompts")
+    negative = check_prompts(negative, "negative prompts")
     if site_kind not in SITE_KINDS:
         raise InputError(f"site_kind must be one of {', '.join(SITE_KINDS)} (a d_model-wide site), got {site_kind!r}")
-    layers = _check_layers(model, layers)
+    layers = check_layers(model, layers)
     if positions is not None and last_k is not None:
         raise InputError("give positions or last_k, not both")
     if last_k is not None:
-        if not isinstance(last_k, int) or isinstance(last_k, bool) or last_k < 1:
-            raise InputError(f"last_k must be a positive integer, got {last_k!r}")
+        check_count("last_k", last_k)
         positions = list(range(-last_k, 0))
     positions = [-1] if positions is None else list(positions)
     if not positions or any(not isinstance(q, int) or isinstance(q, bool) for q in positions):
         raise InputError(f"positions must be a non-empty list of ints, got {positions!r}")
     if len(set(positions)) != len(positions):
         raise InputError(f"positions repeat: {positions}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     paired = len(positive) == len(negative)
     split = None
     if probe:
@@ -368,25 +287,7 @@ def contrast(model, positive: Sequence[str], negative: Sequence[str], *, layers:
               for q in positions]
     return Contrast(model.spec, site_kind, layers, positions, tokens, bool(chat), positive, negative,
                     prompt_hash(positive, negative, chat), dom, resid_norm, pca, probe_dir, probe_acc, probe_train,
-                    dom_acc, n_train, n_test, seed)
-
-
-def _check_layers(model, layers) -> list[int]:
-    """None = every layer; otherwise the given layers, checked, sorted."""
-    return list(range(model.n_layers)) if layers is None else sorted(check_layers(model, layers))
-
-
-def check_layers(model, layers) -> list[int]:
-    """An int or a list of ints (negative count from the end) -> layer indices in the given order, without repeats;
-    one clear error for anything else."""
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    if not layers or any(not isinstance(x, int) or isinstance(x, bool) for x in layers):
-        raise InputError(f"layers must be a non-empty list of ints, got {layers!r}")
-    bad = [x for x in layers if not -model.n_layers <= x < model.n_layers]
-    if bad:
-        raise InputError(f"layer {bad[0]} out of range: the model has {model.n_layers} layers "
-                         f"(0..{model.n_layers - 1})")
-    return list(dict.fromkeys(x % model.n_layers for x in layers))
+                    dom_acc, n_train, n_test, seed, config_sha256(model), config)
 
 
 def _acts(model, rows, prompts, sites, positions, batch_size) -> torch.Tensor:
@@ -398,7 +299,7 @@ def _acts(model, rows, prompts, sites, positions, batch_size) -> torch.Tensor:
         batch = prompts[start:start + batch_size]
         rows_idx = torch.arange(len(lengths), device=lengths.device)
         stacked = torch.stack([run.acts[s] for s in sites], dim=2)        # [B, seq, L, d]
-        per_pos = [stacked[rows_idx, _token_index(lengths, q, batch)] for q in positions]
+        per_pos = [stacked[rows_idx, token_index(lengths, q, batch)] for q in positions]
         out.append(torch.stack(per_pos, dim=1).float().cpu())           # [B, P, L, d]
     return torch.cat(out)
 
@@ -432,7 +333,6 @@ def _split(n_pos, n_neg, paired, test_fraction, seed):
 
 
 def _held_out(acts_pos, acts_neg, split, l2):
-    from lmscope.directions.probes import fit_probe
     (pos_tr, pos_te), (neg_tr, neg_te) = split
     P, L, d = acts_pos.shape[1:]
     direction = torch.zeros(P, L, d, dtype=torch.float64)

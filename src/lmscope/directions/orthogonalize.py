@@ -13,6 +13,7 @@ linear function of the projection's, so the edit cannot be baked into weights: r
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -21,10 +22,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.utils import logging as hf_logging
 
+from lmscope.core import __version__
 from lmscope.core.errors import InputError
-from lmscope.results.files import _umask
+from lmscope.core.models.model import Model
 from lmscope.directions.steering import as_vector
+from lmscope.directions.vector_files import Direction
+from lmscope.results.files import current_umask
+from lmscope.results.output import check_output
 
 REFUSED_FAMILIES = {"gemma": "Gemma 2/3 pass each sublayer's output through a norm before the residual stream, so "
                              "a projection in the weights is not a projection of what is added; use the hook-based "
@@ -49,7 +55,6 @@ def writers(model) -> list[tuple[str, nn.Module, str]]:
 @torch.no_grad()
 def orthogonalize(model, direction):
     """A new lmscope Model: a deep copy of `model` whose weights no longer write anything along `direction`."""
-    from lmscope.core.models.model import Model
     if model.adapter.family in REFUSED_FAMILIES:
         raise InputError(f"cannot orthogonalise {model.adapter.family} weights exactly: "
                          f"{REFUSED_FAMILIES[model.adapter.family]}")
@@ -88,17 +93,12 @@ def _untie(model) -> None:
         text(decoder=True).tie_word_embeddings = False
 
 
-def save_model(model, folder, *, metadata: "dict | None" = None) -> Path:
+def save_model(model, folder, *, metadata: "dict | None" = None, overwrite: bool = False) -> Path:
     """Write a Model's weights (safetensors), config and tokenizer into a new folder, loadable with
     lmscope.load('hf:<folder>'). Written into a temporary folder renamed into place; an existing non-empty folder
-    is refused."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(f"{folder} exists and is not an empty folder; choose a new one")
-    if not folder.parent.exists():
-        raise InputError(f"folder {folder.parent} does not exist")
+    is refused unless overwrite=True (then it is replaced once the new one is complete)."""
+    folder = check_output(folder, overwrite=overwrite, folder=True, what="output folder")
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    from transformers.utils import logging as hf_logging
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()        # a one-shard write needs no progress bar
     try:
@@ -107,10 +107,10 @@ def save_model(model, folder, *, metadata: "dict | None" = None) -> Path:
             model.tokenizer.save_pretrained(tmp)
         if metadata is not None:
             (tmp / "lmscope_orthogonalization.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-        if folder.exists():
-            folder.rmdir()                     # empty (checked above): replaced by the finished folder
+        if folder.exists():                    # empty, or overwrite=True: replaced by the finished folder
+            shutil.rmtree(folder)
         os.replace(tmp, folder)
-        os.chmod(folder, 0o777 & ~_umask())
+        os.chmod(folder, 0o777 & ~current_umask())
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -119,16 +119,13 @@ def save_model(model, folder, *, metadata: "dict | None" = None) -> Path:
     return folder
 
 
-def save_orthogonalized(model, direction, folder) -> Path:
+def save_orthogonalized(model, direction, folder, *, overwrite: bool = False) -> Path:
     """orthogonalize + save_model, with a note of the direction (its metadata and hash) beside the weights."""
-    import hashlib
-
-    from lmscope import __version__
-    from lmscope.directions.contrast import Direction
+    check_output(folder, overwrite=overwrite, folder=True, what="output folder")
     clone = orthogonalize(model, direction)
     v = as_vector(model, direction).to("cpu", torch.float32).contiguous()
     meta = {"source_model": model.spec, "lmscope_version": __version__,
             "direction_sha256": hashlib.sha256(v.numpy().tobytes()).hexdigest(),
             "direction": direction.to_json() if isinstance(direction, Direction) else None,
             "edited": [name for name, _, _ in writers(clone)]}
-    return save_model(clone, folder, metadata=meta)
+    return save_model(clone, folder, metadata=meta, overwrite=overwrite)

@@ -20,14 +20,19 @@ length so that no prompt is padded).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
+import plotly.graph_objects as go
 import torch
 
-from lmscope.directions.contrast import Direction, _check_layers, _check_prompts, prompt_rows
+from lmscope.core.checks import check_count, check_layers, check_number, check_prompts
+from lmscope.core.config import option, with_overrides
 from lmscope.core.edits import Edit, add, project_out
 from lmscope.core.errors import InputError
+from lmscope.core.runs import prompt_rows
+from lmscope.directions.vector_files import Direction
+from lmscope.results.base import Result
+from lmscope.results.html import table
 
 MODES = ("add", "subtract", "clamp", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -75,8 +80,7 @@ def steering_edits(model, direction, *, mode: str = "add", coef: float = 1.0, la
     layers default to the direction's own layer; site_kind to its own site kind (else resid_post)."""
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef != coef or abs(coef) == float("inf"):
-        raise InputError(f"coef must be a finite number, got {coef!r}")
+    check_number("coef", coef)
     v = as_vector(model, direction)
     spec = position_spec(positions, prompt_length)
     if mode == "ablate":
@@ -87,7 +91,7 @@ def steering_edits(model, direction, *, mode: str = "add", coef: float = 1.0, la
         if own_layer is None:
             raise InputError("give layers=: a bare tensor does not say where it was read")
         layers = [own_layer]
-    layers = _check_layers(model, layers)
+    layers = check_layers(model, layers)
     if mode in ("add", "subtract"):
         delta = v * (coef if mode == "add" else -coef)
         return [add(f"{kind}.{layer}", delta, positions=spec) for layer in layers]
@@ -116,7 +120,8 @@ def scaled(direction: Direction, scale: str) -> Direction:
         size = float(direction.resid_norm)
     new = (v / v.norm() * size).to(direction.vector.dtype)
     return Direction(new, direction.site, direction.position, direction.n_positive, direction.n_negative, size,
-                     direction.method, direction.model, direction.prompt_sha256, direction.resid_norm)
+                     direction.method, direction.model, direction.prompt_sha256, direction.resid_norm,
+                     direction.config_sha256)
 
 
 def _site_of(direction) -> tuple["str | None", "int | None"]:
@@ -144,7 +149,21 @@ def generate_steered(model, rows: list[list[int]], make_edits, *, max_new_tokens
 
 
 @dataclass
-class SteerResult:
+class SteerConfig:
+    """The options of `steer` (and of `lmscope steer`)."""
+    coefs: list[float] = option([-0.5, 0.0, 0.5], "coefficients; 0 = no edit (clamp: the projection value)")
+    mode: str = option("add", "add, subtract, clamp or ablate (ablate runs coef 0 and 1)", choices=list(MODES))
+    layers: "list[int] | None" = option(None, "layers to steer at (None: the vector's own layer)",
+                                        flag="--at-layers")
+    positions: str = option("all", "positions edited: all, prompt or generated", choices=list(POSITIONS))
+    scale: str = option("resid", "coef 1 = a vector as long as the mean residual stream at the site (resid), the "
+                                 "vector as extracted (raw), or norm 1 (unit)", choices=list(SCALES))
+    chat: bool = option(False, "wrap prompts in the tokenizer's chat template")
+    max_new_tokens: int = option(30, "greedy tokens generated per prompt")
+
+
+@dataclass
+class SteeringResult(Result, kind="steering"):
     model: str
     prompts: list[str]
     mode: str
@@ -155,21 +174,18 @@ class SteerResult:
     coefs: list[float]          # 0 is the unsteered baseline
     vector_norm: float          # |vector| that coef 1 multiplies
     texts: list[list[str]]      # [coef][prompt]
-    scores: "list[list[float]] | None" = None   # [coef][prompt], when a scorer was given
+    scores: "list[list[float]] | None" = None   # [coef][prompt], when a scorer was given (else null)
     score_name: str = ""
     notes: list[str] = field(default_factory=list)
+    config: "SteerConfig | None" = None
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "prompts": self.prompts, "mode": self.mode, "site": self.site,
-                "layers": self.layers, "positions": self.positions, "scale": self.scale, "coefs": self.coefs,
-                "vector_norm": self.vector_norm, "texts": self.texts, "scores": self.scores,
-                "score_name": self.score_name, "mean_scores": self.mean_scores(), "notes": self.notes}
+    def json_extras(self) -> dict:
+        return {"mean_scores": self.mean_scores()}
 
     def mean_scores(self) -> "list[float] | None":
         return None if self.scores is None else [sum(s) / len(s) for s in self.scores]
 
     def figure(self):
-        import plotly.graph_objects as go
         means = self.mean_scores() or [0.0] * len(self.coefs)
         fig = go.Figure(go.Scatter(x=self.coefs, y=means, mode="lines+markers"))
         fig.update_layout(title=f"Steering ({self.mode} at {self.site}): mean {self.score_name or 'score'} by "
@@ -177,17 +193,19 @@ class SteerResult:
                                                             f"{self.scale})", yaxis_title=self.score_name, width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        from lmscope.results.files import save_result
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure()] if self.scores else []
 
-    def _write_html(self, path: Path) -> Path:
-        from lmscope.results.html import table, write_page
+    def title(self) -> str:
+        return f"Steering - {self.model}"
+
+    def page_intro(self) -> str:
+        return f"{self.mode} at {self.site}, positions {self.positions}, {self._scale_text()}. " + " ".join(self.notes)
+
+    def page_body(self) -> str:
         headers = ["prompt"] + [f"coef {c:g}" for c in self.coefs]
         rows = [[p] + [self.texts[c][i] for c in range(len(self.coefs))] for i, p in enumerate(self.prompts)]
-        return write_page(path, self.figure() if self.scores else [], f"Steering - {self.model}",
-                          f"{self.mode} at {self.site}, positions {self.positions}, {self._scale_text()}. "
-                          + " ".join(self.notes), table(headers, rows))
+        return table(headers, rows)
 
     def _scale_text(self) -> str:
         if self.mode == "ablate":
@@ -218,31 +236,32 @@ def edits_for_length(model, d, mode: str, coef: float, layers, positions):
 
 
 @torch.no_grad()
-def steer(model, prompts: Sequence[str], direction: Direction, *, coefs: Sequence[float] = (-0.5, 0, 0.5),
-          mode: str = "add", layers=None, positions: str = "all", scale: str = "resid", chat: bool = False,
-          max_new_tokens: int = 30, scorer=None, score_name: str = "") -> SteerResult:
+def steer(model, prompts: Sequence[str], direction: Direction, config: "SteerConfig | None" = None, *,
+          scorer=None, score_name: str = "", **overrides) -> SteeringResult:
     """Generations of each prompt at each coefficient (0 = no edit), greedy. scorer(text) -> float scores each
     continuation. ablate ignores the coefficients: it runs coef 0 (clean) and 1 (ablated). The default scale
-    'resid' makes coef 1 a vector as long as the mean residual stream at the site (see `scaled`)."""
-    prompts = _check_prompts(prompts, "prompts")
+    'resid' makes coef 1 a vector as long as the mean residual stream at the site (see `scaled`). Options: a
+    SteerConfig, or its fields as keyword overrides (steer(model, prompts, d, coefs=[0, 0.25], chat=True))."""
+    config = with_overrides(SteerConfig, config, overrides)
+    prompts = check_prompts(prompts, "prompts")
     if not isinstance(direction, Direction):
         raise InputError("steer takes a lmscope Direction (from contrast(...).direction() or load_vector)")
     as_vector(model, direction)          # wrong size etc. -> error before any generation
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    coefs = [0.0, 1.0] if mode == "ablate" else [float(c) for c in coefs]
+    check_count("max_new_tokens", config.max_new_tokens)
+    mode, layers, positions = config.mode, config.layers, config.positions
+    coefs = [0.0, 1.0] if mode == "ablate" else [float(c) for c in config.coefs]
     if not coefs:
         raise InputError("give at least one coefficient")
-    d = scaled(direction, scale)
+    d = scaled(direction, config.scale)
     steering_edits(model, d, mode=mode, coef=1.0, layers=layers, positions=positions, prompt_length=1)  # checks
-    rows = prompt_rows(model, prompts, chat)
+    rows = prompt_rows(model, prompts, config.chat)
     texts = []
     for coef in coefs:
         make = edits_for_length(model, d, mode, coef, layers, positions)
-        texts.append(generate_steered(model, rows, make, max_new_tokens=max_new_tokens))
+        texts.append(generate_steered(model, rows, make, max_new_tokens=config.max_new_tokens))
     scores = [[float(scorer(t)) for t in row] for row in texts] if scorer else None
     kind, own = _site_of(d)
-    used = _check_layers(model, layers) if layers is not None else ([own] if own is not None else [])
+    used = check_layers(model, layers) if layers is not None else ([own] if own is not None else [])
     site = "resid_pre.0 + every attn_out, mlp_out" if mode == "ablate" else ", ".join(f"{kind}.{x}" for x in used)
-    return SteerResult(model.spec, prompts, mode, site, used, str(positions), scale, coefs, float(d.norm), texts,
-                       scores, score_name)
+    return SteeringResult(model.spec, prompts, mode, site, used, str(positions), config.scale, coefs, float(d.norm),
+                       texts, scores, score_name, config=config)

@@ -6,7 +6,8 @@ For each candidate (layer, position) of a `Contrast` (its difference of means r)
     bypass   ablate r/|r| everywhere (steering.ablation_edits) on POSITIVE prompts: how far the metric moves toward
              the negative prompts' value (> 0 = ablation removes the behaviour)
     kl       the same ablation on NEUTRAL prompts: mean KL(ablated || clean) of the next-token distribution at
-             their last token (what the ablation costs where the behaviour is not in play)
+             their last token (what the ablation costs where the behaviour is not in play; KL(edited || reference),
+             lmscope.core.metrics.kl_edited_reference)
 Both shifts are signed so that "toward the other set" is positive. The behaviour metric is read at each prompt's
 last token: the log-odds that the next token is one of `positive_tokens` (or log P(positive_tokens) -
 log P(negative_tokens) when negative tokens are given), e.g. refusal-opening tokens for harmful requests.
@@ -16,17 +17,26 @@ as Arditi et al. do; all scores are kept, the filter only decides the ranking.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
+from tqdm import tqdm
 
-from lmscope.directions.contrast import Contrast, Direction, _check_prompts, check_layers, prompt_rows
+from lmscope.core.checks import check_count, check_layers, check_prompts
+from lmscope.core.config import option, with_overrides
 from lmscope.core.edits import add
 from lmscope.core.errors import InputError
-from lmscope.core.models.adapters import final_logit_softcap
+from lmscope.core.metrics import KL_EDITED_REFERENCE, kl_edited_reference
+from lmscope.core.runs import last_logits, prompt_rows
+from lmscope.directions.contrast import Contrast
 from lmscope.directions.steering import ablation_edits
+from lmscope.directions.vector_files import Direction
+from lmscope.results.base import Result
+from lmscope.results.html import table
 
 
 def token_ids(model, tokens: Sequence[str]) -> list[int]:
@@ -34,22 +44,6 @@ def token_ids(model, tokens: Sequence[str]) -> list[int]:
     if isinstance(tokens, str) or not tokens:
         raise InputError("tokens must be a non-empty list of strings, each exactly one token")
     return list(dict.fromkeys(model.token_id(t) for t in tokens))
-
-
-@torch.no_grad()
-def last_logits(model, rows: list[list[int]], edits=(), *, batch_size: int = 16) -> torch.Tensor:
-    """[n, vocab] float64 next-token logits at each row's last token. The pass stops at the final norm and only
-    the last positions are unembedded (the vocabulary projection is the costliest matrix of a small model)."""
-    out = []
-    head = model.module(model.adapter.lm_head)
-    cap = final_logit_softcap(model.hf.config)
-    for start in range(0, len(rows), batch_size):
-        run = model.run(rows[start:start + batch_size], read=["final_norm"], edits=edits, stop_early=True)
-        logits = head(run.at_last(run.acts["final_norm"])).double()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        out.append(logits.cpu())
-    return torch.cat(out)
 
 
 def metric(logits: torch.Tensor, positive_ids: list[int], negative_ids: "list[int] | None" = None) -> torch.Tensor:
@@ -61,13 +55,19 @@ def metric(logits: torch.Tensor, positive_ids: list[int], negative_ids: "list[in
     return lp - torch.log1p(-lp.exp().clamp(max=1 - 1e-12))
 
 
-def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    lp, lq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
+@dataclass
+class SweepConfig:
+    """The options of `selection_sweep` (and of `lmscope direction sweep`)."""
+    layers: "list[int] | None" = option(None, "candidate layers (None: every layer of the contrast)")
+    positions: "list[int] | None" = option(None, "candidate positions (None: every position of the contrast)")
+    n_eval: int = option(16, "prompts of each set (positive, negative, neutral) scored per candidate")
+    max_kl: float = option(0.1, "filter: mean KL(ablated || clean) on neutral prompts at most this")
+    max_layer_fraction: float = option(0.8, "filter: layer < this fraction of the model's layers")
+    batch_size: int = option(16, "prompts per forward pass")
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Result, kind="direction_sweep"):
     model: str
     site_kind: str
     layers: list[int]
@@ -85,23 +85,17 @@ class SweepResult:
     n_eval: tuple[int, int, int]   # prompts used: positive, negative, neutral
     ranking: list[dict] = field(default_factory=list)   # candidates passing the filter, best first
     notes: list[str] = field(default_factory=list)
+    kl_direction: str = KL_EDITED_REFERENCE             # kl is KL(ablated || clean)
+    config: "SweepConfig | None" = None
 
     def best(self) -> "dict | None":
         return self.ranking[0] if self.ranking else None
 
-    def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in ("model", "site_kind", "layers", "positions", "position_tokens",
-                                               "positive_tokens", "negative_tokens", "clean_positive",
-                                               "clean_negative", "induce", "bypass", "kl", "max_kl", "max_layer",
-                                               "n_eval", "ranking", "notes")}
-
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=(
             "induce: add r on negative prompts (toward positive > 0)",
             "bypass: ablate r on positive prompts (toward negative > 0)",
-            "KL(ablated || clean) on neutral prompts, last token"))
+            f"{self.kl_direction} (ablated || clean) on neutral prompts, last token"))
         for p, (pos, tok) in enumerate(zip(self.positions, self.position_tokens)):
             name = f"pos {pos} {tok!r}"
             for row, values in enumerate((self.induce[p], self.bypass[p], self.kl[p]), start=1):
@@ -112,23 +106,23 @@ class SweepResult:
         fig.update_layout(height=900, width=950, title=f"Direction selection sweep - {self.model}")
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        from lmscope.results.files import save_result
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Direction selection sweep - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        from lmscope.results.html import table, write_page
-        body = table(["rank", "layer", "position", "induce", "bypass", "kl"],
+    def page_intro(self) -> str:
+        return self._intro()
+
+    def page_body(self) -> str:
+        return table(["rank", "layer", "position", "induce", "bypass", "kl"],
                      [[i + 1, c["layer"], c["position"], f"{c['induce']:+.3f}", f"{c['bypass']:+.3f}",
                        f"{c['kl']:.4f}"] for i, c in enumerate(self.ranking[:20])])
-        return write_page(path, self.figure(), f"Direction selection sweep - {self.model}", self._intro(), body)
 
     def _intro(self) -> str:
         neg = f" vs {self.negative_tokens}" if self.negative_tokens else " (log-odds)"
         return (f"Metric: next token in {self.positive_tokens}{neg}; clean mean {self.clean_positive:+.3f} on "
                 f"{self.n_eval[0]} positive prompts, {self.clean_negative:+.3f} on {self.n_eval[1]} negative; KL on "
-                f"{self.n_eval[2]} neutral prompts. Filter: kl <= {self.max_kl}, layer < {self.max_layer}, "
-                f"induce > 0. " + " ".join(self.notes))
+                f"{self.n_eval[2]} neutral prompts ({self.kl_direction}, edited = ablated). Filter: kl <= "
+                f"{self.max_kl}, layer < {self.max_layer}, induce > 0. " + " ".join(self.notes))
 
     def summary(self) -> str:
         lines = [f"selection sweep | {self.model} | {self.site_kind}", self._intro(),
@@ -148,25 +142,28 @@ class SweepResult:
 
 @torch.no_grad()
 def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_tokens: Sequence[str],
-                    negative_tokens: "Sequence[str] | None" = None, *, layers: "Sequence[int] | None" = None,
-                    positions: "Sequence[int] | None" = None, n_eval: int = 16, max_kl: float = 0.1,
-                    max_layer_fraction: float = 0.8, batch_size: int = 16, progress: bool = False) -> SweepResult:
-    """Score every candidate direction of `contrast` (or the given layers / positions of it); see the docstring.
-    The first `n_eval` prompts of each set are used (the neutral ones with the contrast's chat setting)."""
+                    negative_tokens: "Sequence[str] | None" = None, config: "SweepConfig | None" = None, *,
+                    progress: bool = False, **overrides) -> SweepResult:
+    """Score every candidate direction of `contrast` (or the configured layers / positions of it); see the
+    docstring. The first `n_eval` prompts of each set are used (the neutral ones with the contrast's chat
+    setting). Options: a SweepConfig, or its fields as keyword overrides."""
+    config = with_overrides(SweepConfig, config, overrides)
     if not isinstance(contrast, Contrast):
         raise InputError("selection_sweep takes the Contrast returned by lmscope.directions.contrast")
     if contrast.model != model.spec:
         raise InputError(f"the contrast was computed on {contrast.model!r}, not {model.spec!r}")
-    neutral = _check_prompts(neutral, "neutral prompts")
+    neutral = check_prompts(neutral, "neutral prompts")
     pos_ids = token_ids(model, positive_tokens)
     neg_ids = token_ids(model, negative_tokens) if negative_tokens else None
-    layers = list(contrast.layers) if layers is None else check_layers(model, layers)
-    positions = list(contrast.positions) if positions is None else list(positions)
+    layers = list(contrast.layers) if config.layers is None else check_layers(model, config.layers)
+    positions = list(contrast.positions) if config.positions is None else list(config.positions)
     for layer in layers:
         for q in positions:
-            contrast._index(layer, q)                 # one clear error for a candidate that was not extracted
-    if not isinstance(n_eval, int) or n_eval < 1:
-        raise InputError(f"n_eval must be a positive integer, got {n_eval!r}")
+            contrast.index_of(layer, q)                 # one clear error for a candidate that was not extracted
+    n_eval, max_kl, batch_size = config.n_eval, config.max_kl, config.batch_size
+    check_count("n_eval", n_eval)
+    check_count("batch_size", batch_size)
+    max_layer_fraction = config.max_layer_fraction
     if not 0 < max_layer_fraction <= 1:
         raise InputError(f"max_layer_fraction must be in (0, 1], got {max_layer_fraction}")
     rows_pos = prompt_rows(model, contrast.positive[:n_eval], contrast.chat)
@@ -183,9 +180,6 @@ def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_
     kl = [[0.0] * len(layers) for _ in positions]
     bar = None
     if progress:
-        import sys
-
-        from tqdm import tqdm
         bar = tqdm(total=len(layers) * len(positions), unit="candidate", desc="sweep", file=sys.stderr)
     try:
         for p, q in enumerate(positions):
@@ -198,7 +192,7 @@ def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_
                 neu = last_logits(model, rows_neu, ablate, batch_size=batch_size)
                 induce[p][i] = toward * float(added.mean() - clean_neg.mean())
                 bypass[p][i] = -toward * float(ablated.mean() - clean_pos.mean())
-                kl[p][i] = float(_kl(neu, clean_neu).mean())
+                kl[p][i] = float(kl_edited_reference(clean_neu, neu).mean())
                 if bar:
                     bar.update()
     finally:
@@ -213,7 +207,7 @@ def selection_sweep(model, contrast: Contrast, neutral: Sequence[str], positive_
                        [contrast.position_tokens[contrast.positions.index(q)] for q in positions],
                        list(positive_tokens), list(negative_tokens or []), float(clean_pos.mean()),
                        float(clean_neg.mean()), induce, bypass, kl, max_kl, max_layer,
-                       (len(rows_pos), len(rows_neg), len(rows_neu)), ranking, notes)
+                       (len(rows_pos), len(rows_neg), len(rows_neu)), ranking, notes, config=config)
 
 
 def best_direction(contrast: Contrast, sweep: SweepResult) -> Direction:

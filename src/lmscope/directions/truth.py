@@ -23,16 +23,18 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
-from lmscope.data.icl_tasks import load_cities
-from lmscope.directions.contrast import activations_at
+from lmscope.core.checks import check_count, check_layers
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
-from lmscope.icl.prompts import check_layers
+from lmscope.core.runs import activations_at
+from lmscope.data.icl_tasks import load_cities
 from lmscope.directions.probes import fit_probe
-from lmscope.results import save_result, table, write_page
+from lmscope.results.base import Result
+from lmscope.results.html import table
 
 TEMPLATE = "The city of {city} is in {country}."
 
@@ -72,7 +74,20 @@ def split_cities(cities: list[str], seed: int, val_fraction: float, test_fractio
 
 
 @dataclass
-class TruthResult:
+class TruthConfig:
+    """The options of `truth_direction` (and of `lmscope truth`)."""
+    layers: "list[int] | None" = option(None, "layers (None: every layer)")
+    position: int = option(-1, "token read: -1 the final '.', -2 the last token of the country")
+    top_k: int = option(10, "heads to report")
+    heads: bool = option(True, "fit the per-head (ITI) probes")
+    seed: int = option(0, "false countries and the city split")
+    val_fraction: float = option(0.2, "share of the cities for validation (chooses the layer, ranks the heads)")
+    test_fraction: float = option(0.2, "share of the cities for test (reported only)")
+    batch_size: int = option(32, "statements per forward pass")
+
+
+@dataclass
+class TruthResult(Result, kind="truth_direction"):
     model: str
     position: int
     token: str                       # the token read, as in the first statement
@@ -86,24 +101,25 @@ class TruthResult:
     dom_test: list[float]            # difference-of-means direction, midpoint threshold
     cosine: list[float]              # cos(probe direction, difference of means) per layer
     best_layer: int                  # by validation accuracy of the probe
-    head_val: "list[list[float]] | None"    # [layer][head], ranks the heads
+    head_val: "list[list[float]] | None"    # [layer][head], ranks the heads (null: heads=False)
     head_test: "list[list[float]] | None"
     top_heads: list[list]            # [[layer, head, val_acc, test_acc], ...] best validation first
     seconds: float
-    direction: "torch.Tensor | None" = None  # difference of means at best_layer, [d_model] float64 (not in JSON)
+    direction: "torch.Tensor | None" = None  # difference of means at best_layer, [d_model] float64
+    config: "TruthConfig | None" = None
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "position": self.position, "token": self.token, "n_train": self.n_train,
-                "n_val": self.n_val, "n_test": self.n_test, "layers": self.layers,
-                "probe_train_acc": self.probe_train, "probe_val_acc": self.probe_val,
-                "probe_test_acc": self.probe_test, "dom_test_acc": self.dom_test, "cosine_probe_dom": self.cosine,
-                "best_layer": self.best_layer,
-                "best_layer_test_acc": self.probe_test[self.layers.index(self.best_layer)],
-                "top_heads": self.top_heads, "head_val_acc": self.head_val, "head_test_acc": self.head_test,
-                "seconds": self.seconds}
+    @classmethod
+    def from_json(cls, data: dict) -> "TruthResult":
+        """The base reader, with the direction read back in float64 (as computed), not the default float32."""
+        out = super().from_json(data)
+        if data.get("direction") is not None:
+            out.direction = torch.tensor(data["direction"], dtype=torch.float64)
+        return out
+
+    def json_extras(self) -> dict:
+        return {"best_layer_test_acc": self.probe_test[self.layers.index(self.best_layer)]}
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure()
         for name, ys, dash in (("probe: test", self.probe_test, None), ("probe: validation", self.probe_val, "dot"),
                                ("probe: train", self.probe_train, "dash"),
@@ -116,7 +132,6 @@ class TruthResult:
         return fig
 
     def heads_figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure(go.Heatmap(z=self.head_val, x=[f"head {h}" for h in range(len(self.head_val[0]))],
                                    y=[f"layer {la}" for la in self.layers], colorscale="Viridis", zmin=0.5,
                                    zmax=1, colorbar={"title": "val acc"}))
@@ -124,14 +139,18 @@ class TruthResult:
                           height=max(400, 18 * len(self.layers) + 150))
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure()] + ([self.heads_figure()] if self.head_val is not None else [])
 
-    def _write_html(self, path: Path) -> Path:
-        figures = [self.figure()] + ([self.heads_figure()] if self.head_val is not None else [])
-        body = table(["layer", "head", "validation acc (ranks)", "test acc"],
+    def title(self) -> str:
+        return f"Truth direction - {self.model}"
+
+    def page_intro(self) -> str:
+        return self.summary()
+
+    def page_body(self) -> str:
+        return table(["layer", "head", "validation acc (ranks)", "test acc"],
                      [[la, h, f"{v:.3f}", f"{t:.3f}"] for la, h, v, t in self.top_heads])
-        return write_page(path, figures, f"Truth direction - {self.model}", self.summary(), body)
 
     def summary(self) -> str:
         i = self.layers.index(self.best_layer)
@@ -155,14 +174,17 @@ def _accuracy(scores: torch.Tensor, threshold: float, y: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def truth_direction(model, *, layers=None, position: int = -1, top_k: int = 10, heads: bool = True, seed: int = 0,
-                    val_fraction: float = 0.2, test_fraction: float = 0.2, batch_size: int = 32) -> TruthResult:
+def truth_direction(model, config: "TruthConfig | None" = None, **overrides) -> TruthResult:
     """Per-layer truth probes and difference-of-means directions, and ITI per-head probes; see the module doc.
-    `top_k` heads are reported (all of them when the layers have fewer)."""
+    `top_k` heads are reported (all of them when the layers have fewer). Options: a TruthConfig, or its fields as
+    keyword overrides."""
+    config = with_overrides(TruthConfig, config, overrides)
+    layers, position, top_k, heads, seed = config.layers, config.position, config.top_k, config.heads, config.seed
+    val_fraction, test_fraction, batch_size = config.val_fraction, config.test_fraction, config.batch_size
     start = time.perf_counter()
     layers = check_layers(model, layers)
-    if heads and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
+    if heads:
+        check_count("top_k", top_k)
     statements = truth_statements(seed)
     train, val, _ = split_cities(sorted({s.city for s in statements}), seed, val_fraction, test_fraction)
     part = torch.tensor([0 if s.city in train else 1 if s.city in val else 2 for s in statements])
@@ -210,4 +232,4 @@ def truth_direction(model, *, layers=None, position: int = -1, top_k: int = 10, 
         top = [[layers[i], h, -v, head_test[i][h]] for v, i, h in ranked[:top_k]]
     return TruthResult(model.spec, position, token, int(tr.sum()), int(va.sum()), int(te.sum()), layers, probe_train,
                        probe_val, probe_test, dom_test, cosine, layers[best], head_val, head_test, top,
-                       time.perf_counter() - start, directions[best])
+                       time.perf_counter() - start, directions[best], config)

@@ -25,22 +25,40 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lmscope.core import edits
-from lmscope.directions.contrast import mean_activations
+from lmscope.core.checks import check_count, check_layers
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
-from lmscope.icl.prompts import (LayerSweep, accuracy, at_last, check_count, check_layers, last_logits, length_groups,
-                          make_prompts, prefix_cache, resolve_task, split_pairs, sweep_layers, token_check)
-from lmscope.results import save_result, table, write_page
+from lmscope.core.metrics import accuracy
+from lmscope.core.runs import last_logits, length_groups, mean_activations, prefix_cache
+from lmscope.icl.prompts import (LayerSweep, at_last, make_prompts, resolve_task, split_pairs, sweep_layers,
+                                 token_check)
 from lmscope.icl.task_vectors import layer_figure, sweep_task_vectors
+from lmscope.results.base import Result
+from lmscope.results.html import table
 
 
 @dataclass
-class FunctionVectorResult:
+class FvConfig:
+    """The options of `function_vector` (and of `lmscope fv`)."""
+    n_shots: int = option(10, "demonstrations per few-shot prompt", flag="--shots")
+    n_heads: int = option(10, "top heads (by CIE) summed into the function vector", flag="--heads")
+    n_mean_prompts: int = option(32, "few-shot prompts for the mean activations", flag="--mean-prompts")
+    n_cie_prompts: int = option(20, "shuffled-label prompts for the causal indirect effect", flag="--cie-prompts")
+    layers: "list[int] | None" = option(None, "layers the vectors may go to (None: every layer)")
+    heldout_fraction: float = option(0.3, "fraction of the pairs held out (reported only)", flag="--heldout")
+    seed: int = option(0, "split and prompt sampling")
+    with_task_vector: bool = option(True, "also sweep the task vector (Hendel et al. 2023)", flag="--task-vector")
+
+
+@dataclass
+class FunctionVectorResult(Result, kind="function_vector"):
     model: str
     task: str
     n_pairs: int
@@ -63,7 +81,8 @@ class FunctionVectorResult:
     token_check: dict
     seconds: dict
     task_vector: "LayerSweep | None" = None
-    vector: "torch.Tensor | None" = None   # the FV itself [d_model], model dtype (not in JSON)
+    vector: "torch.Tensor | None" = None   # the FV itself [d_model], model dtype
+    config: "FvConfig | None" = None
 
     @property
     def layer(self) -> int:
@@ -73,19 +92,11 @@ class FunctionVectorResult:
     def acc_with_fv(self) -> float:
         return self.sweep.acc_heldout
 
-    def to_json(self) -> dict:
-        out = {"model": self.model, "task": self.task, "layer": self.layer, "n_heldout": self.n_heldout,
-               "acc_zero_shot": self.acc_zero_shot, "acc_with_fv": self.acc_with_fv,
-               "acc_few_shot": self.acc_few_shot, "top_heads": self.top_heads,
-               "acc_random_vector": self.acc_random_vector, "acc_zero_shot_build": self.acc_zero_shot_build,
-               "acc_shuffled": self.acc_shuffled, "acc_shuffled_with_fv": self.acc_shuffled_with_fv,
-               "n_pairs": self.n_pairs, "n_build": self.n_build, "n_shots": self.n_shots,
-               "n_mean_prompts": self.n_mean_prompts, "n_cie_prompts": self.n_cie_prompts, "seed": self.seed,
-               "fv_norm": self.fv_norm, "top_heads_cie": [self.cie[la][h] for la, h in self.top_heads],
-               "sweep": self.sweep.to_json(), "cie": self.cie, "token_check": self.token_check,
-               "seconds": self.seconds}
+    def json_extras(self) -> dict:
+        out = {"layer": self.layer, "acc_with_fv": self.acc_with_fv,
+               "top_heads_cie": [self.cie[la][h] for la, h in self.top_heads]}
         if self.task_vector is not None:
-            out["task_vector"] = {**self.task_vector.to_json(), "acc_with_tv": self.task_vector.acc_heldout}
+            out["acc_with_tv"] = self.task_vector.acc_heldout
         return out
 
     def figure(self):
@@ -95,7 +106,6 @@ class FunctionVectorResult:
                             f"layer L", sweeps, self.acc_zero_shot, self.acc_few_shot)
 
     def heads_figure(self):
-        import plotly.graph_objects as go
         lim = max(1e-9, max(abs(v) for row in self.cie for v in row))
         fig = go.Figure(go.Heatmap(z=self.cie, x=[f"head {h}" for h in range(len(self.cie[0]))],
                                    y=[f"layer {la}" for la in range(len(self.cie))], colorscale="RdBu", zmid=0,
@@ -104,10 +114,16 @@ class FunctionVectorResult:
                           height=max(400, 18 * len(self.cie) + 150), width=700)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure(), self.heads_figure()]
 
-    def _write_html(self, path: Path) -> Path:
+    def title(self) -> str:
+        return f"Function vector - {self.task}"
+
+    def page_intro(self) -> str:
+        return self.summary()
+
+    def page_body(self) -> str:
         rows = [["zero-shot", f"{self.acc_zero_shot:.3f}"],
                 [f"zero-shot + FV at resid_post.{self.layer}", f"{self.acc_with_fv:.3f}"],
                 [f"zero-shot + random vector (same norm) at resid_post.{self.layer}", f"{self.acc_random_vector:.3f}"],
@@ -119,9 +135,7 @@ class FunctionVectorResult:
             rows.insert(2, [f"zero-shot, task vector at resid_post.{self.task_vector.layer}",
                             f"{self.task_vector.acc_heldout:.3f}"])
         heads = table(["layer", "head", "CIE"], [[la, h, f"{self.cie[la][h]:+.4f}"] for la, h in self.top_heads])
-        body = table([f"held-out first-token accuracy ({self.n_heldout} queries)", "accuracy"], rows) + heads
-        return write_page(path, [self.figure(), self.heads_figure()], f"Function vector - {self.task}",
-                          self.summary(), body)
+        return table([f"held-out first-token accuracy ({self.n_heldout} queries)", "accuracy"], rows) + heads
 
     def summary(self) -> str:
         heads = " ".join(f"{la}.{h}" for la, h in self.top_heads)
@@ -161,7 +175,6 @@ def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_
     One forward pass per layer and length group: the batch holds every prompt once per head of the layer, and row
     (prompt, h) patches head h only (rows of a batch never see each other, so this is one forward per head, batched).
     """
-    from tqdm.auto import tqdm
     n_layers, n_heads = model.n_layers, model.n_heads
     total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     groups = length_groups(model, prompts, batch_size=16)
@@ -204,15 +217,19 @@ def _last_token_probs(model, last_ids, cache, answer, patch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def function_vector(model, task, *, n_shots: int = 10, n_heads: int = 10, n_mean_prompts: int = 32,
-                    n_cie_prompts: int = 20, layers=None, heldout_fraction: float = 0.3, seed: int = 0,
-                    with_task_vector: bool = True, progress: bool = False) -> FunctionVectorResult:
+def function_vector(model, task, config: "FvConfig | None" = None, *, progress: bool = False,
+                    **overrides) -> FunctionVectorResult:
     """Function vector of a task (bundled name, pairs file path, or (input, output) pairs); see the module doc.
-    `layers`: where the FV (and task vector) may go, default every layer."""
+    Options: an FvConfig, or its fields as keyword overrides (`layers`: where the FV and task vector may go,
+    default every layer)."""
+    config = with_overrides(FvConfig, config, overrides)
+    n_shots, n_heads, n_mean_prompts = config.n_shots, config.n_heads, config.n_mean_prompts
+    n_cie_prompts, layers, seed = config.n_cie_prompts, config.layers, config.seed
+    heldout_fraction, with_task_vector = config.heldout_fraction, config.with_task_vector
     if model.adapter.family == "gemma":
         raise InputError("function vectors need each head's write into the residual stream; gemma normalises "
                          "attention's output after summing the heads, so that write is not defined (task vectors "
-                         "work: lmscope.task_vectors.task_vector)")
+                         "work: lmscope.icl.task_vector)")
     task = resolve_task(task)
     layers = check_layers(model, layers)
     check_count("n_mean_prompts", n_mean_prompts)
@@ -265,4 +282,4 @@ def function_vector(model, task, *, n_shots: int = 10, n_heads: int = 10, n_mean
                                 n_mean_prompts, n_cie_prompts, seed, cie.tolist(), top, float(fv.norm()), sweep,
                                 zero, zero_build, few, acc_rand, acc_shuffled, acc_shuffled_fv,
                                 token_check(model, task.pairs), seconds, tv,
-                                vector)
+                                vector, config)

@@ -26,8 +26,11 @@ from typing import Sequence
 import torch
 
 from lmscope.core import edits
-from lmscope.data.icl_tasks import IclTask, load_pairs, load_task
+from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
+from lmscope.core.metrics import accuracy, answer_prob
+from lmscope.core.runs import length_groups, prefix_cache
+from lmscope.data.icl_tasks import IclTask, load_icl_task, load_pairs
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ def resolve_task(task) -> IclTask:
     if isinstance(task, IclTask):
         return task
     if isinstance(task, str):
-        return load_task(task)
+        return load_icl_task(task)
     if hasattr(task, "__fspath__"):
         return load_pairs(task)
     try:
@@ -57,8 +60,7 @@ def resolve_task(task) -> IclTask:
 def split_pairs(pairs: Sequence[tuple[str, str]], *, n_shots: int, heldout_fraction: float = 0.3, seed: int = 0
                 ) -> Split:
     """Seeded split; the build pairs must give every build prompt n_shots demonstrations besides its query."""
-    if not isinstance(n_shots, int) or isinstance(n_shots, bool) or n_shots < 1:
-        raise InputError(f"n_shots must be a positive integer, got {n_shots!r}")
+    check_count("n_shots", n_shots)
     if not 0 < heldout_fraction < 1:
         raise InputError(f"heldout_fraction must lie strictly between 0 and 1, got {heldout_fraction!r}")
     n = len(pairs)
@@ -152,34 +154,6 @@ def make_prompts(model, split: Split, *, n_shots: int, n_clean: int, n_shuffled:
                       [answer_id(model, y) for _, y in split.heldout], few, few_shuffled)
 
 
-def length_groups(model, prompts: Sequence[str], batch_size: int = 64) -> list[tuple[list[int], list[list[int]]]]:
-    """(indices, token rows) per batch of prompts with the same token count: no padding anywhere."""
-    if not prompts:
-        raise InputError("no prompts to run")
-    rows = [model.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    by_len: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_len.setdefault(len(r), []).append(i)
-    out = []
-    for length in sorted(by_len):
-        idx = by_len[length]
-        for s in range(0, len(idx), batch_size):
-            chunk = idx[s:s + batch_size]
-            out.append((chunk, [rows[i] for i in chunk]))
-    return out
-
-
-@torch.no_grad()
-def last_logits(model, prompts: Sequence[str], make_edits=None, batch_size: int = 64) -> torch.Tensor:
-    """Logits at each prompt's last token, [n, vocab] (float32 on the CPU); `make_edits()` gives the edits for each
-    forward pass (applied at the last position only)."""
-    out = torch.empty(len(prompts), model.vocab_size)
-    for idx, rows in length_groups(model, prompts, batch_size):
-        run = model.run(rows, edits=make_edits() if make_edits else (), forward_kwargs={"logits_to_keep": 1})
-        out[idx] = run.logits[:, -1].float().cpu()
-    return out
-
-
 @torch.no_grad()
 def last_logits_many(model, prompts: Sequence[str], edit_sets: Sequence, batch_size: int = 64
                      ) -> list[torch.Tensor]:
@@ -203,50 +177,16 @@ def last_logits_many(model, prompts: Sequence[str], edit_sets: Sequence, batch_s
     return outs
 
 
-def accuracy(logits: torch.Tensor, answers: Sequence[int]) -> float:
-    return float((logits.argmax(-1) == torch.tensor(answers)).double().mean())
-
-
-def answer_prob(logits: torch.Tensor, answers: Sequence[int]) -> float:
-    """Mean probability of the answer's first token: graded where accuracy is flat (often 0 everywhere)."""
-    probs = logits.double().softmax(-1)
-    return float(probs[torch.arange(len(answers)), torch.tensor(answers)].mean())
-
-
 def at_last(site: str, vector: torch.Tensor, op: str = "add"):
     """An edit of `site` at the last position: add the vector, or replace the activation by it."""
     make = edits.add if op == "add" else edits.replace
     return lambda: [make(site, vector, positions=[-1])]
 
 
-def check_count(name: str, value, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def prefix_cache(model, ids: torch.Tensor):
-    """The KV cache of a forward over `ids`; only the cache is wanted, so only one position's logits are made."""
-    out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
-    return getattr(out, "cache", None) or out.past_key_values
-
-
-def check_layers(model, layers) -> list[int]:
-    if layers is None:
-        return list(range(model.n_layers))
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    if not layers:
-        raise InputError("layers: the list is empty")
-    bad = [x for x in layers if not isinstance(x, int) or isinstance(x, bool) or not -model.n_layers <= x
-           < model.n_layers]
-    if bad:
-        raise InputError(f"unknown layer {bad[0]!r}: {model.spec} has layers 0..{model.n_layers - 1}")
-    return sorted({x % model.n_layers for x in layers})
-
-
 @dataclass
 class LayerSweep:
-    """Accuracy of zero-shot prompts with a vector at resid_post.L (last token), per layer."""
+    """Accuracy of zero-shot prompts with a vector at resid_post.L (last token), per layer (a part of the function-
+    and task-vector results, written in their JSON field by field)."""
     layers: list[int]
     build: list[float]       # on build queries: the layer is chosen here
     heldout: list[float]     # on held-out queries: reported, never used for a choice
@@ -254,11 +194,6 @@ class LayerSweep:
     acc_heldout: float       # held-out accuracy at the chosen layer
     build_prob: list[float]  # mean P(answer's first token) on build queries
     heldout_prob: list[float]
-
-    def to_json(self) -> dict:
-        return {"layers": self.layers, "acc_build_by_layer": self.build, "acc_heldout_by_layer": self.heldout,
-                "p_answer_build_by_layer": self.build_prob, "p_answer_heldout_by_layer": self.heldout_prob,
-                "layer": self.layer, "acc_heldout": self.acc_heldout}
 
 
 def sweep_layers(model, prompts: IclPrompts, layers: list[int], vector_at, op: str) -> LayerSweep:

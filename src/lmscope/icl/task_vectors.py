@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
-from lmscope.directions.contrast import mean_activations
-from lmscope.icl.prompts import (LayerSweep, accuracy, check_count, check_layers, last_logits, make_prompts, resolve_task,
-                          split_pairs, sweep_layers, token_check)
-from lmscope.results import save_result, write_page
+from lmscope.core.checks import check_count, check_layers
+from lmscope.core.metrics import accuracy
+from lmscope.core.runs import last_logits, mean_activations
+from lmscope.icl.prompts import LayerSweep, make_prompts, resolve_task, split_pairs, sweep_layers, token_check
+from lmscope.results.base import Result
 
 
 def sweep_task_vectors(model, prompts, resid_means: dict[int, torch.Tensor], layers: list[int]) -> LayerSweep:
@@ -27,7 +28,7 @@ def sweep_task_vectors(model, prompts, resid_means: dict[int, torch.Tensor], lay
 
 
 @dataclass
-class TaskVectorResult:
+class TaskVectorResult(Result, kind="task_vector"):
     model: str
     task: str
     n_build: int
@@ -41,20 +42,18 @@ class TaskVectorResult:
     token_check: dict
     seconds: float
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "task": self.task, "layer": self.sweep.layer, "n_build": self.n_build,
-                "n_heldout": self.n_heldout, "n_shots": self.n_shots, "n_mean_prompts": self.n_mean_prompts,
-                "seed": self.seed, "acc_zero_shot": self.acc_zero_shot, "acc_with_tv": self.sweep.acc_heldout,
-                "acc_few_shot": self.acc_few_shot, "sweep": self.sweep.to_json(), "token_check": self.token_check,
-                "seconds": self.seconds}
+    def json_extras(self) -> dict:
+        return {"layer": self.sweep.layer, "acc_with_tv": self.sweep.acc_heldout}
 
     def figure(self):
         return layer_figure(f"Task vector, {self.task} ({self.model})", [("task vector", self.sweep)],
                             self.acc_zero_shot, self.acc_few_shot)
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(
-            p, [self.figure()], f"Task vector - {self.task}", self.summary()))
+    def title(self) -> str:
+        return f"Task vector - {self.task}"
+
+    def page_intro(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         s = self.sweep
@@ -66,7 +65,6 @@ class TaskVectorResult:
 
 def layer_figure(title: str, sweeps: list[tuple[str, LayerSweep]], zero: float, few: float):
     """Accuracy by layer for each vector (build and held-out), with zero-shot and few-shot as reference lines."""
-    import plotly.graph_objects as go
     fig = go.Figure()
     for name, s in sweeps:
         fig.add_trace(go.Scatter(x=s.layers, y=s.heldout, mode="lines+markers", name=f"{name}: held-out"))

@@ -50,3 +50,8 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def current_umask() -> int:
+    """The process's umask (for giving a folder made by mkdtemp the mode a plain mkdir would)."""
+    return _umask()
