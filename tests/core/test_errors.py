@@ -93,7 +93,7 @@ def test_pattern_read_restores_attention_even_on_error(llama, ids):
 @pytest.mark.parametrize("argv, message", [
     (["lens", "", "--model", "random:llama"], "empty prompt"),
     (["lens", "hi", "--model", "nope"], "unknown model spec"),
-    (["lens", "hi", "--model", "random:llama", "--top-k", "0"], "top_k must be a positive integer"),
+    (["lens", "hi", "--model", "random:llama", "--top-k", "0"], "top_k must be an integer >= 1"),
     (["lens", "hi", "--model", "random:llama", "--target", "xyz"], "is 3 tokens"),
     (["lens", "hi", "--model", "random:llama", "--dtype", "float8"], "unknown dtype"),
     (["lens", "hi", "--model", "random:llama", "--html", "/nonexistent/dir/x.html"], "does not exist"),

@@ -21,7 +21,7 @@ JSON_STDOUT = "-"
 
 def model_options(p: argparse.ArgumentParser, *, dtype: str = "float32") -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_SPECS} (default {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default=dtype, choices=["float32", "float64", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=dtype, metavar="{float32,float64,bfloat16,float16}",
                    help=f"weights and activations dtype (default {dtype})")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
 

@@ -195,7 +195,9 @@ def _restore(value, hint):
             raise TypeError(f"expected {hint.__name__}, got {type(value).__name__}")
         return value
     if hint is torch.Tensor:
-        return torch.tensor([math.nan if v is None else v for v in value] if _flat_with_none(value) else value)
+        # JSON does not keep the dtype: floats come back as float64 (exact for float32/16 values), ints as int64
+        value = _none_to_nan(value)
+        return torch.tensor(value, dtype=torch.float64 if _has_float(value) else None)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise TypeError(f"expected an object for {hint.__name__}")
@@ -225,5 +227,13 @@ def _restore_key(key: str, hint):
     return key
 
 
-def _flat_with_none(value) -> bool:
-    return isinstance(value, list) and any(v is None for v in value)
+def _none_to_nan(value):
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return math.nan if value is None else value
+
+
+def _has_float(value) -> bool:
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return isinstance(value, float)
