@@ -6,6 +6,13 @@
 
 Hooks are removed when the block ends, also when its body raises. With `stop_early=True` the forward pass is
 cut right after the last site read (the block's body is left at that point, as in baukit's `Trace(stop=True)`).
+
+Resuming from a layer: `resume=(L, resid)` runs the forward from a cached residual stream `resid` = resid_pre.L
+([batch, seq, d_model], or broadcastable to it): blocks 0..L-1 are skipped (each passes its input through
+untouched) and resid_pre.L is replaced by `resid`, so the model's own code still builds the positions, rotary
+embeddings and masks, and blocks L.. compute exactly what they compute in a full run. Sites below resid_pre.L can
+be neither read nor edited then. A method that recomputes the same prefix again and again (integrated gradients,
+patching sweeps, LRE Jacobians) runs it once and resumes from it.
 """
 from __future__ import annotations
 
@@ -256,14 +263,42 @@ def _post_location(module) -> _Location:
     return _Location(module, "post", lambda out: _first(out), lambda out, new: _with_first(out, new))
 
 
+def _pass_through(*args, **kwargs):
+    """A skipped block's forward: its input, untouched (transformers 5 blocks take and return hidden_states)."""
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _check_resume(model, resume, sites) -> tuple[int, torch.Tensor]:
+    try:
+        layer, start = resume
+    except (TypeError, ValueError):
+        raise SiteError("resume takes (layer, resid_pre activation)") from None
+    if not isinstance(layer, int) or isinstance(layer, bool) or not -model.n_layers <= layer < model.n_layers:
+        raise SiteError(f"resume layer {layer!r} out of range: the model has {model.n_layers} layers")
+    layer %= model.n_layers
+    if not isinstance(start, torch.Tensor) or start.shape[-1] != model.d_model or start.dim() > 3:
+        raise EditError(f"resume needs resid_pre.{layer} as a [batch, seq, {model.d_model}] tensor, got "
+                        f"{getattr(start, 'shape', type(start).__name__)}")
+    first = parse_site(f"resid_pre.{layer}", model.n_layers).order_key(model.n_layers)
+    below = [s for s in sites if s.order_key(model.n_layers) < first]
+    if below:
+        raise SiteError(f"the run resumes at resid_pre.{layer}: site '{below[0]}' lies below it and is not computed")
+    return layer, start
+
+
 class Trace:
     """Context manager that reads and edits sites while the block runs. See the module docstring."""
 
     def __init__(self, model, read=(), edits=(), *, stop_early: bool = False, detach: bool = True,
-                 to_cpu: bool = False, grad: bool = False):
+                 to_cpu: bool = False, grad: bool = False, resume: "tuple[int, torch.Tensor] | None" = None):
         self.model = model
         self.read = expand_sites(read, model.n_layers) if read else []
         self.edits = [bind_edit(model, e) for e in (edits or [])]
+        self.resume_layer = None
+        if resume is not None:
+            self.resume_layer, start = _check_resume(model, resume, self.read + [b.site for b in self.edits])
+            self.edits.insert(0, bind_edit(model, Edit(f"resid_pre.{self.resume_layer}", "replace", start)))
+        self._skipped: list[torch.nn.Module] = []
         self.stop_early, self.detach, self.to_cpu, self.grad = stop_early, detach and not grad, to_cpu, grad
         self.stopped = False
         self._acts: dict[Site, list[torch.Tensor]] = {}
@@ -319,6 +354,9 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for block in self._skipped:
+            del block.forward          # the class's own forward again
+        self._skipped.clear()
         if self._restore_attn is not None:
             self.model.hf.set_attn_implementation(self._restore_attn)
             self._restore_attn = None
@@ -330,6 +368,10 @@ class Trace:
             self._restore_attn = model.hf.config._attn_implementation
             model.hf.set_attn_implementation("eager")
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
+        for layer in range(self.resume_layer or 0):
+            block = model.block_module(layer)
+            block.forward = _pass_through
+            self._skipped.append(block)
         edits_by_site: dict[Site, list[_BoundEdit]] = {}
         for bound in self.edits:
             edits_by_site.setdefault(bound.site, []).append(bound)
