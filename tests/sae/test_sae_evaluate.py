@@ -5,8 +5,8 @@ from conftest import random_model
 
 from lmscope.cli import main
 from lmscope.core.errors import InputError
-from lmscope.sae import SAEConfig, build_sae, evaluate_sae, feature_stats, save_sae, steer, write_dashboards
-from lmscope.harvest.store import config_hash
+from lmscope.sae import SAEConfig, build_sae, evaluate_sae, feature_stats, sae_steer, save_sae, write_dashboards
+from lmscope.core.fingerprint import config_sha256
 from lmscope.sae.steer import steering_delta
 
 TEXTS = ["The cat sat on the mat and looked at the door for a long time.",
@@ -18,7 +18,7 @@ def _sae(model, kind, site="resid_post.1"):
     """'identity': latents relu(x_i), relu(-x_i): reconstructs exactly. 'zero': predicts 0. 'mean': predicts b_dec."""
     d = model.d_model
     sae = build_sae(SAEConfig(architecture="relu", d_in=d, d_sae=2 * d, site_in=site, model=model.spec,
-                              model_config_hash=config_hash(model)))
+                              model_config_hash=config_sha256(model)))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.b_enc.zero_()
@@ -96,7 +96,7 @@ def test_steering_keeps_the_error_term():
     clamped = steering_delta(sae, x, 7, 1.0, "clamp")
     # decode(z') - decode(z) subtracts two vectors of size ~60: absolute, not relative, float32 rounding
     assert torch.allclose(clamped, (1.0 - torch.relu(x[..., 7:8])) * sae.W_dec[7], atol=1e-4)
-    same = steer(model, sae, "Hello there", 7, 0.0, max_new_tokens=4)
+    same = sae_steer(model, sae, "Hello there", 7, 0.0, max_new_tokens=4)
     assert same.steered == same.clean
     assert not model.has_hooks()
 

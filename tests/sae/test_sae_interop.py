@@ -103,11 +103,11 @@ def test_d_in_mismatch_is_one_clear_error(tmp_path):
 
 
 def test_sae_from_another_model_is_refused(tmp_path):
-    from lmscope.harvest.store import config_hash
+    from lmscope.core.fingerprint import config_sha256
     llama, qwen = random_model("llama"), random_model("qwen2")
     assert llama.d_model == qwen.d_model
     sae = build_sae(SAEConfig(architecture="topk", d_in=llama.d_model, d_sae=32, k=2, site_in="resid_post.0",
-                              model=llama.spec, model_config_hash=config_hash(llama)))
+                              model=llama.spec, model_config_hash=config_sha256(llama)))
     save_sae(sae, tmp_path / "s")
     load_sae(tmp_path / "s", model=llama)
     with pytest.raises(InputError, match="another model"):

@@ -63,3 +63,25 @@ def check_identity(saved: dict, model, what: str, *, allow_other_model: bool = F
     if theirs[:16] != mine[:16]:
         raise InputError(f"{what} belongs to another model ({saved.get('spec', 'unknown')}, config "
                          f"{theirs[:12]}), not {model.spec} (config {mine[:12]})")
+
+
+# Config hashes written before issue 12's layout: harvest manifests and SAE cfg.json (full sha256; these keys left
+# out) and circuit files (first 16 hex digits; those keys left out). Read only, so that old files keep working.
+_OLD_HARVEST_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype",
+                     "_attn_implementation", "_attn_implementation_internal", "use_cache")
+_OLD_CIRCUIT_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash", "architectures")
+
+
+def same_config(saved_hash: str, model) -> bool:
+    """True where `saved_hash` (a file's config hash) is `model`'s: as config_sha256 writes it (its first 16 hex
+    digits suffice), or as an older lmscope wrote it into harvest manifests, SAE cfg.json and circuit files."""
+    if not isinstance(saved_hash, str) or len(saved_hash) < 16:
+        return False
+    if saved_hash[:16] == config_sha256(model)[:16]:
+        return True
+    config = model.hf.config.to_dict()
+    for keys in (_OLD_HARVEST_KEYS, _OLD_CIRCUIT_KEYS):
+        old = {k: v for k, v in config.items() if k not in keys}
+        if hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest().startswith(saved_hash):
+            return True
+    return False

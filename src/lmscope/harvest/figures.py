@@ -4,9 +4,12 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.harvest.store import HarvestStore
+from lmscope.results.html import table, write_page
+from lmscope.results.output import HTML, check_output
 
 MAX_SHARDS_SAMPLED = 4
 """Norms are read from the first few shards only: enough rows for a histogram, and the page stays quick."""
@@ -23,10 +26,9 @@ def norm_sample(store: HarvestStore, site: str) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(norms), torch.cat(positions)
 
 
-def folder_page(store: HarvestStore, path: "str | Path") -> Path:
-    import plotly.graph_objects as go
-
-    from lmscope.results.html import table, write_page
+def folder_page(store: HarvestStore, path: "str | Path", *, overwrite: bool = False) -> Path:
+    """Write the page (an existing file is replaced only with overwrite=True)."""
+    path = check_output(path, overwrite=overwrite, suffixes=HTML, what="--html")
     sizes = [e["n_tokens"] for e in store.shards]
     figures = [go.Figure(go.Bar(x=list(range(len(sizes))), y=sizes)).update_layout(
         title=f"tokens per shard ({store.n_tokens:,} tokens, {len(sizes)} shards)", xaxis_title="shard",

@@ -13,25 +13,19 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from lmscope.core.errors import InputError
+from lmscope.core.fingerprint import config_sha256, same_config
+from lmscope.results.base import Result
 
 FORMAT = "lmscope-harvest/1"
 MANIFEST = "manifest.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-_VOLATILE_CONFIG_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype",
-                         "_attn_implementation", "_attn_implementation_internal", "use_cache")
-
-
-def config_hash(model) -> str:
-    """sha256 of the model's HF config as sorted JSON, without the keys that change with how it was loaded (path,
-    library version, weight dtype), so a model loaded from another folder or in bfloat16 still matches."""
-    config = {k: v for k, v in model.hf.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def file_sha256(path: "str | Path") -> str:
@@ -109,11 +103,12 @@ class HarvestStore:
                 f"{'' if self.complete else ', incomplete'})")
 
     def check_model(self, model, site=None) -> None:
-        """InputError if this folder was not harvested from `model` (config hash) or does not hold `site`."""
-        if config_hash(model) != self.manifest["model_config_hash"]:
+        """InputError if this folder was not harvested from `model` (config hash, lmscope.core.fingerprint; folders
+        written before the hash moved there still match) or does not hold `site`."""
+        if not same_config(self.manifest["model_config_hash"], model):
             raise InputError(f"{self.folder} was harvested from another model ({self.model_spec}, config hash "
-                             f"{self.manifest['model_config_hash'][:12]}), not from {model.spec} "
-                             f"(config hash {config_hash(model)[:12]})")
+                             f"{str(self.manifest['model_config_hash'])[:12]}), not from {model.spec} "
+                             f"(config hash {config_sha256(model)[:12]})")
         if int(self.manifest.get("d_model", model.d_model)) != model.d_model:
             raise InputError(f"{self.folder} holds d_model {self.manifest['d_model']}, the model has {model.d_model}")
         if site is not None:
@@ -208,3 +203,35 @@ def _split(rows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 def open_store(folder: "str | Path") -> HarvestStore:
     """Open a harvest folder for reading: InputError if it has no valid manifest or a listed shard is missing."""
     return HarvestStore(folder)
+
+
+@dataclass
+class HarvestCheck(Result, kind="harvest_check"):
+    """What `verify_store` found: every listed shard is there, matches its sha256 and holds the tokens the manifest
+    says."""
+    folder: str
+    model: str
+    sites: list[str]
+    dtype: str
+    n_tokens: int
+    tokens_in_shards: int
+    n_shards: int
+    complete: bool
+    sha256_ok: bool
+    description: str = ""
+
+    def summary(self) -> str:
+        return (f"{self.description}\n  all {self.n_shards} shards match their sha256; {self.tokens_in_shards:,} "
+                f"tokens in the shards")
+
+
+def verify_store(store: HarvestStore) -> HarvestCheck:
+    """Read every shard once, check its sha256 and its token count against the manifest; InputError otherwise."""
+    n = 0
+    for entry, shard in zip(store.shards, store.iter_shards(verify=True, keys=["token_ids"])):
+        if len(shard["token_ids"]) != entry["n_tokens"]:
+            raise InputError(f"{entry['file']} holds {len(shard['token_ids'])} tokens, the manifest says "
+                             f"{entry['n_tokens']}")
+        n += entry["n_tokens"]
+    return HarvestCheck(str(store.folder), store.model_spec, store.sites, store.manifest["dtype"], store.n_tokens, n,
+                        len(store.shards), store.complete, True, repr(store))

@@ -8,19 +8,26 @@ each shard is computed in the same batches, so the files come out byte for byte 
 """
 from __future__ import annotations
 
+import html
 import json
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 from safetensors.torch import save_file
+from tqdm import tqdm
 
 from lmscope.data.corpora import iter_documents
 from lmscope.core.errors import InputError
-from lmscope.results.files import atomic_path, save_result, write_atomic
+from lmscope.results.base import Result
+from lmscope.results.files import atomic_path, write_atomic
+from lmscope.results.output import check_output
 from lmscope.harvest import distributed as dist
-from lmscope.harvest.store import DTYPES, FORMAT, MANIFEST, config_hash, file_sha256, read_manifest
+from lmscope.core.fingerprint import config_sha256, same_config
+from lmscope.harvest.store import DTYPES, FORMAT, MANIFEST, file_sha256, read_manifest
 from lmscope.harvest.windows import ShardPlan, documents_used, iter_windows, parse_corpora, plan_shards, resolve_prefix
 
 # A resumed run must compute exactly what the interrupted one would have; these fields decide that.
@@ -29,7 +36,7 @@ _RUN_KEYS = ("format", "model_config_hash", "model_dtype", "d_model", "sites", "
 
 
 @dataclass
-class HarvestResult:
+class HarvestResult(Result, kind="harvest"):
     out: str
     model: str
     sites: list[str]
@@ -50,9 +57,6 @@ class HarvestResult:
     world_size: int = 1
     shard_sizes: list[int] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
     def summary(self) -> str:
         state = "complete" if self.complete else "incomplete (rerun the same command to continue)"
         lines = [f"harvest {self.out}: {self.model}, {', '.join(self.sites)} as {self.dtype}; {state}",
@@ -67,17 +71,16 @@ class HarvestResult:
         return "\n".join(lines)
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure(go.Bar(x=list(range(len(self.shard_sizes))), y=self.shard_sizes))
         fig.update_layout(title=f"{self.out}: tokens per shard ({self.n_tokens:,} tokens)",
                           xaxis_title="shard", yaxis_title="tokens")
         return fig
 
-    def save(self, path, *, overwrite: bool = False):
-        from lmscope.results.html import write_page
-        import html
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(
-            p, [self.figure()], f"harvest {self.out}", body_html=f"<pre>{html.escape(self.summary())}</pre>"))
+    def title(self) -> str:
+        return f"harvest {self.out}"
+
+    def page_body(self) -> str:
+        return f"<pre>{html.escape(self.summary())}</pre>"
 
 
 def harvest(model, corpus, sites, n_tokens: int, out, *, seq_len: int = 128, batch_size: int = 16,
@@ -105,7 +108,7 @@ def harvest(model, corpus, sites, n_tokens: int, out, *, seq_len: int = 128, bat
     skip = frozenset(model.tokenizer.all_special_ids) if skip_special else frozenset()
     rank, world = dist.ensure_group(model.device)
 
-    config = {"format": FORMAT, "model": model.spec, "model_config_hash": config_hash(model),
+    config = {"format": FORMAT, "model": model.spec, "model_config_hash": _config_hash(model, Path(out)),
               "model_dtype": str(model.dtype).removeprefix("torch."), "d_model": model.d_model,
               "sites": {s: list(shapes[s]) for s in site_names}, "dtype": dtype,
               "corpus": {"name": ",".join(names), "seed": seed, "seq_len": seq_len, "skip_special": skip_special,
@@ -218,6 +221,27 @@ def _resolve_sites(model, sites) -> tuple[list[str], dict[str, tuple[int, ...]]]
     return names, shapes
 
 
+def _config_hash(model, out: Path) -> str:
+    """The model's config hash (lmscope.core.fingerprint); a folder written by an older lmscope, whose manifest holds
+    the hash as it was computed then, keeps its own so that rerunning its command still continues it."""
+    try:
+        old = read_manifest(out)["model_config_hash"] if (out / MANIFEST).is_file() else None
+    except InputError:
+        old = None
+    return old if old and same_config(old, model) else config_sha256(model)
+
+
+def check_harvest_folder(out) -> Path:
+    """The output rule for `harvest --out`, checked before the model loads: a new or empty folder in an existing
+    parent, or a harvest folder to continue (the one documented exception: resuming writes into its own folder)."""
+    out = Path(out)
+    if (out / MANIFEST).is_file():
+        read_manifest(out)
+        return out
+    check_output(out, folder=True, what="--out")
+    return out
+
+
 def _prepare_folder(out: Path, config: dict) -> dict:
     """The folder's manifest: a new one for a new folder, the existing one when continuing the same run."""
     if out.exists() and not out.is_dir():
@@ -257,9 +281,6 @@ def _read_progress(out: Path, rank: int) -> list[dict]:
 
 
 def _progress_bar(enabled: bool, total: int):
-    import sys
-
-    from tqdm import tqdm
     tty = sys.stderr.isatty()
     return tqdm(total=total, unit="tok", unit_scale=True, disable=not enabled, dynamic_ncols=True,
                 mininterval=0.5 if tty else 30, desc="harvest")

@@ -2,10 +2,10 @@
 training run and doubles as the command line of `lmscope sae train` (one flag per field, help from the field)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
+from lmscope.core.config import option
 from lmscope.core.errors import InputError
 
 FORMAT = "lmscope-sae/1"
@@ -58,59 +58,41 @@ class SAEConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _f(default, help_text, **kw):
-    return field(default=default, metadata={"help": help_text, **kw})
-
-
 @dataclass
 class TrainConfig:
-    out: str = _f("", "output folder (created; must not hold another run)")
+    out: str = option("", "output folder (created; must not hold another run)")
     # data
-    harvest: str = _f("", "harvest folder to train from (lmscope harvest); else straight from the model")
-    site: str = _f("resid_post.12", "site to read (canonical name)")
-    site_out: str = _f("", "transcoder: site to predict (e.g. mlp_out.12 with --site resid_mid.12)")
-    corpus: str = _f("wiki", "corpus for training straight from the model")
-    corpus_seed: int = _f(0, "document order of that corpus")
-    seq_len: int = _f(128, "window length when reading straight from the model")
-    shuffle_buffer: int = _f(2 ** 18, "activations held for shuffling")
-    n_tokens: int = _f(2_000_000, "training tokens")
+    harvest: str = option("", "harvest folder to train from (lmscope harvest); else straight from the model")
+    site: str = option("resid_post.12", "site to read (canonical name)")
+    site_out: str = option("", "transcoder: site to predict (e.g. mlp_out.12 with --site resid_mid.12)")
+    corpus: str = option("wiki", "corpus for training straight from the model")
+    corpus_seed: int = option(0, "document order of that corpus")
+    seq_len: int = option(128, "window length when reading straight from the model")
+    shuffle_buffer: int = option(2 ** 18, "activations held for shuffling")
+    n_tokens: int = option(2_000_000, "training tokens")
     # SAE
-    architecture: str = _f("topk", "relu | topk | batchtopk | jumprelu")
-    expansion: int = _f(8, "d_sae = expansion * d_in (unless --d-sae)")
-    d_sae: int = _f(0, "number of latents (0: expansion * d_in)")
-    k: int = _f(32, "active latents per token (topk, batchtopk)")
-    auxk_coeff: float = _f(1 / 32, "AuxK loss weight (topk, batchtopk)")
-    dead_tokens: int = _f(500_000, "a latent not fired for this many tokens counts as dead")
-    l1_coeff: float = _f(5.0, "L1 weight (relu)")
-    l0_coeff: float = _f(1e-3, "L0 weight (jumprelu)")
+    architecture: str = option("topk", "SAE architecture", choices=("relu", "topk", "batchtopk", "jumprelu"))
+    expansion: int = option(8, "d_sae = expansion * d_in (unless --d-sae)")
+    d_sae: int = option(0, "number of latents (0: expansion * d_in)")
+    k: int = option(32, "active latents per token (topk, batchtopk)")
+    auxk_coeff: float = option(1 / 32, "AuxK loss weight (topk, batchtopk)")
+    dead_tokens: int = option(500_000, "a latent not fired for this many tokens counts as dead")
+    l1_coeff: float = option(5.0, "L1 weight (relu)")
+    l0_coeff: float = option(1e-3, "L0 weight (jumprelu)")
     # optimisation
-    batch_size: int = _f(4096, "tokens per step (global, over all ranks)")
-    lr: float = _f(0.0, "Adam learning rate (0: 2e-4 / sqrt(d_sae / 2**14), Gao et al. 2024)")
-    warmup_steps: int = _f(20, "linear warm-up steps")
-    decay_frac: float = _f(0.2, "linear decay to 0 over this last fraction of the steps")
-    norm_batches: int = _f(4, "batches used to estimate the normalising scale")
-    outlier_factor: float = _f(10.0, "rows with norm > this x the median norm (attention sinks) are left out; "
+    batch_size: int = option(4096, "tokens per step (global, over all ranks)")
+    lr: float = option(0.0, "Adam learning rate (0: 2e-4 / sqrt(d_sae / 2**14), Gao et al. 2024)")
+    warmup_steps: int = option(20, "linear warm-up steps")
+    decay_frac: float = option(0.2, "linear decay to 0 over this last fraction of the steps")
+    norm_batches: int = option(4, "batches used to estimate the normalising scale")
+    outlier_factor: float = option(10.0, "rows with norm > this x the median norm (attention sinks) are left out; "
                                      "0: keep all")
-    checkpoint_every: int = _f(0, "save a checkpoint every N steps (0: only at the end)")
-    seed: int = _f(0, "initialisation and shuffling seed")
-    threads: int = _f(0, "torch threads (0: leave as is)")
+    checkpoint_every: int = option(0, "save a checkpoint every N steps (0: only at the end)")
+    seed: int = option(0, "initialisation and shuffling seed")
+    threads: int = option(0, "torch threads (0: leave as is)")
 
     def resolved_lr(self, d_sae: int) -> float:
         return self.lr or 2e-4 / (d_sae / 2 ** 14) ** 0.5
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One --flag per field of `cls` (underscores become dashes), typed and documented from the field."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        kind = type(f.default)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
-                            help=f"{f.metadata.get('help', '')} (default {f.default!r})")
-
-
-def from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

@@ -3,18 +3,21 @@ activation, density, activation histogram, logit effect) and an index page that 
 from __future__ import annotations
 
 import html
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
+
 from lmscope.core.errors import InputError
-from lmscope.results import table, write_page
-from lmscope.results.files import write_atomic
+from lmscope.results.base import Result
+from lmscope.results.html import table, write_page
+from lmscope.results.output import check_output
 from lmscope.sae.features import Feature, FeatureStats
 
 
 @dataclass
-class DashboardResult:
+class DashboardResult(Result, kind="sae_features"):
     folder: str
     index: str
     latents: list[int]
@@ -22,10 +25,6 @@ class DashboardResult:
     n_tokens: int
     texts: str
     held_out: bool
-
-    def to_json(self) -> dict:
-        return {"folder": self.folder, "index": self.index, "latents": self.latents, "n_tokens": self.n_tokens,
-                "texts": self.texts, "held_out": self.held_out, "features": [f.to_json() for f in self.features]}
 
     def summary(self) -> str:
         lines = [f"{len(self.latents)} feature pages in {self.folder} (index {self.index}); statistics over "
@@ -36,8 +35,11 @@ class DashboardResult:
                          f"{', '.join(repr(t) for t, _ in f.promoted[:4])}\n      {tops}")
         return "\n".join(lines)
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return write_atomic(path, json.dumps(self.to_json(), indent=1))
+    def figures(self) -> list:
+        return []
+
+    def page_body(self) -> str:
+        return f"<p>The feature pages are in {html.escape(self.folder)}: <a href='{html.escape(self.index)}'>index</a></p>"
 
 
 def _plain(c) -> str:
@@ -57,7 +59,6 @@ def _shade(tokens, acts, centre, vmax) -> str:
 
 
 def _histogram(feature: Feature):
-    import plotly.graph_objects as go
     edges = feature.histogram["log10_edges"]
     counts = feature.histogram["counts"]
     labels = [f"<1e{edges[0]:g}"] + [f"{10 ** e:.3g}" for e in edges]
@@ -87,14 +88,11 @@ def write_feature_page(path, feature: Feature, stats: FeatureStats) -> Path:
     return write_page(path, [_histogram(feature)], f"Latent {feature.index}", intro, body)
 
 
-def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, progress: bool = False
-                     ) -> DashboardResult:
-    """index.html + feature_<i>.html in `folder`, which must be new or empty (never overwritten)."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise InputError(f"{folder} already exists and is not empty; give a new folder for the dashboards")
-    if not folder.parent.exists():
-        raise InputError(f"folder {folder.parent} does not exist")
+def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, overwrite: bool = False,
+                     progress: bool = False) -> DashboardResult:
+    """index.html + feature_<i>.html in `folder`, which must be new or empty unless overwrite=True (the output rule,
+    lmscope.results.output; with overwrite the pages are replaced, other files in the folder are left)."""
+    folder = check_output(folder, overwrite=overwrite, folder=True, what="dashboard folder")
     if not latents:
         raise InputError("no latent to show")
     features = stats.features(list(latents))   # computed before the folder is made: errors leave no trace
@@ -119,9 +117,6 @@ def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, progres
 
 
 def _density_figure(stats: FeatureStats):
-    import math
-
-    import plotly.graph_objects as go
     dens = [math.log10(d) for d in stats.density.tolist() if d > 0]
     fig = go.Figure(go.Histogram(x=dens, nbinsx=50))
     fig.update_layout(title="Latent firing density (live latents)", xaxis_title="log10(fraction of tokens)",

@@ -16,7 +16,9 @@ from typing import Iterator
 import torch
 
 from lmscope.core.errors import InputError
-from lmscope.harvest.store import config_hash
+from lmscope.core.fingerprint import config_sha256
+from lmscope.data.corpora import MIN_WINDOW, iter_documents
+from lmscope.harvest import open_store, resolve_prefix, unused_documents
 
 
 def shuffled(chunks: Iterator[torch.Tensor], batch_size: int, buffer: int, generator: torch.Generator
@@ -101,12 +103,11 @@ class ModelSource(Source):
         self.d_in, self.d_out = model.site_shape(self.site_in)[0], model.site_shape(self.site_out)[0]
         self.seq_len, self.windows_per_pass, self.buffer, self.skip_first = seq_len, windows_per_pass, buffer, \
             skip_first
-        self.model_spec, self.model_config_hash = model.spec, config_hash(model)
+        self.model_spec, self.model_config_hash = model.spec, config_sha256(model)
         self._has_prefix = prefix_token(model.tokenizer) is not None   # tokenizes: once, not per forward
 
     def rows(self, *, rank=0, world_size=1, n_tokens: int = 10 ** 12) -> Iterator[torch.Tensor]:
         """[n, d_in (+ d_out)] per forward pass, the rank's share of the stream's passes."""
-        from lmscope.data.corpora import iter_documents
         texts = (doc.text for doc in iter_documents(self.corpus, seed=self.corpus_seed))
         windows = iter_prefixed_windows(self.model.tokenizer, texts, n_tokens=n_tokens, seq_len=self.seq_len)
         sites = list(dict.fromkeys([self.site_in, self.site_out]))
@@ -187,16 +188,12 @@ class StoreSource(Source):
 def prefix_token(tokenizer) -> "int | None":
     """The token put before every window, as the harvest does (its first position is an attention sink with a
     ~100x norm; it is never read, spliced or scored)."""
-    from lmscope.harvest.windows import resolve_prefix
     return resolve_prefix(tokenizer, "auto")
 
 
 def heldout_texts(corpus: str, harvest: str = "", seed: int = 0) -> tuple[Iterator[str], bool]:
     """(texts, held_out): documents of `corpus`; with a finished harvest folder, only those it never read."""
-    from lmscope.data.corpora import iter_documents
     if harvest:
-        from lmscope.harvest.store import open_store
-        from lmscope.harvest.windows import unused_documents
         manifest = open_store(harvest).manifest
         return unused_documents(manifest, corpus), True
     return (doc.text for doc in iter_documents(corpus, seed=seed)), False
@@ -205,7 +202,6 @@ def heldout_texts(corpus: str, harvest: str = "", seed: int = 0) -> tuple[Iterat
 def iter_prefixed_windows(tokenizer, texts, *, n_tokens: int, seq_len: int = 128) -> Iterator[list[int]]:
     """Windows of at most seq_len consecutive tokens of each text (tails under 8 tokens dropped), each led by the
     prefix token, until n_tokens text tokens are given."""
-    from lmscope.data.corpora import MIN_WINDOW
     if n_tokens < 1:
         raise InputError(f"n_tokens must be >= 1, got {n_tokens}")
     head = [] if (p := prefix_token(tokenizer)) is None else [p]

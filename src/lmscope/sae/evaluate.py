@@ -16,22 +16,27 @@ are left untouched in every variant, so the four runs differ only where the SAE 
 """
 from __future__ import annotations
 
+import html
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import lmscope
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, table, write_page
+from lmscope.results.base import Result
+from lmscope.results.html import table
 from lmscope.sae.data import evaluation_windows, prefix_token
 from lmscope.sae.interop import check_against_model
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Result, kind="sae_eval"):
     model: str
     site_in: str
     site_out: str
@@ -54,9 +59,6 @@ class EvalResult:
     kl_zero: float
     kl_mean: float
 
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
     def summary(self) -> str:
         where = self.site_in if self.site_in == self.site_out else f"{self.site_in} -> {self.site_out}"
         return (f"SAE evaluation | {self.model} | {self.architecture} d_sae {self.d_sae} at {where} | "
@@ -71,7 +73,6 @@ class EvalResult:
                   f"{self.kl_mean:.4f}) nats/token")
 
     def figure(self):
-        import plotly.graph_objects as go
         names = ["clean", "SAE spliced", "mean ablation", "zero ablation"]
         fig = go.Figure(go.Bar(x=names, y=[self.ce_clean, self.ce_sae, self.ce_mean, self.ce_zero]))
         fig.update_layout(title=f"Next-token cross-entropy with {self.site_out} replaced (CE recovered "
@@ -79,10 +80,15 @@ class EvalResult:
                           yaxis_title="nats / token", height=420, width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
+    def title(self) -> str:
+        return "SAE evaluation"
+
+    def page_intro(self) -> str:
+        return html.escape(self.summary().replace("\n", "; "))
+
+    def page_body(self) -> str:
         rows = [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in self.to_json().items()]
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(
-            p, self.figure(), "SAE evaluation", self.summary().replace("\n", "; "), table(["key", "value"], rows)))
+        return table(["key", "value"], rows)
 
 
 def _ce_kl(logits, clean_logp, targets, valid):
@@ -177,6 +183,4 @@ def _recovered(ablated: float, with_sae: float, clean: float) -> float:
 def _bar(total: int, enabled: bool):
     if not enabled:
         return None
-    import sys
-    from tqdm import tqdm
     return tqdm(total=total, unit="batch", desc="evaluating SAE", file=sys.stderr, dynamic_ncols=True)

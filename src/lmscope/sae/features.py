@@ -9,12 +9,16 @@ data-dependent 1/rms factor is left out, so the numbers rank tokens; they are no
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 
 from lmscope.core.errors import InputError
+from lmscope.lenses.dla import _norm_affine
 from lmscope.sae.data import evaluation_windows, prefix_token
+from lmscope.sae.interop import check_against_model
 
 LOG_EDGES = torch.linspace(-3, 3, 49)   # histogram bins of log10(activation), in the SAE's normalised units
 
@@ -40,10 +44,6 @@ class Feature:
     promoted: list[tuple[str, float]]
     suppressed: list[tuple[str, float]]
 
-    def to_json(self) -> dict:
-        return {"index": self.index, "density": self.density, "mean_active": self.mean_active, "max": self.max,
-                "histogram": self.histogram, "promoted": self.promoted, "suppressed": self.suppressed,
-                "contexts": [c.__dict__ for c in self.contexts]}
 
 
 @dataclass
@@ -113,7 +113,6 @@ class FeatureStats:
 @torch.no_grad()
 def logit_effect(model, sae, index: int, n: int = 10) -> tuple[list, list]:
     """Tokens the latent's decoder direction promotes and suppresses: W_U (gain * d), d the unit decoder row."""
-    from lmscope.lenses.dla import _norm_affine
     d = sae.feature_directions()[index].double()
     gain, _, _, _ = _norm_affine(model.module(model.adapter.final_norm), model.d_model)
     w_u = model.module(model.adapter.lm_head).weight.double()
@@ -142,7 +141,6 @@ def feature_stats(model, sae, texts="wiki", *, n_tokens: int = 50_000, seq_len: 
                   batch_windows: int = 8, harvest: "str | None" = None, corpus_seed: int = 0,
                   progress: bool = True) -> FeatureStats:
     """Per-latent statistics and top contexts over `n_tokens` held-out tokens (see `evaluate_sae` for `texts`)."""
-    from lmscope.sae.interop import check_against_model
     cfg = sae.cfg
     check_against_model(cfg, model)
     if cfg.site_in != cfg.site_out:
@@ -197,6 +195,4 @@ def feature_stats(model, sae, texts="wiki", *, n_tokens: int = 50_000, seq_len: 
 def _bar(total, enabled):
     if not enabled:
         return None
-    import sys
-    from tqdm import tqdm
     return tqdm(total=total, unit="window", desc="feature statistics", file=sys.stderr, dynamic_ncols=True)

@@ -23,14 +23,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmscope.core.errors import InputError
+from lmscope.core.fingerprint import same_config
+from lmscope.core.models.sites import parse_site
 from lmscope.results.files import atomic_path, write_atomic
+from lmscope.results.output import check_output
+from lmscope.sae.architectures import build_sae
 from lmscope.sae.config import FORMAT, SAEConfig
 
 
-def save_sae(sae, folder) -> Path:
-    """Write cfg.json and sae.safetensors into `folder` (created if missing), each file atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_sae(sae, folder, *, overwrite: bool = False) -> Path:
+    """Write cfg.json and sae.safetensors into `folder` (created if missing; its parent must exist), each file
+    atomically. A folder that holds anything is refused unless overwrite=True (the output rule)."""
+    folder = check_output(folder, overwrite=overwrite, folder=True, what="SAE folder")
+    folder.mkdir(exist_ok=True)
     tensors = {name: p.detach().float().contiguous().cpu() for name, p in sae.named_parameters()}
     if sae.architecture == "batchtopk":
         tensors["threshold"] = sae.threshold.detach().float().cpu().reshape(())
@@ -66,7 +71,6 @@ def detect_format(path) -> str:
 def load_sae(path, *, model=None, device=None):
     """Any of the three formats -> an SAE in eval mode. With `model`, checks that the SAE's sites exist there with
     the SAE's widths and, where both are known, that it was trained on the same model."""
-    from lmscope.sae.architectures import build_sae
     folder = _folder(path)
     kind = detect_format(folder)
     raw = json.loads((folder / "cfg.json").read_text())
@@ -93,7 +97,8 @@ def load_sae(path, *, model=None, device=None):
 
 
 def check_against_model(cfg: SAEConfig, model) -> None:
-    from lmscope.harvest.store import config_hash
+    """InputError unless the SAE's sites exist in `model` with its widths and, where the SAE records the model's
+    config hash (lmscope.core.fingerprint; hashes written by older lmscope versions still match), it is this model's."""
     for role, site, width in (("reads", cfg.site_in, cfg.d_in), ("writes", cfg.site_out, cfg.d_out)):
         if not site:
             raise InputError("the SAE does not record its site; it cannot be placed in a model")
@@ -101,7 +106,7 @@ def check_against_model(cfg: SAEConfig, model) -> None:
         if shape is None or shape[-1] != width or len(shape) != 1:
             raise InputError(f"d_in mismatch: the SAE {role} {site} with width {width}, but {model.spec}'s {site} "
                              f"has shape {shape}")
-    if cfg.model_config_hash and cfg.model_config_hash != config_hash(model):
+    if cfg.model_config_hash and not same_config(cfg.model_config_hash, model):
         raise InputError(f"the SAE was trained on another model ({cfg.model or 'unknown'}), not {model.spec}")
 
 
@@ -117,7 +122,6 @@ def _check_shapes(cfg: SAEConfig, tensors: dict, folder) -> None:
 
 
 def _site_name(hook: str) -> str:
-    from lmscope.core.models.sites import parse_site
     try:
         return str(parse_site(hook, 10 ** 6))
     except Exception:  # an unfamiliar hook name stays as written; placing it in a model will say so

@@ -7,19 +7,23 @@ stream, so only the latent's own change reaches the model. Generation is greedy,
 """
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
 import lmscope
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, table, write_page
+from lmscope.sae.interop import check_against_model
+from lmscope.results.base import Result
+from lmscope.results.html import table
 
 
 @dataclass
-class SteerResult:
+class SteerResult(Result, kind="sae_steer"):
     model: str
     prompt: str
     latent: int
@@ -28,23 +32,26 @@ class SteerResult:
     clean: str
     steered: str
 
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
     def summary(self) -> str:
         return (f"latent {self.latent} {self.mode} {self.value:g} | prompt {self.prompt!r}\n  clean:   "
                 f"{self.clean!r}\n  steered: {self.steered!r}")
 
     def figure(self):
-        import plotly.graph_objects as go
         return go.Figure(go.Table(header={"values": ["run", "continuation"]},
                                   cells={"values": [["clean", f"{self.mode} {self.value:g}"],
                                                     [self.clean, self.steered]]}))
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(
-            p, [], f"Steering with latent {self.latent}", self.summary().split("\n")[0],
-            table(["run", "continuation"], [["clean", self.clean], [f"{self.mode} {self.value:g}", self.steered]])))
+    def figures(self) -> list:
+        return []
+
+    def title(self) -> str:
+        return f"Steering with latent {self.latent}"
+
+    def page_intro(self) -> str:
+        return html.escape(self.summary().split("\n")[0])
+
+    def page_body(self) -> str:
+        return table(["run", "continuation"], [["clean", self.clean], [f"{self.mode} {self.value:g}", self.steered]])
 
 
 def steering_delta(sae, x: torch.Tensor, latent: int, value: float, mode: str) -> torch.Tensor:
@@ -63,7 +70,7 @@ def steering_delta(sae, x: torch.Tensor, latent: int, value: float, mode: str) -
 
 
 @torch.no_grad()
-def steer(model, sae, prompt: str, latent: int, value: float, *, mode: str = "add",
+def sae_steer(model, sae, prompt: str, latent: int, value: float, *, mode: str = "add",
           max_new_tokens: int = 20) -> SteerResult:
     if mode not in ("add", "clamp"):
         raise InputError(f"mode must be 'add' or 'clamp', got {mode!r}")
@@ -71,7 +78,6 @@ def steer(model, sae, prompt: str, latent: int, value: float, *, mode: str = "ad
         raise InputError(f"latent {latent} out of range 0..{sae.cfg.d_sae - 1}")
     if sae.cfg.site_in != sae.cfg.site_out:
         raise InputError("steering with a latent needs an SAE (a transcoder's error term is not defined at one site)")
-    from lmscope.sae.interop import check_against_model
     check_against_model(sae.cfg, model)
     sae = sae.to(model.device)
     clean = model.generate(prompt, max_new_tokens=max_new_tokens).text

@@ -8,15 +8,20 @@ cosine with any decoder row, averaged over features ("mean max cosine", Sharkey 
 """
 from __future__ import annotations
 
+import dataclasses
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
+from lmscope.core.config import option
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results.base import Result
 from lmscope.sae.config import TrainConfig
 from lmscope.sae.data import Source
+from lmscope.sae.trainer import train_sae
 
 
 class SyntheticFeatures:
@@ -65,7 +70,7 @@ class SyntheticSource(Source):
 
 
 @dataclass
-class SyntheticResult:
+class SyntheticResult(Result, kind="sae_synthetic"):
     mean_max_cos: float
     frac_recovered: float            # true features with max cosine > 0.9
     fvu: float                       # on fresh held-out samples
@@ -79,10 +84,8 @@ class SyntheticResult:
     train_s: float
     tokens_per_s: float
     world_size: int
-    max_cos: list                    # per true feature, in order of decreasing frequency
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
+    max_cos: list[float]             # per true feature, in order of decreasing frequency
+    config: "SyntheticConfig | None" = None
 
     def summary(self) -> str:
         return (f"synthetic ground truth: {self.n_features} features in d={self.d}; TopK SAE d_sae={self.d_sae} "
@@ -91,29 +94,51 @@ class SyntheticResult:
                 f"{self.frac_recovered:.1%}  FVU {self.fvu:.4f}  L0 {self.l0:.2f}  dead {self.dead_frac:.1%}")
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure(go.Scatter(y=self.max_cos, mode="markers"))
         fig.update_layout(title="Best cosine of each true feature with a decoder row (features by decreasing "
                                 "frequency)", xaxis_title="true feature (frequency rank)",
                           yaxis_title="max cosine", height=400, width=900)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(p, self.figure(), "Synthetic SAE check",
-                                                                    self.summary()))
+    def title(self) -> str:
+        return "Synthetic SAE check"
+
+    def page_intro(self) -> str:
+        return html.escape(self.summary())
 
 
-def synthetic_benchmark(*, n_features: int = 256, d: int = 96, mean_active: float = 5.0, alpha: float = 0.5,
-                        expansion: int = 2, k: int = 10, n_tokens: int = 150_000, batch_size: int = 1024,
-                        lr: float = 0.0, seed: int = 0, out: str = "", progress: bool = False
-                        ) -> SyntheticResult:
-    """Train a TopK SAE on planted features (under torchrun too) and score recovery on held-out samples."""
-    from lmscope.sae.trainer import train_sae
+@dataclass
+class SyntheticConfig:
+    """The planted-feature benchmark of `lmscope sae synthetic` (one flag per field)."""
+    n_features: int = option(256, "planted features", flag="--features")
+    d: int = option(96, "dimension of the activations", flag="--dim")
+    mean_active: float = option(5.0, "features on per sample, on average")
+    alpha: float = option(0.5, "power-law exponent of feature frequencies")
+    expansion: int = option(2, "d_sae = expansion * features")
+    k: int = option(10, "TopK k")
+    n_tokens: int = option(150_000, "training samples", flag="--tokens")
+    batch_size: int = option(1024, "samples per step")
+    lr: float = option(0.0, "Adam learning rate (0: 2e-3)")
+    seed: int = option(0, "seed of the planted features, the samples and the SAE")
+
+
+def synthetic_benchmark(config: "SyntheticConfig | None" = None, *, out: str = "", overwrite: bool = False,
+                        progress: bool = False, **overrides) -> SyntheticResult:
+    """Train a TopK SAE on planted features (under torchrun too) and score recovery on held-out samples.
+    `overrides` replace fields of `config` (e.g. n_features=64); with `out`, the SAE is saved there (a new or empty
+    folder unless overwrite=True)."""
+    try:
+        config = dataclasses.replace(config or SyntheticConfig(), **overrides)
+    except TypeError as exc:
+        raise InputError(f"synthetic_benchmark: {exc}") from None
+    n_features, d, mean_active, alpha = config.n_features, config.d, config.mean_active, config.alpha
+    expansion, k, n_tokens, batch_size, lr, seed = (config.expansion, config.k, config.n_tokens, config.batch_size,
+                                                     config.lr, config.seed)
     data = SyntheticFeatures(n_features, d, mean_active, alpha, seed)
     cfg = TrainConfig(out=out, architecture="topk", d_sae=expansion * n_features, k=k, n_tokens=n_tokens,
                       batch_size=batch_size, lr=lr or 2e-3, warmup_steps=10, dead_tokens=50_000, seed=seed,
                       norm_batches=2, outlier_factor=0.0)
-    result = train_sae(cfg, SyntheticSource(data), progress=progress)
+    result = train_sae(cfg, SyntheticSource(data), progress=progress, overwrite=overwrite)
     sae = result.sae
     x, _ = data.sample(8192, torch.Generator().manual_seed(seed + 999_983))
     with torch.no_grad():
@@ -125,4 +150,4 @@ def synthetic_benchmark(*, n_features: int = 256, d: int = 96, mean_active: floa
     return SyntheticResult(mmc, float((best > 0.9).float().mean()), fvu, float((z > 0).sum(1).float().mean()),
                            float(((z > 0).sum(0) == 0).float().mean()), n_features, d, sae.d_sae, k,
                            result.n_tokens, result.wall_s, result.tokens_per_s, result.world_size,
-                           [round(float(b), 4) for b in best])
+                           [round(float(b), 4) for b in best], config)

@@ -13,17 +13,22 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+import html
+from dataclasses import InitVar, dataclass, field
 from itertools import chain
 from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 import torch.distributed as dist
+from plotly.subplots import make_subplots
+from tqdm import tqdm
 
 from lmscope.core.errors import InputError
-from lmscope.harvest.distributed import ensure_group
-from lmscope.results import save_result, write_page
+from lmscope.harvest import ensure_group
+from lmscope.results.base import Result
 from lmscope.results.files import write_atomic
+from lmscope.results.output import check_output
 from lmscope.sae.architectures import SAE, build_sae
 from lmscope.sae.config import SAEConfig, TrainConfig
 from lmscope.sae.data import Source
@@ -33,9 +38,9 @@ NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
 
 
 @dataclass
-class TrainResult:
-    sae: SAE
-    config: dict                     # the TrainConfig
+class TrainResult(Result, kind="sae_train"):
+    sae: InitVar["SAE | None"]  # the trained SAE (result.sae); not in the JSON, None when read back
+    config: TrainConfig
     sae_config: dict
     history: list[dict]              # one row per logged step
     n_tokens: int
@@ -50,15 +55,13 @@ class TrainResult:
     def tokens_per_s(self) -> float:
         return self.n_tokens / max(self.wall_s, 1e-9)
 
-    def to_json(self) -> dict:
-        return {"config": self.config, "sae_config": self.sae_config, "n_tokens": self.n_tokens,
-                "n_steps": self.n_steps, "wall_s": self.wall_s, "step_s": self.step_s,
-                "tokens_per_s": self.tokens_per_s, "sae_tokens_per_s": self.n_tokens / max(self.step_s, 1e-9),
-                "world_size": self.world_size, "out": self.out, "final": self.final, "history": self.history}
+    def __post_init__(self, sae):
+        self.sae = sae
+
+    def json_extras(self) -> dict:
+        return {"tokens_per_s": self.tokens_per_s, "sae_tokens_per_s": self.n_tokens / max(self.step_s, 1e-9)}
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         fig = make_subplots(rows=1, cols=3, subplot_titles=("FVU (batch)", "L0", "dead fraction"))
         steps = [h["step"] for h in self.history]
         for col, key in enumerate(("fvu", "l0", "dead_frac"), 1):
@@ -68,9 +71,11 @@ class TrainResult:
                           showlegend=False)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(p, self.figure(), "SAE training",
-                                                                    self.summary()))
+    def title(self) -> str:
+        return "SAE training"
+
+    def page_intro(self) -> str:
+        return html.escape(self.summary())
 
     def summary(self) -> str:
         f = self.final
@@ -90,15 +95,11 @@ def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
     return t
 
 
-def check_out_folder(out: str) -> None:
-    """An output folder may be new or empty; one that holds anything (another run) is refused, untouched."""
-    if not out:
-        return
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise InputError(f"output folder {out} already exists and is not empty (another run?); choose a new one")
-    if not path.parent.exists():
-        raise InputError(f"folder {path.parent} does not exist")
+def check_out_folder(out: str, *, overwrite: bool = False) -> None:
+    """The output rule for the SAE's folder (lmscope.results.output): new or empty in an existing folder; one that
+    holds anything (another run) is refused, untouched, unless overwrite=True."""
+    if out:
+        check_output(out, overwrite=overwrite, folder=True, what="--out")
 
 
 def lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
@@ -110,7 +111,10 @@ def lr_factor(step: int, n_steps: int, warmup: int, decay_frac: float) -> float:
     return 1.0
 
 
-def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device=None) -> TrainResult:
+def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device=None,
+              overwrite: bool = False) -> TrainResult:
+    """Train the SAE `cfg` describes on `source`; with cfg.out, save it there (a new or empty folder, or any folder
+    with overwrite=True)."""
     # joins torchrun's group when launched by it; the group serves CPU tensors too (see ensure_group)
     rank, world = ensure_group("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.n_tokens < cfg.batch_size:
@@ -119,7 +123,7 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
         raise InputError(f"batch size {cfg.batch_size} does not split over {world} ranks")
     if cfg.architecture not in NORMALIZED_DECODER + ("relu",):
         raise InputError(f"unknown SAE architecture {cfg.architecture!r}; one of relu, topk, batchtopk, jumprelu")
-    check_out_folder(cfg.out)
+    check_out_folder(cfg.out, overwrite=overwrite)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if world > 1:
@@ -208,7 +212,8 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}" if history else "-", refresh=False)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and rank == 0 and cfg.out:
                 sae_cfg.n_tokens_trained = tokens
-                save_sae(sae, Path(cfg.out) / "checkpoints" / f"step_{step:06d}")
+                (Path(cfg.out) / "checkpoints").mkdir(exist_ok=True)
+                save_sae(sae, Path(cfg.out) / "checkpoints" / f"step_{step:06d}", overwrite=True)
         if world > 1 and step < n_steps:
             _allreduce(torch.tensor([0]), dist.ReduceOp.MIN)  # release ranks still waiting for this step
     finally:
@@ -223,10 +228,10 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     final = {k: sum(h[k] for h in last) / len(last) for k in ("fvu", "l0", "dead_frac", "mse")}
     final["outlier_rows_dropped"] = dropped
     final["max_norm"] = sae_cfg.max_norm
-    result = TrainResult(sae, cfg.to_json(), sae_cfg.to_json(), history, tokens, step, wall, step_s, world,
+    result = TrainResult(sae, cfg, sae_cfg.to_json(), history, tokens, step, wall, step_s, world,
                          cfg.out, final)
     if rank == 0 and cfg.out:
-        save_sae(sae, cfg.out)
+        save_sae(sae, cfg.out, overwrite=True)    # its own folder, checked before training
         write_atomic(Path(cfg.out) / "train.json", json.dumps(result.to_json(), indent=1))
     return result
 
@@ -269,6 +274,5 @@ def _log_row(step, tokens, out, x, t, sae, since_fired, cfg, sched) -> dict:
 def _bar(total: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
     return tqdm(total=total, unit="tok", unit_scale=True, desc="training SAE", file=sys.stderr, dynamic_ncols=True,
                 mininterval=2.0)
