@@ -5,7 +5,7 @@ import lmscope
 from conftest import random_model
 from lmscope.circuits.attribution import attribute, compare, spearman
 from lmscope.circuits.patching import activation_patching
-from lmscope.circuits.tasks import TaskSet, last_logits
+from lmscope.circuits.tasks import TaskSet, task_last_logits
 from lmscope.core.errors import InputError
 
 
@@ -21,9 +21,9 @@ def _task(n=3, length=5, seed=2):
 
 def _grad_at(model, task, site, ids, mask, rows):
     """dm/d(site) at the clean run, by replacing the site with a leaf that requires grad."""
-    _, acts = last_logits(model, ids, mask, read=[site])
+    _, acts = task_last_logits(model, ids, mask, read=[site])
     leaf = acts[site].clone().requires_grad_()
-    logits, _ = last_logits(model, ids, mask, [lmscope.replace(site, leaf)], grad=True)
+    logits, _ = task_last_logits(model, ids, mask, [lmscope.replace(site, leaf)], grad=True)
     task.metric(logits, rows).sum().backward()
     return acts[site], leaf.grad
 
@@ -36,7 +36,7 @@ def test_eap_node_scores_by_hand(family):
     clean, corrupt, mask, rows = next(task.batches(m, 8))
     for site in ("z.1", "mlp_out.0", "embed"):
         a_clean, grad = _grad_at(m, task, site, clean, mask, rows)
-        _, a_corrupt = last_logits(m, corrupt, mask, read=[site])
+        _, a_corrupt = task_last_logits(m, corrupt, mask, read=[site])
         prod = (a_corrupt[site] - a_clean) * grad
         if site == "z.1":
             want = prod.double().sum((0, 1, 3)) / len(task)
@@ -84,8 +84,8 @@ def test_edge_into_logits_by_hand():
     clean, corrupt, mask, rows = next(task.batches(m, 8))
     last = f"resid_post.{m.n_layers - 1}"
     _, grad = _grad_at(m, task, last, clean, mask, rows)
-    _, ca = last_logits(m, clean, mask, read=["mlp_out.0"])
-    _, ka = last_logits(m, corrupt, mask, read=["mlp_out.0"])
+    _, ca = task_last_logits(m, clean, mask, read=["mlp_out.0"])
+    _, ka = task_last_logits(m, corrupt, mask, read=["mlp_out.0"])
     want = float(((ka["mlp_out.0"] - ca["mlp_out.0"]) * grad).double().sum()) / len(task)
     got = r.edges[r.upstream.index("mlp.0")][r.downstream.index("logits")]
     assert got == pytest.approx(want, rel=1e-4, abs=1e-7)
@@ -133,7 +133,7 @@ def test_attribute_cli(tmp_path, capsys):
                  "2", "--compare", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "eap-ig" and out["steps"] == 2 and out["n_prompts"] == 2
-    assert out["compare"]["heads"]["n"] == 12 and out["patching"]["direction"] == "noising"
+    assert out["comparison"]["heads"]["n"] == 12 and out["comparison"]["patching"]["direction"] == "noising"
     assert main(["attribute", "--pairs", str(pairs), "--model", "random:llama", "--method", "eap-ig",
                  "--steps", "0"]) == 2
     assert "steps must be a positive integer" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import torch
 
 import lmscope
 from conftest import random_model
-from lmscope.circuits.tasks import TaskSet, last_logits, load_task, task_logits
+from lmscope.circuits.tasks import TaskSet, task_last_logits, load_circuit_task, task_logits
 from lmscope.core.errors import InputError
 
 
@@ -31,7 +31,7 @@ def test_pairs_file_filters_and_counts(tmp_path):
             {"clean": "wxyz", "corrupt": "wxqz", "answer": "xy", "wrong": "y"},      # multi-token answer
             {"clean": "wxyz", "corrupt": "wxqz", "answer": "q", "wrong": "q"},       # same token
             {"clean": "hello", "corrupt": "jello", "answer": "!", "wrong": "?"}]
-    task = load_task(m, _pairs(tmp_path, rows))
+    task = load_circuit_task(m, _pairs(tmp_path, rows))
     assert len(task) == 2 and task.n_filtered == 3
     assert task.filtered == {"unequal length": 1, "multi-token answer": 1,
                              "answer and wrong share their first token": 1}
@@ -44,27 +44,27 @@ def test_pairs_file_filters_and_counts(tmp_path):
 def test_pairs_file_bad_input(tmp_path):
     m = random_model("llama")
     with pytest.raises(InputError, match="empty"):
-        load_task(m, _pairs(tmp_path, []))
+        load_circuit_task(m, _pairs(tmp_path, []))
     with pytest.raises(InputError, match="unequal length: 1"):
-        load_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "ab", "answer": "x", "wrong": "y"}]))
+        load_circuit_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "ab", "answer": "x", "wrong": "y"}]))
     with pytest.raises(InputError, match="multi-token answer: 1"):
-        load_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "abd", "answer": " Mary", "wrong": "y"}]))
+        load_circuit_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "abd", "answer": " Mary", "wrong": "y"}]))
     with pytest.raises(InputError, match="not JSON"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text("{nope\n")
-        load_task(m, bad)
+        load_circuit_task(m, bad)
     with pytest.raises(InputError, match="needs non-empty strings"):
-        load_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "abd", "answer": "x"}]))
+        load_circuit_task(m, _pairs(tmp_path, [{"clean": "abc", "corrupt": "abd", "answer": "x"}]))
     with pytest.raises(InputError, match="does not exist"):
-        load_task(m, tmp_path / "missing.jsonl")
+        load_circuit_task(m, tmp_path / "missing.jsonl")
     with pytest.raises(InputError, match="unknown task"):
-        load_task(m, "no-such-task")
+        load_circuit_task(m, "no-such-task")
 
 
 def test_ioi_on_byte_tokenizer_filters_every_name():
     # every " Name" is several byte tokens: nothing survives, and the error says why
     with pytest.raises(InputError, match="multi-token name"):
-        load_task(random_model("llama"), "ioi", n=5)
+        load_circuit_task(random_model("llama"), "ioi", n=5)
 
 
 def test_taskset_checks_lengths():
@@ -148,7 +148,7 @@ def test_last_logits_grad():
     m = random_model("llama")
     task = _toy()
     clean, _, mask, rows = next(task.batches(m, 3))
-    logits, acts = last_logits(m, clean, mask, read=["resid_pre.1"], grad=True)
+    logits, acts = task_last_logits(m, clean, mask, read=["resid_pre.1"], grad=True)
     task.metric(logits, rows).sum().backward()
     assert acts["resid_pre.1"].grad is not None and acts["resid_pre.1"].grad[1, 2].abs().sum() == 0  # padding
 
@@ -157,7 +157,7 @@ def test_last_logits_grad():
 def test_builtin_tasks_on_default_model(smollm2):
     m = smollm2
     tok = m.tokenizer
-    ioi = load_task(m, "ioi", n=40, seed=3)
+    ioi = load_circuit_task(m, "ioi", n=40, seed=3)
     assert len(ioi) == 40 and ioi.metric_name == "logit_diff"
     assert ioi.n_filtered == sum(ioi.filtered.values()) and set(ioi.filtered) <= {"multi-token name", "duplicate"}
     assert ioi.info["single-token names"] + len(ioi.info["multi-token names"]) == ioi.info["names"]
@@ -166,12 +166,12 @@ def test_builtin_tasks_on_default_model(smollm2):
         io, s = tok.decode([a]), tok.decode([w])
         assert len(c) == len(k) and text.count(s) == 2 and text.count(io) == 1
         assert sum(x != y for x, y in zip(c, k)) == 1          # only S2 changes
-    assert load_task(m, "ioi", n=40, seed=3).clean == ioi.clean
-    one = load_task(m, "ioi", n=10, templates=[4])
+    assert load_circuit_task(m, "ioi", n=40, seed=3).clean == ioi.clean
+    one = load_circuit_task(m, "ioi", n=10, templates=[4])
     assert one.templates == [4] * 10 and len({len(c) for c in one.clean}) == 1
     with pytest.raises(InputError, match="templates must be ids"):
-        load_task(m, "quote-type", templates=[99])
-    gt = load_task(m, "greater-than", n=20)
+        load_circuit_task(m, "quote-type", templates=[99])
+    gt = load_circuit_task(m, "greater-than", n=20)
     digits = {tok.convert_tokens_to_ids(str(d)) for d in range(10)}
     for c, a, w, big, small in zip(gt.clean, gt.answer, gt.wrong, gt.answer_sets, gt.wrong_sets):
         yy = tok.decode(c).split(" to the year")[0][-2:]
@@ -180,6 +180,6 @@ def test_builtin_tasks_on_default_model(smollm2):
         assert set(small) == {tok.convert_tokens_to_ids(str(d)) for d in range(tens)}
         assert a in big and w in small
     for name in ("quote-type", "bracket-depth"):
-        t = load_task(m, name, n=20)
+        t = load_circuit_task(m, name, n=20)
         assert len(t) == 20 and all(len(c) == len(k) for c, k in zip(t.clean, t.corrupt))
         assert all(a != w for a, w in zip(t.answer, t.wrong))

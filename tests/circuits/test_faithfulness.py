@@ -6,7 +6,8 @@ import torch
 
 from circuit_toy_task import toy_task
 from conftest import random_model
-from lmscope.circuits.circuit_file import CircuitFile, config_hash, load_circuit
+from lmscope.circuits.circuit_file import CircuitFile, load_circuit
+from lmscope.core.fingerprint import config_sha256
 from lmscope.circuits.faithfulness import evaluate_circuit, gated_metric, normalised
 from lmscope.circuits.means import task_means
 from lmscope.circuits.nodes import gates
@@ -75,7 +76,7 @@ def test_circuit_file_round_trip_and_refusals(setup, tmp_path):
     r = evaluate_circuit(m, task, means, *gates(m, ["head.1.2", "mlp.2"]), n_random=1)
     path = CircuitFile.from_result(m, r).save(tmp_path / "c.json")
     c = load_circuit(path, m)
-    assert c.heads == [[1, 2]] and c.mlps == [2] and c.config_hash == config_hash(m) and c.task == "toy"
+    assert c.heads == [[1, 2]] and c.mlps == [2] and c.config_hash == config_sha256(m) and c.task == "toy"
     with pytest.raises(InputError, match="exists"):
         CircuitFile.from_result(m, r).save(path)
     other = random_model("gpt2")

@@ -20,25 +20,26 @@ Gemma, whose post-attention norm makes head outputs non-additive (node scores st
 """
 from __future__ import annotations
 
+import html
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 from tqdm import tqdm
 from torch import nn
 
 from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
-from lmscope.circuits.tasks import TaskSet, last_logits
+from lmscope.results.base import Result
+from lmscope.circuits.tasks import TaskSet, task_last_logits
 
 METHODS = ("eap", "eap-ig")
 
 
 @dataclass
-class AttributionResult:
+class AttributionResult(Result, kind="circuit_attribution"):
     model: str
     task: str
     method: str
@@ -55,6 +56,7 @@ class AttributionResult:
     edges: "list[list[float | None]] | None" = None        # [upstream][downstream]; None where u cannot reach v
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    comparison: "dict | None" = None     # `lmscope attribute --compare`: Spearman vs real noising patching
 
     def nodes(self) -> dict[str, float]:
         out = {"embed": self.embed}
@@ -73,15 +75,7 @@ class AttributionResult:
                  if s is not None]
         return sorted(cells, key=lambda c: -abs(c[2]))[:n]
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "task": self.task, "method": self.method, "steps": self.steps,
-                "metric": self.metric_name, "n_prompts": self.n_prompts, "clean_metric": self.clean_metric,
-                "corrupt_metric": self.corrupt_metric, "heads": self.heads, "mlps": self.mlps, "embed": self.embed,
-                "upstream": self.upstream, "downstream": self.downstream, "edges": self.edges,
-                "seconds": self.seconds, "notes": self.notes}
-
     def figure(self):
-        import plotly.graph_objects as go
         z = [row + [m] for row, m in zip(self.heads, self.mlps)]
         lim = max(1e-12, max(abs(v) for row in z for v in row))
         fig = go.Figure(go.Heatmap(z=z, x=[f"head {h}" for h in range(len(self.heads[0]))] + ["MLP"],
@@ -91,14 +85,14 @@ class AttributionResult:
                                 f"m(node from corrupt) - m(clean))", height=max(420, 18 * len(z) + 160), width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Attribution patching - {self.task}"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure()], f"Attribution patching - {self.task}",
-                          f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig" else "")
-                          + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
-                          f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
+    def page_intro(self) -> str:
+        return html.escape(f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig"
+                                                             else "")
+                           + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
+                           f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
 
     def summary(self, n: int = 10) -> str:
         lines = [f"attribution patching | {self.model} | {self.task} | {self.method}"
@@ -147,7 +141,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(task, TaskSet):
-        raise InputError(f"attribute takes a TaskSet (lmscope.circuits.load_task), got {type(task).__name__}")
+        raise InputError(f"attribute takes a TaskSet (lmscope.circuits.load_circuit_task), got {type(task).__name__}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     if edges and model.adapter.family == "gemma":
@@ -174,8 +168,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     start = time.perf_counter()
     for clean, corrupt, mask, rows in task.batches(model, batch_size):
         with torch.no_grad():
-            clean_logits, ca = last_logits(model, clean, mask, read=base_reads)
-            corrupt_logits, ka = last_logits(model, corrupt, mask, read=base_reads)
+            clean_logits, ca = task_last_logits(model, clean, mask, read=base_reads)
+            corrupt_logits, ka = task_last_logits(model, corrupt, mask, read=base_reads)
         clean_sum += float(task.metric(clean_logits, rows).double().sum())
         corrupt_sum += float(task.metric(corrupt_logits, rows).double().sum())
         delta = {s: ka[s] - ca[s] for s in base_reads}
@@ -191,7 +185,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 # written so that alpha = 1 gives the clean embedding bit for bit (one step = EAP exactly)
                 point = ((1 - alpha) * ka["embed"] + alpha * ca["embed"]).requires_grad_()
                 edits.append(replace("embed", point))
-            logits, acts = last_logits(model, clean, mask, edits, read=grad_reads, grad=True)
+            logits, acts = task_last_logits(model, clean, mask, edits, read=grad_reads, grad=True)
             metric = task.metric(logits, rows).sum()
             nodes = [acts[s] for s in z_sites + mlp_sites + ["resid_pre.0"]]
             grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)

@@ -1,6 +1,7 @@
 """Circuit files: a found circuit as JSON, tied to the model it was found on.
 
-    {"format": "lmscope-circuit/1", "model": spec, "config_hash": sha256 of the model's config, "n_layers",
+    {"format": "lmscope-circuit/1", "model": spec, "config_hash": the model's config_sha256 (lmscope.core.fingerprint;
+     files written before it moved there hold 16 hex digits of an older hash and still load), "n_layers",
      "n_heads", "task", "method", "ablation", "means": how the ablation means are obtained, "heads": [[l, h], ...],
      "mlps": [l, ...], "metrics": {...}, "scores": optional per-head scores}
 
@@ -10,25 +11,18 @@ existing file is never replaced unless asked.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmscope.core.errors import InputError
+from lmscope.core.fingerprint import config_sha256, same_config
 from lmscope.results.files import write_atomic
+from lmscope.results.output import check_output
 from lmscope.circuits.nodes import Node, parse_node
 
 FORMAT = "lmscope-circuit/1"
 MEANS_NOTE = "recomputed from the evaluated prompts: per template-and-length group and position, clean and corrupt"
-_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash", "architectures"}
-
-
-def config_hash(model) -> str:
-    """A short hash of the model's architecture config (not its name or dtype): which model a circuit belongs to."""
-    cfg = {k: v for k, v in model.hf.config.to_dict().items() if k not in _VOLATILE}
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -54,7 +48,7 @@ class CircuitFile:
         metrics = {k: getattr(result, k) for k in keys}
         if result.curve:
             metrics["curve"] = result.curve
-        return cls(model.spec, config_hash(model), model.n_layers, model.n_heads, result.task, result.method,
+        return cls(model.spec, config_sha256(model), model.n_layers, model.n_heads, result.task, result.method,
                    result.ablation, [list(h) for h in result.heads], list(result.mlps), metrics, scores)
 
     def nodes(self, model) -> list[Node]:
@@ -65,9 +59,7 @@ class CircuitFile:
         return {"format": d.pop("format"), **d}
 
     def save(self, path, *, overwrite: bool = False) -> Path:
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise InputError(f"{path} exists; choose another name or remove it first")
+        path = check_output(path, overwrite=overwrite, suffixes=(".json",), what="circuit file")
         return write_atomic(path, json.dumps(self.to_json(), indent=1))
 
 
@@ -82,10 +74,9 @@ def load_circuit(path, model) -> CircuitFile:
         raise InputError(f"{path} is not a circuit file (not JSON: {e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise InputError(f"{path} is not a circuit file (format is not {FORMAT!r})")
-    want = config_hash(model)
-    if data.get("config_hash") != want:
-        raise InputError(f"{path} is a circuit of {data.get('model')!r} (config {data.get('config_hash')}), not of "
-                         f"{model.spec!r} (config {want})")
+    if not same_config(data.get("config_hash"), model):
+        raise InputError(f"{path} is a circuit of {data.get('model')!r} (config {str(data.get('config_hash'))[:16]}), "
+                         f"not of {model.spec!r} (config {config_sha256(model)[:16]})")
     try:
         circuit = CircuitFile(**{k: data[k] for k in CircuitFile.__dataclass_fields__ if k in data})
     except TypeError as e:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import html
 import statistics
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results.base import Result
 from lmscope.results.html import table
 from lmscope.circuits.nodes import gate_edits, head_gates
 
@@ -55,7 +55,7 @@ def normalised(m_c: float, m_full: float, m_empty: float) -> float:
 
 
 @dataclass
-class FaithfulnessResult:
+class FaithfulnessResult(Result, kind="circuit_faithfulness"):
     task: str
     model: str
     method: str
@@ -85,10 +85,8 @@ class FaithfulnessResult:
     def heads_kept(self) -> int:
         return len(self.heads)
 
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["heads_kept"] = self.heads_kept
-        return d
+    def json_extras(self) -> dict:
+        return {"heads_kept": self.heads_kept}
 
     def summary(self) -> str:
         lines = [f"circuit | {self.model} | task {self.task} | method {self.method} | {self.n_prompts} prompts | "
@@ -114,7 +112,6 @@ class FaithfulnessResult:
         return "\n".join(lines)
 
     def figure(self):
-        import plotly.graph_objects as go
         fig = go.Figure()
         if self.curve:
             fig.add_trace(go.Scatter(x=[p["heads"] for p in self.curve], y=[p["faithfulness"] for p in self.curve],
@@ -128,15 +125,16 @@ class FaithfulnessResult:
                           width=800, height=450)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Circuit faithfulness - {self.task}"
 
-    def _write_html(self, path: Path) -> Path:
+    def page_intro(self) -> str:
+        return html.escape(f"{self.model}, method {self.method}, {self.n_prompts} prompts.")
+
+    def page_body(self) -> str:
         rows = [["model", self.metric_full], ["empty", self.metric_empty], ["circuit", self.metric_circuit],
                 ["model without circuit", self.metric_without_circuit]]
-        return write_page(path, [self.figure()], f"Circuit faithfulness - {self.task}",
-                          f"{self.model}, method {self.method}, {self.n_prompts} prompts.",
-                          f"<pre>{html.escape(self.summary())}</pre>" + table(["run", self.metric_name], rows))
+        return f"<pre>{html.escape(self.summary())}</pre>" + table(["run", self.metric_name], rows)
 
 
 def _mean(x: torch.Tensor) -> float:

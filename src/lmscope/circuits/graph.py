@@ -14,19 +14,19 @@ outputs pass a post-attention norm before the residual stream, so a head's a_u i
 from __future__ import annotations
 
 import html
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
 
 from lmscope.core.edits import scale
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results.base import Result
 from lmscope.circuits.nodes import Node
 
 
 @dataclass
-class CircuitGraph:
+class CircuitGraph(Result, kind="circuit_graph"):
     model: str
     task: str
     nodes: list[dict]                 # {"name", "layer", "y", "kind"}
@@ -35,9 +35,6 @@ class CircuitGraph:
     rule: str = "EAP edge score (corrupt - clean) . d metric / d input of the downstream node, clean prompts"
     notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
     def summary(self, n: int = 15) -> str:
         lines = [f"circuit graph | {self.model} | {self.task} | {len(self.nodes)} nodes, {len(self.edges)} edges "
                  f"scored on {self.n_prompts} prompts", f"edge weight: {self.rule}", f"strongest {n} edges:"]
@@ -45,7 +42,6 @@ class CircuitGraph:
         return "\n".join(lines + self.notes)
 
     def figure(self, max_edges: int = 80):
-        import plotly.graph_objects as go
         where = {nd["name"]: (nd["layer"], nd["y"]) for nd in self.nodes}
         shown = self.edges[:max_edges]
         top = max((abs(e["score"]) for e in shown), default=1.0) or 1.0
@@ -71,10 +67,15 @@ class CircuitGraph:
                           xaxis_title="layer", yaxis_title="head (MLP above the heads)", width=1200, height=650)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, lambda p: write_page(
-            p, [self.figure()], f"Circuit graph - {self.task}", f"{self.model}: nodes by layer, edges weighted by "
-            f"EAP edge scores on {self.n_prompts} prompts.", f"<pre>{html.escape(self.summary(25))}</pre>"))
+    def title(self) -> str:
+        return f"Circuit graph - {self.task}"
+
+    def page_intro(self) -> str:
+        return html.escape(f"{self.model}: nodes by layer, edges weighted by EAP edge scores on {self.n_prompts} "
+                           f"prompts.")
+
+    def page_body(self) -> str:
+        return f"<pre>{html.escape(self.summary(25))}</pre>"
 
 
 def _head_write(model, layer: int, head: int, dz: torch.Tensor) -> torch.Tensor:

@@ -16,25 +16,26 @@ layer at all positions (a layer x head map). Every patched run is one real forwa
 from __future__ import annotations
 
 import copy
+import html
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 from tqdm import tqdm
 
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
-from lmscope.circuits.tasks import TaskSet, last_logits
+from lmscope.results.base import Result
+from lmscope.circuits.tasks import TaskSet, task_last_logits
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
 
 
 @dataclass
-class PatchResult:
+class PatchResult(Result, kind="activation_patching"):
     model: str
     task: str
     metric_name: str
@@ -52,13 +53,6 @@ class PatchResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "task": self.task, "metric": self.metric_name, "direction": self.direction,
-                "n_prompts": self.n_prompts, "rows": self.rows, "clean_metric": self.clean_metric,
-                "corrupt_metric": self.corrupt_metric, "tokens": self.tokens, "layers": self.layers,
-                "axes": self.axes, "effects": _clean_nan(self.effects), "raw": _clean_nan(self.raw),
-                "n_forwards": self.n_forwards, "seconds": self.seconds, "notes": self.notes}
-
     def top(self, kind: str, n: int = 5) -> list[tuple[int, int, float]]:
         """(layer, x, normalised effect) with the largest |effect - baseline|: 0 for denoising, 1 for noising."""
         base = 0.0 if self.direction == "denoising" else 1.0
@@ -66,8 +60,12 @@ class PatchResult:
                  if not math.isnan(v)]
         return sorted(cells, key=lambda c: -abs(c[2] - base))[:n]
 
-    def figure(self, kind: str):
-        import plotly.graph_objects as go
+    def figures(self) -> list:
+        return [self.figure(k) for k in self.effects]
+
+    def figure(self, kind: "str | None" = None):
+        """The heatmap of one site kind (default: the first)."""
+        kind = kind or next(iter(self.effects))
         z = self.effects[kind]
         axis = self.axes[kind]
         if axis == "position":
@@ -88,17 +86,17 @@ class PatchResult:
                           width=max(600, 48 * len(x) + 250))
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Activation patching - {self.task}"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure(k) for k in self.effects], f"Activation patching - {self.task}",
-                          f"{self.model}. {self.direction}: "
-                          + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
-                             else "clean prompts with one corrupt activation put in")
-                          + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "
-                          f"{self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
-                          f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
+    def page_intro(self) -> str:
+        return html.escape(f"{self.model}. {self.direction}: "
+                           + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
+                              else "clean prompts with one corrupt activation put in")
+                           + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "
+                           f"{self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
+                           f"{self.corrupt_metric:.4f}. A cell is null in the JSON where the metric gap is 0 or the "
+                           f"position does not exist. {' '.join(self.notes)}")
 
     def summary(self, n: int = 5) -> str:
         lines = [f"activation patching | {self.model} | {self.task} | {self.direction} | {self.n_prompts} prompts | "
@@ -116,10 +114,6 @@ class PatchResult:
         if axis == "position":
             return f"pos {x} {self.tokens[x]!r}"
         return f"h{x}" if axis == "head" else "all"
-
-
-def _clean_nan(maps):
-    return {k: [[None if math.isnan(v) else v for v in row] for row in rows] for k, rows in maps.items()}
 
 
 def _check_sites(model, sites) -> list[str]:
@@ -148,7 +142,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if not isinstance(task, TaskSet):
-        raise InputError(f"activation_patching takes a TaskSet (lmscope.circuits.load_task), got "
+        raise InputError(f"activation_patching takes a TaskSet (lmscope.circuits.load_circuit_task), got "
                          f"{type(task).__name__}")
     kinds = _check_sites(model, sites)
     n = model.n_layers
@@ -173,8 +167,8 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     start = time.perf_counter()
     with torch.no_grad():
         for clean, corrupt, mask, batch_rows in task.batches(model, batch_size):
-            clean_logits, clean_acts = last_logits(model, clean, mask, read=reads)
-            corrupt_logits, corrupt_acts = last_logits(model, corrupt, mask, read=reads)
+            clean_logits, clean_acts = task_last_logits(model, clean, mask, read=reads)
+            corrupt_logits, corrupt_acts = task_last_logits(model, corrupt, mask, read=reads)
             clean_sum += float(task.metric(clean_logits, batch_rows).double().sum())
             corrupt_sum += float(task.metric(corrupt_logits, batch_rows).double().sum())
             if direction == "denoising":
@@ -199,7 +193,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                 if first > 0 and prefix is None:       # built at the first patch that has to run
                     prefix = _Prefix(model, target, mask, first)
                     prefixed += 1
-                logits = prefix.logits([edit]) if prefix else last_logits(model, target, mask, [edit])[0]
+                logits = prefix.logits([edit]) if prefix else task_last_logits(model, target, mask, [edit])[0]
                 sums[i] += task.metric(logits, batch_rows).double().sum()
                 bar.update(1)
     bar.close()
@@ -297,6 +291,6 @@ def patch_metric(model, task: TaskSet, site: str, *, direction: str = "denoising
             with model.trace([name], stop_early=True) as tr:
                 model.hf(input_ids=source, attention_mask=mask, use_cache=False)
             value = tr.acts()[name]
-            logits, _ = last_logits(model, target, mask, [replace(name, value, positions=positions, heads=heads)])
+            logits, _ = task_last_logits(model, target, mask, [replace(name, value, positions=positions, heads=heads)])
             out.append(task.metric(logits, rows))
     return torch.cat(out)

@@ -26,7 +26,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from tqdm import tqdm
 
+from lmscope.core.config import option
 from lmscope.core.errors import InputError
 from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit, gated_logits
 from lmscope.circuits.means import ABLATIONS, ablation_means
@@ -38,19 +40,26 @@ SIZES = (0, 5, 10, 20, 30, 40, 54, 80, 135)   # 0: the circuit's MLPs alone
 
 @dataclass
 class PruneConfig:
-    steps: int = 100
-    batch_size: int = 32
-    lr: float = 0.3
-    lam: float = 1.0             # weight of the expected fraction of nodes kept (MLPs only, with a head target)
-    init: float = 2.0            # initial gate logit (deterministic gate 1: start from the full model)
-    target_heads: "int | None" = None   # expected heads kept at the end (Lagrangian); None: lambda penalty only
-    lr_lagrange: float = 1.0     # gradient-ascent step of the Lagrange multipliers
-    mlps: bool = True            # learn MLP gates too (False: every MLP kept)
-    ablation: str = "mean"       # "mean" or "zero"
-    max_heads: "int | None" = None
-    n_train: "int | None" = None  # default: half the prompts
-    seed: int = 0
-    n_random: int = 10
+    """How a circuit is found (prune; the shared fields also for patch / eap / eap-ig) and checked. One field per
+    `lmscope circuit` flag."""
+    steps: int = option(100, "prune: optimiser steps")
+    batch_size: int = option(32, "prompts per forward pass")
+    lr: float = option(0.3, "prune: learning rate of the gate logits")
+    lam: float = option(1.0, "prune: weight of the expected fraction of nodes kept (MLPs only, with a head target)")
+    init: float = option(2.0, "prune: initial gate logit (deterministic gate 1: start from the full model)")
+    target_heads: "int | None" = option(None, "prune: expected heads kept at the end (Lagrangian); none: lambda "
+                                              "penalty only (lmscope circuit: the head budget)")
+    lr_lagrange: float = option(1.0, "prune: gradient-ascent step of the Lagrange multipliers")
+    mlps: bool = option(True, "prune: learn MLP gates too (--no-mlps: every MLP kept)")
+    ablation: str = option("mean", "pruned nodes get the task mean (by group and position) or zero",
+                           choices=("mean", "zero"))
+    max_heads: "int | None" = option(None, "head budget: prune keeps at most this many, patch / eap / eap-ig keep "
+                                           "exactly this many (lmscope circuit: 20%% of the heads when not given)",
+                                     flag="--heads")
+    n_train: "int | None" = option(None, "prompts to learn / score on (none: half); the rest are held out for "
+                                         "every number reported", flag="--train")
+    seed: int = option(0, "seed of the split, the gate noise, the random circuits and a built-in task's prompts")
+    n_random: int = option(10, "random circuits of the same size", flag="--random-draws")
 
 
 def sample_gates(theta: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -83,8 +92,9 @@ def _check(config: PruneConfig, task) -> None:
         raise InputError("target_heads must be >= 1")
 
 
-def prune(model, task, config: PruneConfig = PruneConfig(), *, progress: bool = False) -> FaithfulnessResult:
+def prune(model, task, config: "PruneConfig | None" = None, *, progress: bool = False) -> FaithfulnessResult:
     """Learn node masks on a train split of `task`; evaluate the circuit on the held-out split (see module doc)."""
+    config = config or PruneConfig()
     _check(config, task)
     n_train = config.n_train or len(task) // 2
     train, held = task.split(n_train, seed=config.seed)
@@ -115,7 +125,6 @@ def prune(model, task, config: PruneConfig = PruneConfig(), *, progress: bool = 
     frozen = [(p, p.requires_grad) for p in model.hf.parameters()]
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=config.steps, desc="prune", unit="step")
     try:
         for p, _ in frozen:

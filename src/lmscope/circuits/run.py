@@ -3,15 +3,18 @@ patching / EAP / EAP-IG scores), measure it on the held-out split, and make its 
 circuit on other prompts."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
 from lmscope.core.errors import InputError
+from lmscope.circuits.attribution import attribute
 from lmscope.circuits.circuit_file import CircuitFile
 from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit
 from lmscope.circuits.means import ABLATIONS, ablation_means
 from lmscope.circuits.nodes import gates, rank_heads
+from lmscope.circuits.patching import activation_patching
 from lmscope.circuits.prune import SIZES, PruneConfig, prune
 
 
@@ -26,29 +29,31 @@ def head_scores(model, task, method: str, *, ig_steps: int = 8, batch_size: int 
     patch: |m(clean) - m(clean with that head's z from the corrupt run)| (noising, all positions);
     eap / eap-ig: |EAP or EAP-IG node score| of the head (lmscope.circuits.attribution)."""
     if method == "patch":
-        from lmscope.circuits.patching import activation_patching
         r = activation_patching(model, task, sites=("z",), direction="noising", batch_size=batch_size)
         raw = torch.tensor(r.raw["z"], dtype=torch.float64)
         return (r.clean_metric - raw).abs()
     if method in ("eap", "eap-ig"):
-        from lmscope.circuits.attribution import attribute
         r = attribute(model, task, method, steps=ig_steps, batch_size=batch_size)
         return torch.tensor(r.heads, dtype=torch.float64).abs()
     raise InputError(f"unknown method {method!r}: one of prune, patch, eap, eap-ig")
 
 
-def find_circuit(model, task, *, method: str = "prune", n_train: "int | None" = None,
-                 max_heads: "int | None" = None, steps: int = 100, batch_size: int = 32, lam: float = 1.0,
-                 lr: float = 0.3, mlps: bool = True, ablation: str = "mean", ig_steps: int = 8, n_random: int = 10,
-                 seed: int = 0, progress: bool = False) -> tuple[FaithfulnessResult, CircuitFile]:
-    budget = default_budget(model) if max_heads is None else max_heads
-    if ablation not in ABLATIONS:
-        raise InputError(f"ablation must be 'mean' or 'zero', got {ablation!r}")
+def find_circuit(model, task, config: "PruneConfig | None" = None, *, method: str = "prune", ig_steps: int = 8,
+                 progress: bool = False, **overrides) -> tuple[FaithfulnessResult, CircuitFile]:
+    """Find a circuit of `task` with `method` (prune, patch, eap, eap-ig) on a train split and measure it on the
+    held-out rest. `overrides` replace fields of `config` (e.g. steps=20); the head budget defaults to 20% of the
+    heads and is also prune's head target unless config.target_heads is given."""
+    try:
+        config = dataclasses.replace(config or PruneConfig(), **overrides)
+    except TypeError as exc:
+        raise InputError(f"find_circuit: {exc}") from None
+    budget = default_budget(model) if config.max_heads is None else config.max_heads
+    if config.ablation not in ABLATIONS:
+        raise InputError(f"ablation must be 'mean' or 'zero', got {config.ablation!r}")
     if not 0 < budget <= model.n_layers * model.n_heads:
         raise InputError(f"the head budget must be in 1..{model.n_layers * model.n_heads}, got {budget}")
+    config = dataclasses.replace(config, max_heads=budget, target_heads=config.target_heads or budget)
     if method == "prune":
-        config = PruneConfig(steps=steps, batch_size=batch_size, lr=lr, lam=lam, mlps=mlps, ablation=ablation,
-                             max_heads=budget, target_heads=budget, n_train=n_train, seed=seed, n_random=n_random)
         result = prune(model, task, config, progress=progress)
         scores = {"kind": "gate logits", "heads": result.training["head_logits"],
                   "mlps": result.training["mlp_logits"]}
@@ -57,7 +62,7 @@ def find_circuit(model, task, *, method: str = "prune", n_train: "int | None" = 
         raise InputError(f"unknown method {method!r}: one of prune, patch, eap, eap-ig")
     if len(task) < 2:
         raise InputError(f"a circuit needs at least 2 prompts (train and held-out), got {len(task)}")
-    n_train = n_train or len(task) // 2
+    n_train, seed, batch_size = config.n_train or len(task) // 2, config.seed, config.batch_size
     train, held = task.split(n_train, seed=seed)
     started = time.time()
     scores = head_scores(model, train, method, ig_steps=ig_steps, batch_size=batch_size)
@@ -65,10 +70,10 @@ def find_circuit(model, task, *, method: str = "prune", n_train: "int | None" = 
     ranking = rank_heads(scores)
     heads, mlps_gate = gates(model, ranking[:budget])
     mlps_gate = torch.ones_like(mlps_gate)     # score methods rank heads; every MLP is kept
-    means = ablation_means(model, task, ablation)
-    result = evaluate_circuit(model, held, means, heads, mlps_gate, method=method, ablation=ABLATIONS[ablation],
-                              n_random=n_random, seed=seed, batch_size=batch_size,
-                              sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
+    means = ablation_means(model, task, config.ablation)
+    result = evaluate_circuit(model, held, means, heads, mlps_gate, method=method,
+                              ablation=ABLATIONS[config.ablation], n_random=config.n_random, seed=seed,
+                              batch_size=batch_size,                              sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
     result.notes.append(f"{method}: heads ranked by |score| on {len(train)} train prompts; every MLP kept")
     result.training = {"n_train": len(train), "n_heldout": len(held), "seconds": round(seconds, 1),
                        "method": method, "budget": budget}

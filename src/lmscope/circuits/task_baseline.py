@@ -1,18 +1,20 @@
 """How well the unedited model does a circuit task: the metric and accuracy on the clean and the corrupt prompts."""
 from __future__ import annotations
 
+import html
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import plotly.graph_objects as go
 import torch
 
-from lmscope.results import save_result, table, write_page
+from lmscope.results.base import Result
+from lmscope.results.html import table
 from lmscope.circuits.tasks import TaskSet, task_logits
 
 
 @dataclass
-class TaskBaseline:
+class TaskBaseline(Result, kind="circuit_task"):
     model: str
     task: str
     metric_name: str
@@ -27,28 +29,22 @@ class TaskBaseline:
     by_template: dict[int, dict[str, float]]    # template -> {"n", "clean_mean", "clean_accuracy"}
     examples: list[dict] = field(default_factory=list)   # a few prompts with their tokens and metric
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "task": self.task, "metric": self.metric_name, "n": self.n,
-                "n_filtered": self.n_filtered, "filtered": self.filtered, "clean_mean": self.clean_mean,
-                "clean_std": self.clean_std, "corrupt_mean": self.corrupt_mean,
-                "clean_accuracy": self.clean_accuracy, "corrupt_accuracy": self.corrupt_accuracy,
-                "by_template": {str(k): v for k, v in self.by_template.items()}, "examples": self.examples}
-
     def figure(self):
-        import plotly.graph_objects as go
         keys = sorted(self.by_template)
         fig = go.Figure(go.Bar(x=[f"template {k}" for k in keys],
                                y=[self.by_template[k]["clean_mean"] for k in keys]))
         fig.update_layout(title=f"{self.task}: mean clean {self.metric_name} per template", height=420, width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Task baseline - {self.task}"
 
-    def _write_html(self, path: Path) -> Path:
+    def page_intro(self) -> str:
+        return html.escape(self.summary())
+
+    def page_body(self) -> str:
         rows = [[e["clean"], e["corrupt"], e["answer"], e["wrong"], f"{e['metric']:.3f}"] for e in self.examples]
-        return write_page(path, [self.figure()], f"Task baseline - {self.task}", self.summary(),
-                          table(["clean", "corrupt", "answer", "wrong", self.metric_name], rows))
+        return table(["clean", "corrupt", "answer", "wrong", self.metric_name], rows)
 
     def summary(self) -> str:
         drops = ", ".join(f"{k}: {v}" for k, v in self.filtered.items()) or "none"

@@ -158,7 +158,7 @@ def _mass(probs: torch.Tensor, sets: list[list[int]]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Running a task
 
-def last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), read=(), *, grad: bool = False):
+def task_last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), read=(), *, grad: bool = False):
     """Logits at each row's last real token [batch, vocab] and the sites read, from one forward pass with edits.
     The pass stops after the last block and unembeds only the last real tokens (through the model's own final
     norm and head), unless an edit or a read needs the final norm or the logits."""
@@ -186,7 +186,7 @@ def task_logits(model, task: TaskSet, edits=(), *, which: str = "clean", batch_s
     outs = []
     for clean, corrupt, mask, rows in task.batches(model, batch_size):
         batch_edits = edits(rows) if callable(edits) else list(edits)
-        logits, _ = last_logits(model, clean if which == "clean" else corrupt, mask, batch_edits, grad=grad)
+        logits, _ = task_last_logits(model, clean if which == "clean" else corrupt, mask, batch_edits, grad=grad)
         outs.append(logits)
     return torch.cat(outs)
 
@@ -430,7 +430,7 @@ _BUILDERS = {"ioi": ioi_task, "greater-than": greater_than_task, "quote-type": q
              "bracket-depth": bracket_depth_task}
 
 
-def load_task(model, name_or_path: str, *, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
+def load_circuit_task(model, name_or_path: str, *, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
     """A built-in task by name (n prompts, seeded; `templates` limits them to these template ids), or a jsonl
     file of pairs (all of its lines)."""
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
