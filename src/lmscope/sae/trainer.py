@@ -39,7 +39,6 @@ NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
 
 @dataclass
 class TrainResult(Result, kind="sae_train"):
-    sae: InitVar["SAE | None"]  # the trained SAE (result.sae); not in the JSON, None when read back
     config: TrainConfig
     sae_config: dict
     history: list[dict]              # one row per logged step
@@ -50,6 +49,7 @@ class TrainResult(Result, kind="sae_train"):
     world_size: int
     out: str = ""
     final: dict = field(default_factory=dict)   # mean of the last logged rows: fvu, l0, dead_frac
+    sae: InitVar["SAE | None"] = None            # the trained SAE (result.sae); not in the JSON, None when read back
 
     @property
     def tokens_per_s(self) -> float:
@@ -228,8 +228,8 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     final = {k: sum(h[k] for h in last) / len(last) for k in ("fvu", "l0", "dead_frac", "mse")}
     final["outlier_rows_dropped"] = dropped
     final["max_norm"] = sae_cfg.max_norm
-    result = TrainResult(sae, cfg, sae_cfg.to_json(), history, tokens, step, wall, step_s, world,
-                         cfg.out, final)
+    result = TrainResult(cfg, sae_cfg.to_json(), history, tokens, step, wall, step_s, world, cfg.out, final,
+                         sae=sae)
     if rank == 0 and cfg.out:
         save_sae(sae, cfg.out, overwrite=True)    # its own folder, checked before training
         write_atomic(Path(cfg.out) / "train.json", json.dumps(result.to_json(), indent=1))
