@@ -6,7 +6,10 @@ import time
 
 import pytest
 
+import lmscope
 import lmscope.cli.common
+from lmscope.circuits import circuit_graph, load_circuit_task
+from lmscope.circuits.nodes import parse_node
 from lmscope.cli import main
 from lmscope.results.base import Result
 
@@ -75,6 +78,15 @@ def test_circuit_find_save_and_eval(pairs, tmp_path, capsys):
     s = _run_json(["circuit", "--pairs", str(pairs), "--method", "eap", "--heads", "2", "--random-draws", "1"],
                   tmp_path, "circuit_faithfulness")
     assert s.heads_kept == 2 and s.method == "eap"
+
+
+def test_circuit_graph_round_trips(pairs, tmp_path):
+    m = lmscope.load("random:llama")
+    task = load_circuit_task(m, pairs)
+    g = circuit_graph(m, task, [parse_node(m, "head.1.2"), parse_node(m, "mlp.2")], n_prompts=4)
+    r = Result.load(g.save(tmp_path / "g.json"))
+    assert r.kind == "circuit_graph" and r.to_json() == g.to_json() and r.edges and r.n_prompts == 4
+    assert Result.load(r.save(tmp_path / "g2.json")).to_json() == g.to_json()
 
 
 def test_html_page_refused_then_overwritten(pairs, tmp_path, capsys):

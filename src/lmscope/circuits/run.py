@@ -73,7 +73,7 @@ def find_circuit(model, task, config: "PruneConfig | None" = None, *, method: st
     means = ablation_means(model, task, config.ablation)
     result = evaluate_circuit(model, held, means, heads, mlps_gate, method=method,
                               ablation=ABLATIONS[config.ablation], n_random=config.n_random, seed=seed,
-                              batch_size=batch_size,                              sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
+                              batch_size=batch_size, sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
     result.notes.append(f"{method}: heads ranked by |score| on {len(train)} train prompts; every MLP kept")
     result.training = {"n_train": len(train), "n_heldout": len(held), "seconds": round(seconds, 1),
                        "method": method, "budget": budget}

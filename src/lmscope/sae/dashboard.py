@@ -39,7 +39,8 @@ class DashboardResult(Result, kind="sae_features"):
         return []
 
     def page_body(self) -> str:
-        return f"<p>The feature pages are in {html.escape(self.folder)}: <a href='{html.escape(self.index)}'>index</a></p>"
+        return (f"<p>The feature pages are in {html.escape(self.folder)}: "
+                f"<a href='{html.escape(self.index)}'>index</a></p>")
 
 
 def _plain(c) -> str:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 import lmscope
 
 from lmscope.core.errors import InputError
+from lmscope.core.metrics import kl_reference_edited
 from lmscope.results.base import Result
 from lmscope.results.html import table
 from lmscope.sae.data import evaluation_windows, prefix_token
@@ -91,12 +92,14 @@ class EvalResult(Result, kind="sae_eval"):
         return table(["key", "value"], rows)
 
 
-def _ce_kl(logits, clean_logp, targets, valid):
-    """Summed CE over valid positions, and summed KL(clean || this)."""
+def _ce_kl(logits, clean_logits, targets, valid, rows: int = 256):
+    """Summed CE over valid positions, and summed KL(clean || this) (core.metrics.kl_reference_edited, in chunks of
+    `rows` positions to bound the float64 memory)."""
     logp = F.log_softmax(logits.float(), -1)
     ce = -logp.gather(-1, targets[..., None])[..., 0]
-    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
-    return float(ce[valid].double().sum()), float(kl[valid].double().sum())
+    mine, clean = logits[valid], clean_logits[valid]
+    kl = sum(float(kl_reference_edited(clean[i:i + rows], mine[i:i + rows]).sum()) for i in range(0, len(mine), rows))
+    return float(ce[valid].double().sum()), kl
 
 
 @torch.no_grad()
@@ -152,13 +155,13 @@ def evaluate_sae(model, sae, texts="wiki", *, n_tokens: int = 16_384, seq_len: i
         value = t.clone()
         value[splice] = recon
         targets, scored = ids[:, 1:], mask[:, 1:].bool()          # predictions of real next tokens
-        clean_logp = F.log_softmax(clean.logits[:, :-1].float(), -1)
-        acc["ce_clean"] += _ce_kl(clean.logits[:, :-1], clean_logp, targets, scored)[0]
+        clean_logits = clean.logits[:, :-1]
+        acc["ce_clean"] += _ce_kl(clean_logits, clean_logits, targets, scored)[0]
         acc["n_scored"] += int(scored.sum())
         for key, edit in (("sae", lmscope.replace(cfg.site_out, value, positions=splice)),
                           ("zero", lmscope.zero(cfg.site_out, positions=splice)),
                           ("mean", lmscope.mean_ablate(cfg.site_out, mean_act, positions=splice))):
-            ce, kl = _ce_kl(model.run(ids, edits=[edit]).logits[:, :-1], clean_logp, targets, scored)
+            ce, kl = _ce_kl(model.run(ids, edits=[edit]).logits[:, :-1], clean_logits, targets, scored)
             acc[f"ce_{key}"] += ce
             acc[f"kl_{key}"] += kl
         if bar is not None:

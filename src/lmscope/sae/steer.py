@@ -23,7 +23,7 @@ from lmscope.results.html import table
 
 
 @dataclass
-class SteerResult(Result, kind="sae_steer"):
+class SaeSteerResult(Result, kind="sae_steer"):
     model: str
     prompt: str
     latent: int
@@ -71,7 +71,7 @@ def steering_delta(sae, x: torch.Tensor, latent: int, value: float, mode: str) -
 
 @torch.no_grad()
 def sae_steer(model, sae, prompt: str, latent: int, value: float, *, mode: str = "add",
-          max_new_tokens: int = 20) -> SteerResult:
+          max_new_tokens: int = 20) -> SaeSteerResult:
     if mode not in ("add", "clamp"):
         raise InputError(f"mode must be 'add' or 'clamp', got {mode!r}")
     if not 0 <= latent < sae.cfg.d_sae:
@@ -95,4 +95,4 @@ def sae_steer(model, sae, prompt: str, latent: int, value: float, *, mode: str =
         new.append(nxt)
         ids = torch.cat([ids, torch.tensor([[nxt]], device=ids.device)], dim=1)
     steered = model.tokenizer.decode(new, skip_special_tokens=True)
-    return SteerResult(model.spec, prompt, latent, mode, float(value), clean, steered)
+    return SaeSteerResult(model.spec, prompt, latent, mode, float(value), clean, steered)
