@@ -63,7 +63,8 @@ def register(sub) -> None:
                    help="a task (ioi, greater-than, quote-type, bracket-depth), or 'eval' and a circuit file")
     p.add_argument("--pairs", metavar="FILE", help="a jsonl of {\"clean\", \"corrupt\", \"answer\", \"wrong\"} "
                                                    "(default: none, a built-in task)")
-    p.add_argument("--task", dest="task_name", metavar="NAME", help="eval: a built-in task instead of --pairs")
+    p.add_argument("--task", dest="task_name", metavar="NAME", help="eval: a built-in task instead of --pairs "
+                                                                          "(default: none)")
     p.add_argument("--method", choices=METHODS, default="prune", help="how the circuit is found (default prune)")
     p.add_argument("--n", type=int, default=200, help="prompts of a built-in task (default 200)")
     p.add_argument("--ig-steps", type=int, default=8, help="eap-ig: integrated-gradient steps (default 8)")
@@ -78,7 +79,8 @@ def register(sub) -> None:
 
 def _task_args(p, batch_size: int = 32) -> None:
     p.add_argument("task", nargs="?", help="ioi, greater-than, quote-type or bracket-depth")
-    p.add_argument("--pairs", help='jsonl of {"clean", "corrupt", "answer", "wrong"} instead of a built-in task')
+    p.add_argument("--pairs", help='jsonl of {"clean", "corrupt", "answer", "wrong"} instead of a built-in task '
+                                           '(default: none)')
     p.add_argument("--n", type=int, default=None, help="prompts of a built-in task (default: 200 for task, 16 for "
                                                        "patch, 32 for attribute)")
     p.add_argument("--seed", type=int, default=0, help="which prompts of a built-in task (default 0)")

@@ -24,12 +24,13 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="cpu (default; cuda:<local rank> under torchrun with CUDA)")
     p.add_argument("--corpus", default="wiki", help="a corpus, or several separated by commas (mixed so each "
                                                     "gives about the same amount of text): wiki, wiki-fr, wiki-es, "
-                                                    "python, shakespeare, bible")
-    p.add_argument("--sites", required=True, help="comma-separated sites, e.g. resid_post.12,mlp_out.6")
-    p.add_argument("--tokens", type=int, required=True, help="tokens to write (special tokens not counted)")
+                                                    "python, shakespeare, bible (default wiki)")
+    p.add_argument("--sites", required=True, help="comma-separated sites, e.g. resid_post.12,mlp_out.6 (required)")
+    p.add_argument("--tokens", type=int, required=True, help="tokens to write (special tokens not counted; required)")
     p.add_argument("--out", required=True, metavar="DIR", help="new or empty folder in an existing one, or the folder "
                                                                "of an interrupted run of the same command to "
-                                                               "continue (the one exception to the output rule)")
+                                                               "continue (the one exception to the output rule; "
+                                                               "required)")
     p.add_argument("--seq-len", type=int, default=128, help="corpus tokens per window (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],

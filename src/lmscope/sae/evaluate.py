@@ -19,7 +19,6 @@ from __future__ import annotations
 import html
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import plotly.graph_objects as go
 import torch

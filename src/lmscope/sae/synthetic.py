@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import html
 from dataclasses import dataclass
-from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
