@@ -246,4 +246,3 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                      model_logit, components, head_rows, head_bias, remainder, scale, note)
 
 
-_norm_affine = norm_affine   # old name, until sae/features.py imports lmscope.lenses.norm_affine; then delete
