@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import lmscope
+from lmscope.core.edits import mean_ablate, replace, zero
 
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import kl_reference_edited
@@ -157,9 +157,9 @@ def evaluate_sae(model, sae, texts="wiki", *, n_tokens: int = 16_384, seq_len: i
         clean_logits = clean.logits[:, :-1]
         acc["ce_clean"] += _ce_kl(clean_logits, clean_logits, targets, scored)[0]
         acc["n_scored"] += int(scored.sum())
-        for key, edit in (("sae", lmscope.replace(cfg.site_out, value, positions=splice)),
-                          ("zero", lmscope.zero(cfg.site_out, positions=splice)),
-                          ("mean", lmscope.mean_ablate(cfg.site_out, mean_act, positions=splice))):
+        for key, edit in (("sae", replace(cfg.site_out, value, positions=splice)),
+                          ("zero", zero(cfg.site_out, positions=splice)),
+                          ("mean", mean_ablate(cfg.site_out, mean_act, positions=splice))):
             ce, kl = _ce_kl(model.run(ids, edits=[edit]).logits[:, :-1], clean_logits, targets, scored)
             acc[f"ce_{key}"] += ce
             acc[f"kl_{key}"] += kl

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 
-import lmscope
+from lmscope.core.edits import add
 
 from lmscope.core.errors import InputError
 from lmscope.sae.interop import check_against_model
@@ -87,7 +87,7 @@ def sae_steer(model, sae, prompt: str, latent: int, value: float, *, mode: str =
     for _ in range(max_new_tokens):
         x = model.run(ids, read=[site], stop_early=True)[site]
         delta = steering_delta(sae, x, latent, value, mode)
-        logits = model.run(ids, edits=[lmscope.add(site, delta)], forward_kwargs={"logits_to_keep": 1}).logits
+        logits = model.run(ids, edits=[add(site, delta)], forward_kwargs={"logits_to_keep": 1}).logits
         nxt = int(logits[0, -1].argmax())
         if nxt in stop:
             break
