@@ -1,5 +1,6 @@
 """The implicit rank-1 update of in-context learning (Dherin et al. 2025): identities on real modules, ranks,
 the residual term, trajectories, bad input, the CLI, and the paper's toy regression model."""
+import dataclasses
 import functools
 import json
 import math
@@ -9,7 +10,12 @@ import torch
 
 import lmscope
 from conftest import random_model
-from lmscope.papers.icl_update.dynamics import MLP_MODULE, _read, _token_ids, icl_update, implicit_update, update_trajectory
+from lmscope.papers.icl_update.dynamics import (MLP_MODULE, IclUpdateResult, context_query_ids, first_matrices,
+                                                icl_update, implicit_update, rank1_update, read_block,
+                                                token_increments, update_trajectory)
+from lmscope.papers.icl_update.regression import (OneBlockTransformer, RegressionConfig, RegressionResult,
+                                                  icl_regression, implicit_updates, sample_tasks)
+from lmscope.results import Result
 
 PROMPT = "hot -> cold\nbig -> small\nfast ->"
 FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen3", "gemma2", "gemma3", "phi3")
@@ -42,13 +48,13 @@ def test_identity_holds_to_float64_round_off_and_update_is_rank_one(family):
 def test_mlp_input_is_what_the_real_mlp_module_receives(family):
     """A is computed by applying the model's own input norm; a pre-hook on the MLP sees the same vector."""
     model = float64_model(family)
-    ids, _ = _token_ids(model, "ab\n", "cd")
+    ids, _ = context_query_ids(model, "ab\n", "cd")
     seen = {}
     handles = [model.block_module(layer, MLP_MODULE).register_forward_pre_hook(
         lambda mod, args, layer=layer: seen.__setitem__(layer, args[0][0, -1].clone()))
         for layer in range(model.n_layers)]
     try:
-        a = _read(model, ids, -1)["A"]
+        a = read_block(model, ids, -1)["A"]
     finally:
         for h in handles:
             h.remove()
@@ -66,10 +72,9 @@ def test_float32_model_identity_holds_to_float32_round_off():
 def test_gpt2_conv1d_update_is_stored_transposed():
     """GPT-2's c_fc weight is [in, out]: dW has that layout, and W + dW reproduces the context's pre-activations."""
     model = float64_model("gpt2")
-    from lmscope.papers.icl_update.dynamics import rank1_update
     c_fc = model.block_module(1, "mlp.c_fc")
-    full, alone = _token_ids(model, "xy\n", "z")
-    a_ctx, a = _read(model, full, -1)["A"][1], _read(model, alone, -1)["A"][1]
+    full, alone = context_query_ids(model, "xy\n", "z")
+    a_ctx, a = read_block(model, full, -1)["A"][1], read_block(model, alone, -1)["A"][1]
     dw = rank1_update(c_fc, a, a_ctx - a)
     assert dw.shape == c_fc.weight.shape == (64, 256)
     torch.testing.assert_close(a @ (c_fc.weight + dw), a_ctx @ c_fc.weight, rtol=0, atol=1e-12)
@@ -117,22 +122,6 @@ def test_position_counts_in_the_query():
     assert first[1].update_norms != implicit_update(model, "ab\n", "cde")[1].update_norms
 
 
-def test_cli_icl_update_json(capsys):
-    from lmscope.cli import main
-    assert main(["icl-update", "--model", "random:qwen2", "--prompt", "a -> b\\nc -> d\\ne ->", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert {"max_abs_error_mlp", "max_abs_error_block", "dtype", "rank", "increment_norms"} <= set(out)
-    assert out["dtype"] == "float64" and out["rank"] == 1 and out["max_abs_error_mlp"] < 1e-10
-    assert len(out["increment_norms"]) == 2 and all(v > 0 for v in out["increment_norms"])
-
-
-def test_cli_icl_update_bad_input_is_one_line(capsys):
-    from lmscope.cli import main
-    assert main(["icl-update", "--model", "random:llama", "--prompt", "no context here"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("lmscope: error: empty context") and "\n" not in err
-
-
 @pytest.fixture(scope="module")
 def smollm2_float64():
     return lmscope.load("smollm2", dtype=torch.float64)
@@ -151,9 +140,6 @@ def test_default_model_identity_and_rank(smollm2_float64, tmp_path):
 
 
 # -- the paper's toy setting ------------------------------------------------------------------------------------------
-from lmscope.papers.icl_update.regression import (OneBlockTransformer, RegressionConfig, icl_regression, implicit_updates,  # noqa: E402
-                                    sample_tasks)
-
 SMALL = RegressionConfig(dim=2, n_context=4, d_model=8, d_mlp=16, steps=60, batch=32, n_test=32, gd_steps=2,
                          gd_lrs=(0.01, 0.1))
 
@@ -187,26 +173,46 @@ def test_regression_update_reproduces_context_and_is_needed():
         assert updates[0].abs().max() == 0                              # no examples, no update
 
 
-def test_cli_icl_regression_json(capsys):
-    from lmscope.cli import main
-    assert main(["icl-regression", "--tiny", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert {"max_abs_error", "increment_norms", "final_mse_icl", "final_mse_gd"} <= set(out)
-    assert out["max_abs_error"] < 1e-12 and out["final_mse_icl"] == out["mse_icl"][-1]
-
-
 def test_token_increments_match_the_full_updates():
-    from lmscope.papers.icl_update.dynamics import _read, _token_ids, rank1_update, _first_matrices, token_increments
     model = lmscope.load("random:llama", dtype=torch.float64)
     context, query = "ab\ncd\n", "ef"
     increments = token_increments(model, context, query)
     assert len(increments) == len(model.tokenizer(context, add_special_tokens=False)["input_ids"]) == 6
-    full, alone = _token_ids(model, context, query)
-    a = _read(model, alone, -1)["A"]
+    full, alone = context_query_ids(model, context, query)
+    a = read_block(model, alone, -1)["A"]
     def updates(ids):
-        A = _read(model, ids, -1)["A"]
+        A = read_block(model, ids, -1)["A"]
         return [rank1_update(m, a[layer], A[layer] - a[layer]) for layer in range(model.n_layers)
-                for m in _first_matrices(model, layer).values()]
-    first, second = updates(full[:1] + alone), updates(full[:2] + alone)
+                for m in first_matrices(model, layer).values()]
+    with torch.no_grad():
+        first, second = updates(full[:1] + alone), updates(full[:2] + alone)
     direct = sum(float((x - y).square().sum()) for x, y in zip(second, first)) ** 0.5
     assert abs(increments[1] - direct) < 1e-9 * max(1.0, direct) and direct > 0
+
+
+def test_icl_update_result_round_trip_and_page(tmp_path):
+    result = icl_update(float64_model("llama"), PROMPT)
+    loaded = Result.load(result.save(tmp_path / "r.json"))
+    assert isinstance(loaded, IclUpdateResult) and loaded.to_json() == result.to_json()
+    assert loaded.to_json()["kind"] == "icl_update" and loaded.rank == result.rank == 1
+    assert loaded.layers[1].update_norms == result.layers[1].update_norms
+    page = result.save(tmp_path / "r.html").read_text()
+    assert page.count("Plotly.newPlot") == 3 and "Implicit ICL update - random:llama" in page
+
+
+def test_regression_result_round_trip_keeps_its_config(regression, tmp_path):
+    loaded = Result.load(regression.save(tmp_path / "r.json"))
+    assert isinstance(loaded, RegressionResult) and loaded.to_json() == regression.to_json()
+    assert loaded.config == SMALL and isinstance(loaded.config.gd_lrs, tuple)
+    assert loaded.to_json()["config"]["gd_steps"] == 2 and loaded.final_mse_icl == regression.mse_icl[-1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dim=0), "dim must be an integer >= 1"),
+    (dict(gd_steps=-1), "gd_steps must be an integer >= 0"),
+    (dict(gd_lrs=()), "gd_lrs: the list is empty"),
+    (dict(lr=float("nan")), "lr must be a finite number"),
+])
+def test_regression_bad_config_is_one_clear_error(change, message):
+    with pytest.raises(lmscope.InputError, match=message):
+        icl_regression(dataclasses.replace(SMALL, **change))

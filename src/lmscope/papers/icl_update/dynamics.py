@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
+import plotly.graph_objects as go
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.results import Result
 
 # The MLP's first matrices (the ones that read A), per adapter family, relative to the block's MLP module.
 FIRST_MATRICES = {"gpt2": ("c_fc",), "gpt_neox": ("dense_h_to_4h",), "llama": ("gate_proj", "up_proj"),
@@ -76,7 +77,9 @@ class UpdateTrajectory:
 
 
 @dataclass
-class IclUpdateResult:
+class IclUpdateResult(Result, kind="icl_update"):
+    """The identities per layer, the per-example and per-token update trajectories. Its JSON adds
+    max_abs_error_mlp, max_abs_error_block, rank and increment_norms (of the given order)."""
     model: str
     prompt: str
     context: str
@@ -86,7 +89,8 @@ class IclUpdateResult:
     layers: list[LayerUpdate]
     examples: list[str] = field(default_factory=list)
     trajectories: list[UpdateTrajectory] = field(default_factory=list)
-    order_gap: float | None = None  # ||dW_n(order 0) - dW_n(order 1)|| / ||dW_n(order 0)||
+    # ||dW_n(order 0) - dW_n(order 1)|| / ||dW_n(order 0)||; None (null) when only one order was run
+    order_gap: float | None = None
     token_increment_norms: list[float] = field(default_factory=list)  # ||dW_{t+1} - dW_t||, context read t tokens
 
     @property
@@ -105,18 +109,12 @@ class IclUpdateResult:
     def increment_norms(self) -> list[float]:
         return self.trajectories[0].increment_norms if self.trajectories else []
 
-    def to_json(self) -> dict:
-        return {"model": self.model, "prompt": self.prompt, "context": self.context, "query": self.query,
-                "dtype": self.dtype, "position": self.position, "max_abs_error_mlp": self.max_abs_error_mlp,
-                "max_abs_error_block": self.max_abs_error_block, "rank": self.rank,
-                "increment_norms": self.increment_norms, "order_gap": self.order_gap,
-                "token_increment_norms": self.token_increment_norms, "examples": self.examples,
-                "trajectories": [asdict(t) for t in self.trajectories],
-                "layers": [asdict(layer) for layer in self.layers]}
+    def json_extras(self) -> dict:
+        return {"max_abs_error_mlp": self.max_abs_error_mlp, "max_abs_error_block": self.max_abs_error_block,
+                "rank": self.rank, "increment_norms": self.increment_norms}
 
     def figure(self):
         """Increment norms ||dW_{i+1} - dW_i|| against the number of examples consumed, one line per order."""
-        import plotly.graph_objects as go
         fig = go.Figure()
         for t in self.trajectories:
             fig.add_trace(go.Scatter(x=list(range(1, len(t.increment_norms) + 1)), y=t.increment_norms,
@@ -128,7 +126,6 @@ class IclUpdateResult:
 
     def token_figure(self):
         """Increments as the context is read one token at a time (in order), the paper's online view."""
-        import plotly.graph_objects as go
         fig = go.Figure(go.Scatter(x=list(range(1, len(self.token_increment_norms) + 1)),
                                    y=self.token_increment_norms, mode="lines+markers"))
         fig.update_layout(title="Increments, context read token by token", xaxis_title="context tokens read (t + 1)",
@@ -137,7 +134,6 @@ class IclUpdateResult:
 
     def layer_figure(self):
         """Per layer: |dW| of each first matrix and the residual term's norm."""
-        import plotly.graph_objects as go
         x = [layer.layer for layer in self.layers]
         fig = go.Figure()
         for name in self.layers[0].update_norms:
@@ -148,15 +144,16 @@ class IclUpdateResult:
                           height=420, width=800)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure(), self.token_figure(), self.layer_figure()]
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure(), self.token_figure(), self.layer_figure()],
-                          f"Implicit ICL update - {self.model}",
-                          f"Context {self.context!r}, query {self.query!r}. The MLP with context equals the MLP "
-                          f"with W + dW (rank 1) without context: max error {self.max_abs_error_mlp:.2e} "
-                          f"({self.dtype}); the block adds the residual term resid_mid(C,x) - resid_mid(x).")
+    def title(self) -> str:
+        return f"Implicit ICL update - {self.model}"
+
+    def page_intro(self) -> str:
+        return (f"Context {self.context!r}, query {self.query!r}. The MLP with context equals the MLP with W + dW "
+                f"(rank 1) without context: max error {self.max_abs_error_mlp:.2e} ({self.dtype}); the block adds "
+                f"the residual term resid_mid(C,x) - resid_mid(x).")
 
     def summary(self) -> str:
         lines = [f"implicit ICL update | {self.model} | {self.dtype} | context {len(self.examples)} examples, "
@@ -195,7 +192,7 @@ def split_prompt(prompt: str) -> tuple[list[str], str]:
     return examples, query
 
 
-def _token_ids(model, context: str, query: str) -> tuple[list[int], list[int]]:
+def context_query_ids(model, context: str, query: str) -> tuple[list[int], list[int]]:
     """(context + query, query alone), tokenized separately so the query tokens are the same in both."""
     tok = model.tokenizer
     query_ids = tok(query, add_special_tokens=False)["input_ids"]
@@ -208,7 +205,7 @@ def _token_ids(model, context: str, query: str) -> tuple[list[int], list[int]]:
     return prefix + context_ids + query_ids, prefix + query_ids
 
 
-def _read(model, ids: list[int], position: int) -> dict[str, torch.Tensor]:
+def read_block(model, ids: list[int], position: int) -> dict[str, torch.Tensor]:
     """Per layer, at `position` (from the end): A (the MLP input), resid_mid, mlp_out, resid_post; [n_layers, d]."""
     sites = ["resid_mid.*", "mlp_out.*", "resid_post.*"] + (["resid_pre.*"] if model.parallel else [])
     run = model.run(torch.tensor(ids), read=sites)
@@ -222,7 +219,7 @@ def _read(model, ids: list[int], position: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def _first_matrices(model, layer: int) -> dict[str, nn.Module]:
+def first_matrices(model, layer: int) -> dict[str, nn.Module]:
     family = model.adapter.family
     if family not in FIRST_MATRICES:
         raise InputError(f"the implicit update is not defined for family '{family}' (no first MLP matrix named)")
@@ -260,15 +257,15 @@ def implicit_update(model, context: str, query: str, *, position: int = -1) -> l
     """At every layer: dW from the context, and the MLP and block identities checked against the real run."""
     if not isinstance(context, str) or not context.strip():
         raise InputError("empty context: give at least one context token before the query")
-    full_ids, query_ids = _token_ids(model, context, query)
+    full_ids, query_ids = context_query_ids(model, context, query)
     n_query = len(query_ids)
     position = _position_from_end(position, n_query)
-    with_ctx, alone = _read(model, full_ids, position), _read(model, query_ids, position)
+    with_ctx, alone = read_block(model, full_ids, position), read_block(model, query_ids, position)
     post_mlp = model.adapter.mlp_out != MLP_MODULE  # Gemma's post-feedforward norm (or a no-op dropout)
     layers = []
     for layer in range(model.n_layers):
         a, delta_a = alone["A"][layer], with_ctx["A"][layer] - alone["A"][layer]
-        matrices = _first_matrices(model, layer)
+        matrices = first_matrices(model, layer)
         updates = {name: rank1_update(m, a, delta_a) for name, m in matrices.items()}
         mlp = model.block_module(layer, MLP_MODULE)
         params = {f"{name}.weight": m.weight + updates[name] for name, m in matrices.items()}
@@ -290,8 +287,8 @@ def implicit_update(model, context: str, query: str, *, position: int = -1) -> l
 
 @torch.no_grad()
 def _mlp_inputs(model, context: str, query: str, position: int) -> torch.Tensor:
-    full_ids, _ = _token_ids(model, context, query)
-    return _read(model, full_ids, position)["A"]
+    full_ids, _ = context_query_ids(model, context, query)
+    return read_block(model, full_ids, position)["A"]
 
 
 def _update_distance(model, a_query: torch.Tensor, a_1: torch.Tensor, a_2: torch.Tensor) -> float:
@@ -299,7 +296,7 @@ def _update_distance(model, a_query: torch.Tensor, a_1: torch.Tensor, a_2: torch
     total = 0.0
     for layer in range(model.n_layers):
         diff = a_1[layer] - a_2[layer]
-        for m in _first_matrices(model, layer).values():
+        for m in first_matrices(model, layer).values():
             total += float((_linear_weight(m) @ diff).square().sum()) / float(a_query[layer].dot(a_query[layer]))
     return math.sqrt(total)
 
@@ -308,26 +305,26 @@ def _update_distance(model, a_query: torch.Tensor, a_1: torch.Tensor, a_2: torch
 def update_trajectory(model, examples: list[str], query: str, order: list[int], *, position: int = -1
                       ) -> UpdateTrajectory:
     """dW_i for the last i examples (in `order`) + the query, i = 0 .. n; their norms and increments."""
-    _, query_ids = _token_ids(model, "", query)
+    _, query_ids = context_query_ids(model, "", query)
     position = _position_from_end(position, len(query_ids))
-    a_query = _read(model, query_ids, position)["A"]
+    a_query = read_block(model, query_ids, position)["A"]
     ordered = [examples[i] for i in order]
     inputs = [a_query] + [_mlp_inputs(model, "".join(ordered[-i:]), query, position)
                           for i in range(1, len(ordered) + 1)]
     norms = [_update_distance(model, a_query, a, a_query) for a in inputs]
     increments = [_update_distance(model, a_query, inputs[i + 1], inputs[i]) for i in range(len(ordered))]
-    return UpdateTrajectory(list(order), norms, increments)
+    return UpdateTrajectory(order=list(order), update_norms=norms, increment_norms=increments)
 
 
 @torch.no_grad()
 def token_increments(model, context: str, query: str, *, position: int = -1) -> list[float]:
     """||dW_{t+1} - dW_t|| where dW_t is the update from the context's first t tokens (read in order) + the query."""
-    full_ids, query_ids = _token_ids(model, context, query)
+    full_ids, query_ids = context_query_ids(model, context, query)
     position = _position_from_end(position, len(query_ids))
     prefix_len = len(full_ids) - len(query_ids) - len(model.tokenizer(context, add_special_tokens=False)["input_ids"])
     prefix, context_ids = full_ids[:prefix_len], full_ids[prefix_len: len(full_ids) - len(query_ids)]
-    a_query = _read(model, prefix + query_ids, position)["A"]
-    inputs = [a_query] + [_read(model, prefix + context_ids[:t] + query_ids, position)["A"]
+    a_query = read_block(model, prefix + query_ids, position)["A"]
+    inputs = [a_query] + [read_block(model, prefix + context_ids[:t] + query_ids, position)["A"]
                           for t in range(1, len(context_ids) + 1)]
     return [_update_distance(model, a_query, inputs[t + 1], inputs[t]) for t in range(len(context_ids))]
 
@@ -337,8 +334,7 @@ def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, see
     """The implicit update of a few-shot prompt (query = last line, examples = the lines before), its identities
     at every layer, and the token-by-token trajectory for `n_orders` orders of the examples: the given order, then
     the reversed one, then seeded shuffles."""
-    if not isinstance(n_orders, int) or n_orders < 1:
-        raise InputError(f"n_orders must be a positive integer, got {n_orders!r}")
+    check_count("n_orders", n_orders)
     examples, query = split_prompt(prompt)
     context = "".join(examples)
     layers = implicit_update(model, context, query, position=position)
@@ -350,12 +346,13 @@ def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, see
     trajectories = [update_trajectory(model, examples, query, order, position=position) for order in orders]
     order_gap = None
     if len(orders) > 1:
-        _, query_ids = _token_ids(model, "", query)
+        _, query_ids = context_query_ids(model, "", query)
         pos = _position_from_end(position, len(query_ids))
-        a_query = _read(model, query_ids, pos)["A"]
+        a_query = read_block(model, query_ids, pos)["A"]
         finals = [_mlp_inputs(model, "".join(examples[i] for i in order), query, pos) for order in orders[:2]]
         order_gap = (_update_distance(model, a_query, finals[0], finals[1])
                      / max(_update_distance(model, a_query, finals[0], a_query), 1e-300))
-    return IclUpdateResult(model.spec, prompt, context, query, str(model.dtype).removeprefix("torch."), position,
-                           layers, examples, trajectories, order_gap,
-                           token_increments(model, context, query, position=position))
+    return IclUpdateResult(model=model.spec, prompt=prompt, context=context, query=query,
+                           dtype=str(model.dtype).removeprefix("torch."), position=position, layers=layers,
+                           examples=examples, trajectories=trajectories, order_gap=order_gap,
+                           token_increment_norms=token_increments(model, context, query, position=position))

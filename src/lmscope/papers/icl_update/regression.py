@@ -10,7 +10,7 @@ examples are x ~ N(0, I_dim), y = w.x. Tokens are e_i = [x_i, y_i] for the conte
 
 There is no skip connection around the MLP, as in the paper's theorem (T_W(C, x) = M_W(A(C, x))): the prediction
 with context then equals the prediction without context (the query alone) with W + dW, dW = (W dA) A(x)^T / |A(x)|^2,
-exactly (the residual version is handled in `lmscope.icl_dynamics`). Training sees context lengths 0..n_context.
+exactly (the residual version is handled in `lmscope.papers.icl_update.dynamics`). Training sees context lengths 0..n_context.
 
 Implicit vs explicit updates, on the same examples of each test task (a fresh w, n_context examples, one query):
 - implicit (ICL): the model's prediction with the last i examples as context = the no-context model with W + dW_i.
@@ -26,30 +26,34 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
+import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
+from plotly.subplots import make_subplots
 from torch import nn
 
-from lmscope.core.errors import InputError
-from lmscope.results import save_result, write_page
+from lmscope.core.checks import check_count, check_number, check_numbers
+from lmscope.core.config import option
+from lmscope.results import Result
 
 
 @dataclass(frozen=True)
 class RegressionConfig:
-    dim: int = 3               # x in R^dim
-    n_context: int = 12        # examples per prompt at test time; training uses 0..n_context
-    d_model: int = 32
-    d_mlp: int = 64
-    steps: int = 3000          # training steps (Adam)
-    batch: int = 128
-    lr: float = 3e-3
-    n_test: int = 512          # test tasks
-    gd_steps: int = 10         # explicit gradient steps per task
-    gd_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    seed: int = 0
+    """The toy's size, training and evaluation; the CLI's flags (`lmscope icl-regression --help`)."""
+    dim: int = option(3, "x in R^dim: the dimension of the linear tasks")
+    n_context: int = option(12, "examples per prompt at test time; training uses every length 0..n_context")
+    d_model: int = option(32, "width of the embedding, attention and MLP output")
+    d_mlp: int = option(64, "hidden width of the MLP (rows of its first matrix W)")
+    steps: int = option(3000, "training steps (Adam)")
+    batch: int = option(128, "tasks per training step")
+    lr: float = option(3e-3, "Adam learning rate")
+    n_test: int = option(512, "test tasks (and as many validation tasks for the GD step size)")
+    gd_steps: int = option(10, "explicit gradient steps on W per task")
+    gd_lrs: tuple[float, ...] = option((0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+                                       "GD step sizes to choose from, per number of examples, on validation tasks")
+    seed: int = option(0, "seed of the initialisation, training batches and test tasks")
 
 
 TINY = RegressionConfig(dim=2, n_context=6, d_model=16, d_mlp=32, steps=150, batch=64, n_test=48, gd_steps=3,
@@ -156,8 +160,11 @@ def least_squares(context, query_x) -> torch.Tensor:
 
 
 @dataclass
-class RegressionResult:
-    config: dict
+class RegressionResult(Result, kind="icl_regression"):
+    """The identity's error, the implicit updates' increments and the query errors of ICL, explicit GD and least
+    squares per number of examples. Its JSON adds final_mse_icl and final_mse_gd. An error is null in the JSON only
+    where it was not finite (explicit GD diverged at that number of examples)."""
+    config: RegressionConfig
     train_loss: float                 # mean of the last 50 training losses
     max_abs_error: float              # max |prediction with context - prediction without context with W + dW|
     increment_norms: list[float]      # mean over test tasks of ||dW_{i+1} - dW_i||_F, i = 0..n-1
@@ -176,12 +183,10 @@ class RegressionResult:
     def final_mse_gd(self) -> float:
         return self.mse_gd[-1]
 
-    def to_json(self) -> dict:
-        return dict(asdict(self), final_mse_icl=self.final_mse_icl, final_mse_gd=self.final_mse_gd)
+    def json_extras(self) -> dict:
+        return {"final_mse_icl": self.final_mse_icl, "final_mse_gd": self.final_mse_gd}
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         fig = make_subplots(rows=1, cols=2, subplot_titles=("query MSE vs examples", "||dW_{i+1} - dW_i||"))
         examples = list(range(len(self.mse_icl)))
         for name, values in (("in context (= W + dW)", self.mse_icl), ("explicit GD on W", self.mse_gd),
@@ -193,35 +198,44 @@ class RegressionResult:
         fig.update_layout(title="In-context linear regression, one-block transformer", height=420, width=1000)
         return fig
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return "Learning without training: in-context linear regression"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, self.figure(), "Learning without training: in-context linear regression",
-                          f"Prediction with context = prediction without context with W + dW: max error "
-                          f"{self.max_abs_error:.2e} (float64). Explicit GD: {self.config['gd_steps']} steps on W, "
-                          f"step sizes {self.gd_lrs} chosen on validation tasks.")
+    def page_intro(self) -> str:
+        return (f"Prediction with context = prediction without context with W + dW: max error "
+                f"{self.max_abs_error:.2e} (float64). Explicit GD: {self.config.gd_steps} steps on W, step sizes "
+                f"{self.gd_lrs} chosen on validation tasks.")
 
     def summary(self) -> str:
         c = self.config
         return "\n".join([
-            f"icl regression | one-block transformer, dim {c['dim']}, d_model {c['d_model']}, d_mlp {c['d_mlp']}, "
-            f"{c['steps']} steps, final train loss {self.train_loss:.4f} | {self.wall_s:.1f} s",
+            f"icl regression | one-block transformer, dim {c.dim}, d_model {c.d_model}, d_mlp {c.d_mlp}, "
+            f"{c.steps} steps, final train loss {self.train_loss:.4f} | {self.wall_s:.1f} s",
             f"with context vs no context with W + dW: max abs error {self.max_abs_error:.3e} (float64, "
-            f"{c['n_test']} tasks, every context length)",
+            f"{c.n_test} tasks, every context length)",
             "examples        " + " ".join(f"{i:>7}" for i in range(len(self.mse_icl))),
             "mse in context  " + " ".join(f"{v:7.3f}" for v in self.mse_icl),
             "mse explicit GD " + " ".join(f"{v:7.3f}" for v in self.mse_gd),
             "mse least sq.   " + " ".join(f"{v:7.3f}" for v in self.mse_least_squares),
             "||dW_(i+1)-dW_i||        " + " ".join(f"{v:7.3f}" for v in self.increment_norms),
-            f"explicit GD: {c['gd_steps']} steps on W, step size per i {self.gd_lrs} (chosen on validation tasks); "
+            f"explicit GD: {c.gd_steps} steps on W, step size per i {self.gd_lrs} (chosen on validation tasks); "
             f"cosine(dW_n, GD update) {self.update_cosine:.3f}"])
+
+
+def check_regression_config(config: RegressionConfig) -> RegressionConfig:
+    """One clear error for a size or count that is not a positive integer, or a step size that is not > 0."""
+    for name in ("dim", "n_context", "d_model", "d_mlp", "steps", "batch", "n_test"):
+        check_count(name, getattr(config, name))
+    check_count("gd_steps", config.gd_steps, minimum=0)
+    check_count("seed", config.seed, minimum=0)
+    check_number("lr", config.lr, positive=True)
+    check_numbers("gd_lrs", config.gd_lrs, positive=True)
+    return config
 
 
 def icl_regression(config: RegressionConfig = RegressionConfig()) -> RegressionResult:
     """Train the toy model, check the identity in float64, and compare the implicit update with explicit GD."""
-    if config.dim < 1 or config.n_context < 1 or config.steps < 1 or config.gd_steps < 0 or not config.gd_lrs:
-        raise InputError("icl_regression needs dim, n_context and steps >= 1, gd_steps >= 0 and some gd_lrs")
+    check_regression_config(config)
     start = time.perf_counter()
     model, train_loss = train(config)
     model = model.double()  # the identity is checked to float64 round-off
@@ -254,8 +268,9 @@ def icl_regression(config: RegressionConfig = RegressionConfig()) -> RegressionR
     with torch.no_grad():
         gd_update = explicit_gd(model, context, gd_lrs[n], config.gd_steps) - weight
         cosine = F.cosine_similarity(updates[-1].flatten(1), gd_update.flatten(1), dim=-1)
-    return RegressionResult(asdict(config), train_loss, max_error, increments, mse_icl, mse_gd, mse_ls, gd_lrs,
-                            float(cosine.nan_to_num(0.0).mean()), time.perf_counter() - start)
+    return RegressionResult(config=config, train_loss=train_loss, max_abs_error=max_error, increment_norms=increments,
+                            mse_icl=mse_icl, mse_gd=mse_gd, mse_least_squares=mse_ls, gd_lrs=gd_lrs,
+                            update_cosine=float(cosine.nan_to_num(0.0).mean()), wall_s=time.perf_counter() - start)
 
 
 def _finite(value: float) -> float:
