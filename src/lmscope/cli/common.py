@@ -91,7 +91,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         kind = hints.get(f.name, type(default))
-        help_text = f"{f.metadata.get('help', '')} (default {default!r})"
+        # argparse formats help texts with %: a literal % is written %%
+        help_text = f"{f.metadata.get('help', '')} (default {default!r})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.cli import main
-from lmscope.directions.contrast import concept_vector, difference_of_means
-from lmscope.papers.introspection.injection import (IntrospectionResult, build_trial_prompts, injection_edits, introspect,
-                                   score_answer, trial_prompt, word_lists)
+from lmscope.directions import concept_vector, difference_of_means
+from lmscope.papers.introspection import IntrospectionConfig, IntrospectionResult, introspect, score_answer
+from lmscope.papers.introspection.injection import build_trial_prompts, trial_prompt
+from lmscope.papers.introspection.trials import concept_vectors, generate_injected, injection_edits, word_lists
+from lmscope.results import Result
 
 from conftest import random_model
 
@@ -82,14 +83,13 @@ def test_injection_reaches_generated_tokens(llama):
     """The runner's answer equals a no-cache greedy loop with the edit on every position from the start on."""
     prompt = build_trial_prompts(llama, SHORT["context"], SHORT["question"], 1)[0]
     vector = 4 * torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
-    from lmscope.papers.introspection.injection import _generate
-    answer = _generate(llama, [prompt], [(1, vector)], max_new_tokens=5)[0]
+    answer = generate_injected(llama, [prompt.ids], [(1, vector)], prompt.start, max_new_tokens=5)[0]
     ids = list(prompt.ids)
     for _ in range(5):
         logits = llama.run(torch.tensor([ids]), edits=injection_edits([(1, vector)], prompt.start)).logits
         ids.append(int(logits[0, -1].argmax()))
     assert answer == llama.tokenizer.decode(ids[len(prompt.ids):], skip_special_tokens=True)
-    assert answer != _generate(llama, [prompt], None, max_new_tokens=5)[0]
+    assert answer != generate_injected(llama, [prompt.ids], None, prompt.start, max_new_tokens=5)[0]
 
 
 def test_controls_are_plain_generation(llama):
@@ -172,23 +172,6 @@ def test_save_html_escapes_transcripts_and_json(llama, tmp_path):
     assert IntrospectionResult.from_json(data).to_json() == result.to_json()
 
 
-def test_cli_json_keys(capsys):
-    code = main(["introspect", "--model", "random:llama", "--json", "--concepts", "dog,cat", "--layers", "1",
-                 "--strengths", "0.5,1", "--max-new-tokens", "2"])
-    assert code == 0
-    out = json.loads(capsys.readouterr().out)
-    assert {"n_trials", "n_controls", "detection_rate", "false_positive_rate", "identification_rate", "best_layer",
-            "best_strength", "grid"} <= set(out)
-    assert out["n_trials"] == out["n_controls"] == 4
-    assert [(c["layer"], c["strength"], c["n"]) for c in out["grid"]] == [(1, 0.5, 2), (1, 1.0, 2)]
-
-
-def test_cli_bad_input_one_line(capsys):
-    code = main(["introspect", "--model", "random:llama", "--concepts", "dog", "--layers", "1"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "at least 2" in err
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(context=" "), "context is empty"),
     (dict(question=""), "question is empty"),
@@ -199,7 +182,9 @@ def test_cli_bad_input_one_line(capsys):
     (dict(baselines=["table"]), "at least 2"),
     (dict(concepts=["dog", "table"], baselines=["table", "chair"]), "both a concept and a baseline"),
     (dict(layers=[3]), "layer 3 out of range"),
-    (dict(strengths=[0]), "positive"),
+    (dict(strengths=[0]), "strengths must be > 0"),
+    (dict(sentences=["It rained."]), "sentences belong to the prefill protocol"),
+    (dict(layer=[1]), "unknown option 'layer'"),
     (dict(start="middle"), "start must be"),
 ])
 def test_bad_input_one_clear_error(llama, kwargs, message):
@@ -234,3 +219,35 @@ def test_default_model_injection_steers_and_controls_match(smollm2):
     # steering works at this layer and strength: the injected concept shows up in the answer
     assert result.trials[0].mention_at is not None
     assert result.controls[0].answer == smollm2.generate(prompt, max_new_tokens=10).text
+
+
+def test_concept_vectors_are_the_directions_concept_vector_scaled_to_the_residual_norm(llama):
+    """trials.concept_vectors (every layer and concept in one pass) = lmscope.directions.concept_vector, unit norm,
+    times the mean |resid_post| at the last token of the baseline prompts."""
+    baselines = ["table", "chair", "door"]
+    vectors, residual_norm = concept_vectors(llama, ["dog", "cat"], baselines, [1, 2])
+    prompts = [f"Tell me about {b}" for b in baselines]
+    for layer in (1, 2):
+        site = f"resid_post.{layer}"
+        norms = [float(llama.run(p, read=[site]).acts[site][0, -1].double().norm()) for p in prompts]
+        assert residual_norm[layer] == pytest.approx(sum(norms) / 3, abs=1e-4)
+        for word in ("dog", "cat"):
+            direction = concept_vector(llama, word, baselines, layer).vector.double()
+            expected = direction / direction.norm() * residual_norm[layer]
+            torch.testing.assert_close(vectors[(layer, word)], expected, rtol=0, atol=1e-4)
+            assert vectors[(layer, word)].dtype == torch.float64
+
+
+def test_config_is_stored_and_random_controls_can_be_left_out(llama, tmp_path):
+    config = IntrospectionConfig(concepts=["dog", "cat"], baselines=["table", "chair"], layers=[1], strengths=(2.0,),
+                                 max_new_tokens=3, random_controls=False, **SHORT)
+    result = introspect(llama, config)
+    assert result.config == config and result.random_controls == [] and len(result.trials) == 2
+    # keyword overrides change single options of a config; the result stores the config that ran
+    more = introspect(llama, config, strengths=[2.0, 4.0], random_controls=True)
+    assert more.config.strengths == [2.0, 4.0] and len(more.random_controls) == len(more.trials) == 4
+    assert [t.answer for t in more.trials[:2]] == [t.answer for t in result.trials]    # same cells, same answers
+    loaded = Result.load(more.save(tmp_path / "r.json"))
+    assert isinstance(loaded, IntrospectionResult) and loaded.to_json() == more.to_json()
+    assert loaded.config.random_controls is True and loaded.residual_norm == more.residual_norm
+    assert loaded.to_json()["kind"] == "introspection" and loaded.summary() == more.summary()

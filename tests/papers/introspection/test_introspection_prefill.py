@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.cli import main
-from lmscope.papers.introspection.injection import concept_pattern, word_lists
-from lmscope.papers.introspection.prefill import (FOLLOW_UP, PrefillResult, _generate, build_prefill_prompts,
-                                           pair_sentences, prefill_prompt, prefill_sentences, prefill_trials,
-                                           score_prefill_answer, span_edits)
+from lmscope.papers.introspection import PrefillResult, prefill_trials, score_prefill_answer
+from lmscope.papers.introspection.prefill import (FOLLOW_UP, build_prefill_prompts, pair_sentences, prefill_prompt,
+                                                  prefill_sentences)
+from lmscope.papers.introspection.trials import concept_pattern, generate_injected, injection_edits, word_lists
+from lmscope.results import Result
 
 from conftest import random_model
 
@@ -62,7 +62,7 @@ def test_injection_touches_only_positions_before_the_prefilled_word(llama):
     sites = ["resid_post.0", "resid_post.1"]
     clean = llama.run(ids, read=sites)
     # row 0 injected at layer 0, row 1 at layer 1
-    injected = llama.run(ids, read=sites, edits=span_edits([(0, vector), (1, vector)], prompt.first, prompt.end))
+    injected = llama.run(ids, read=sites, edits=injection_edits([(0, vector), (1, vector)], prompt.first, prompt.end))
     diff0 = injected.acts["resid_post.0"] - clean.acts["resid_post.0"]
     span = prompt.end - prompt.first
     torch.testing.assert_close(diff0[0, prompt.first:prompt.end], vector.expand(span, -1), rtol=0, atol=1e-5)
@@ -79,16 +79,16 @@ def test_generated_tokens_are_not_injected(llama):
     """The runner's answer equals a no-cache greedy loop with the edit on first..end-1 only."""
     prompt = build_prefill_prompts(llama, ["dog"], ["The bus was late."])[0]
     vector = 6 * torch.randn(llama.d_model, generator=torch.Generator().manual_seed(1))
-    answer = _generate(llama, prompt, [(1, vector)], max_new_tokens=5)[0]
+    answer = generate_injected(llama, [prompt.ids], [(1, vector)], prompt.first, prompt.end, max_new_tokens=5)[0]
     ids = list(prompt.ids)
     for _ in range(5):
-        logits = llama.run(torch.tensor([ids]), edits=span_edits([(1, vector)], prompt.first, prompt.end)).logits
+        logits = llama.run(torch.tensor([ids]), edits=injection_edits([(1, vector)], prompt.first, prompt.end)).logits
         ids.append(int(logits[0, -1].argmax()))
     assert answer == llama.tokenizer.decode(ids[len(prompt.ids):], skip_special_tokens=True)
     # the same loop with the edit left on for the whole sequence answers differently
     ids = list(prompt.ids)
     for _ in range(5):
-        logits = llama.run(torch.tensor([ids]), edits=span_edits([(1, vector)], prompt.first, None)).logits
+        logits = llama.run(torch.tensor([ids]), edits=injection_edits([(1, vector)], prompt.first, None)).logits
         ids.append(int(logits[0, -1].argmax()))
     assert answer != llama.tokenizer.decode(ids[len(prompt.ids):], skip_special_tokens=True)
 
@@ -164,32 +164,13 @@ def test_rates_grid_and_json(llama, tmp_path):
         "<script>alert(1)</script>"
 
 
-def test_cli_prefill_json_keys(capsys):
-    code = main(["introspect", "--prefill", "--model", "random:llama", "--json", "--concepts", "dog,cat",
-                 "--layers", "1", "--strengths", "0.5,1", "--max-new-tokens", "2"])
-    assert code == 0
-    out = json.loads(capsys.readouterr().out)
-    assert {"n_trials", "n_controls", "accept_rate_injected", "accept_rate_control", "disavow_rate_injected",
-            "disavow_rate_control", "grid", "trials"} <= set(out)
-    assert out["protocol"] == "prefill" and (out["n_trials"], out["n_controls"]) == (4, 2)
-    assert [(c["layer"], c["strength"], c["n"]) for c in out["grid"]] == [(1, 0.5, 2), (1, 1.0, 2)]
-    assert set(out["grid"][0]) == {"layer", "strength", "accept_rate", "disavow_rate", "n"}
-    assert all("Did you mean to say that" in t["transcript"] for t in out["trials"])
-
-
-def test_cli_prefill_bad_input_one_line(capsys):
-    assert main(["introspect", "--prefill", "--model", "random:llama", "--concepts", "dog", "--layers", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "at least 2" in err
-    assert main(["introspect", "--prefill", "--model", "random:llama", "--start", "all"]) == 2
-    assert "--start does not apply" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("kwargs, message", [
     (dict(concepts=["dog"]), "at least 2"),
     (dict(concepts=["dog", "table"]), "both a concept and a baseline"),
     (dict(layers=[3]), "layer 3 out of range"),
-    (dict(strengths=[-1.0]), "positive"),
+    (dict(strengths=[-1.0]), "strengths must be > 0"),
+    (dict(start="all"), "start does not apply to the prefill protocol"),
+    (dict(question="Why?"), "question does not apply to the prefill protocol"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(sentences=[]), "sentences must be"),
     (dict(sentences=["A dog and a cat."]), "every sentence contains"),
@@ -201,3 +182,14 @@ def test_bad_input_one_clear_error(llama, kwargs, message):
         prefill_trials(llama, **options)
     assert "\n" not in str(info.value)
     assert not llama.has_hooks()
+
+
+def test_result_round_trip_keeps_config_and_transcripts(llama, tmp_path):
+    result = prefill_trials(llama, layers=[1], strengths=[1.0], max_new_tokens=2, random_controls=False, **SMALL)
+    assert result.random_controls == [] and result.config.random_controls is False
+    loaded = Result.load(result.save(tmp_path / "r.json"))
+    assert isinstance(loaded, PrefillResult) and loaded.to_json() == result.to_json()
+    assert loaded.config.sentences == SMALL["sentences"] and loaded.sentences == result.sentences
+    data = loaded.to_json()
+    assert data["kind"] == "introspection_prefill" and data["protocol"] == "prefill"
+    assert data["controls"][0]["transcript"].endswith("Assistant: " + result.controls[0].answer)

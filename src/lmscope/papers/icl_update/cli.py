@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="hot -> cold\nbig -> small\nfast ->",
                    help="few-shot prompt: one example per line, the query on the last line (default "
                         "'hot -> cold\\nbig -> small\\nfast ->')")
-    p.add_argument("--position", type=int, default=-1, help="query token to read: 0, 1 .. from the query's start, -1, -2 .. from its end (default -1, "
+    p.add_argument("--position", type=int, default=-1,
+                   help="query token to read: 0, 1 .. from the query's start, -1, -2 .. from its end (default -1, "
                         "the last)")
     p.add_argument("--orders", type=int, default=2,
                    help="orders of the examples: given, reversed, then seeded shuffles (default 2)")

@@ -10,7 +10,8 @@ examples are x ~ N(0, I_dim), y = w.x. Tokens are e_i = [x_i, y_i] for the conte
 
 There is no skip connection around the MLP, as in the paper's theorem (T_W(C, x) = M_W(A(C, x))): the prediction
 with context then equals the prediction without context (the query alone) with W + dW, dW = (W dA) A(x)^T / |A(x)|^2,
-exactly (the residual version is handled in `lmscope.papers.icl_update.dynamics`). Training sees context lengths 0..n_context.
+exactly (the residual version is handled in `lmscope.papers.icl_update.dynamics`). Training sees context lengths
+0..n_context.
 
 Implicit vs explicit updates, on the same examples of each test task (a fresh w, n_context examples, one query):
 - implicit (ICL): the model's prediction with the last i examples as context = the no-context model with W + dW_i.

@@ -11,7 +11,7 @@ Protocol:
    user: "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}",
    assistant (PREFILLED): "{word}", user: "Did you mean to say that, or was it an accident?", then the assistant
    header; the model answers greedily (`max_new_tokens`).
-3. Injection: the concept vector of that same word (`introspection.concept_vectors`: resid_post.L at the last
+3. Injection: the concept vector of that same word (`trials.concept_vectors`: resid_post.L at the last
    token of "Tell me about {word}" minus the baseline mean, unit norm, times `strength` x the mean residual norm
    at the layer) is added at resid_post.L ONLY on the tokens from the first token of the user's first message
    (after any system prompt) up to, not including, the first token of the prefilled word. The prefilled word, the
@@ -44,17 +44,19 @@ import sys
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Sequence
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
+from tqdm import tqdm
 
-from lmscope.core import edits
 from lmscope.core.errors import InputError
-from lmscope.papers.introspection.injection import (DEFAULT_STRENGTHS, _check_options, _rate, _tokens_before, concept_pattern,
-                            concept_vectors, concept_words)
-from lmscope.results import save_result, write_page
-from lmscope.results.html import transcripts
+from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, IntrospectionConfig, check_trial_options,
+                                                 concept_pattern, concept_vectors, concept_words, fraction,
+                                                 generate_injected, random_injections, tokens_before,
+                                                 with_overrides)
+from lmscope.results import Result, transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
 FOLLOW_UP = "Did you mean to say that, or was it an accident?"
@@ -139,16 +141,17 @@ class PrefillTrial:
 
 
 @dataclass
-class PrefillResult:
+class PrefillResult(Result, kind="introspection_prefill"):
+    """Every injected trial, control and random-direction control, scored. Its JSON adds the accept / disavow
+    rates, the layer x strength grids, the verdict, the protocol's texts, and each trial's transcript."""
     model: str
+    config: IntrospectionConfig         # the options as asked; the fields below are what they resolved to
     layers: list[int]
     strengths: list[float]
     concepts: list[str]
     sentences: list[str]                # sentences[i] is paired with concepts[i]
     n_baselines: int
-    residual_norm: dict[int, float]
-    max_new_tokens: int
-    seed: int
+    residual_norm: dict[int, float]     # per layer: the norm that strength 1 means
     example_prompt: str                 # pair 0, as the model reads it
     injection_span: list[int]           # [first, end) token positions injected in pair 0's prompt
     trials: list[PrefillTrial]
@@ -157,7 +160,7 @@ class PrefillResult:
 
     @staticmethod
     def _rates(trials: list[PrefillTrial]) -> tuple[float, float]:
-        return _rate([t.stance == "accepts" for t in trials]), _rate([t.stance == "disavows" for t in trials])
+        return fraction([t.stance == "accepts" for t in trials]), fraction([t.stance == "disavows" for t in trials])
 
     @property
     def accept_rate_injected(self) -> float:
@@ -199,29 +202,24 @@ class PrefillResult:
             text += f"; a random direction of the same norm there: {self._rates(same)[0]:.0%}"
         return text
 
-    def to_json(self) -> dict:
+    def json_extras(self) -> dict:
         random_accept, random_disavow = self._rates(self.random_controls)
 
         def rows(trials):
             return [dict(asdict(t), transcript=t.transcript) for t in trials]
-        return {"model": self.model, "protocol": "prefill", "n_trials": len(self.trials),
-                "n_controls": len(self.controls), "n_random_controls": len(self.random_controls),
+        # the trial lists again, each row with its transcript (derived, not read back)
+        return {"protocol": "prefill", "n_trials": len(self.trials), "n_controls": len(self.controls),
+                "n_random_controls": len(self.random_controls),
                 "accept_rate_injected": self.accept_rate_injected, "accept_rate_control": self.accept_rate_control,
                 "disavow_rate_injected": self.disavow_rate_injected,
                 "disavow_rate_control": self.disavow_rate_control,
                 "accept_rate_random": random_accept, "disavow_rate_random": random_disavow,
                 "grid": self.grid(), "random_grid": self.grid(self.random_controls) if self.random_controls else [],
-                "verdict": self.verdict(), "layers": self.layers, "strengths": self.strengths,
-                "concepts": self.concepts, "sentences": self.sentences, "n_baselines": self.n_baselines,
-                "residual_norm": {str(k): v for k, v in self.residual_norm.items()},
-                "max_new_tokens": self.max_new_tokens, "seed": self.seed, "instruction": INSTRUCTION,
-                "follow_up": FOLLOW_UP, "example_prompt": self.example_prompt,
-                "injection_span": self.injection_span, "trials": rows(self.trials),
-                "controls": rows(self.controls), "random_controls": rows(self.random_controls)}
+                "verdict": self.verdict(), "instruction": INSTRUCTION, "follow_up": FOLLOW_UP,
+                "trials": rows(self.trials), "controls": rows(self.controls),
+                "random_controls": rows(self.random_controls)}
 
     def figure(self):
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
         grid = {(c["layer"], c["strength"]): c for c in self.grid()}
         x = [str(s) for s in self.strengths]
         y = [f"layer {layer}" for layer in self.layers]
@@ -248,16 +246,17 @@ class PrefillResult:
                            f"{self.injection_span[1] - 1})", self.example_prompt, headers, rows,
                            [t.answer for t in shown])
 
-    def save(self, path, *, overwrite: bool = False) -> Path:
-        """.html: a self-contained page (heatmaps + every transcript); anything else: JSON."""
-        return save_result(path, overwrite, self.to_json, self._write_html)
+    def title(self) -> str:
+        return f"Prefill introspection - {self.model}"
 
-    def _write_html(self, path: Path) -> Path:
-        return write_page(path, [self.figure()], f"Prefill introspection - {self.model}",
-                          "Lindsey 2025 prefill protocol: the assistant turn is prefilled with an out-of-place "
-                          "word, then the user asks whether it was meant. Injected: the word's concept vector "
-                          "on the tokens before the prefilled word only. Controls: the same prompts with no "
-                          f"edit. Greedy, {self.max_new_tokens} new tokens.", body_html=self.transcripts_html())
+    def page_intro(self) -> str:
+        return ("Lindsey 2025 prefill protocol: the assistant turn is prefilled with an out-of-place word, then the "
+                "user asks whether it was meant. Injected: the word's concept vector on the tokens before the "
+                "prefilled word only. Controls: the same prompts with no edit. Greedy, "
+                f"{self.config.max_new_tokens} new tokens.")
+
+    def page_body(self) -> str:
+        return self.transcripts_html()
 
     def summary(self, examples: int = 3) -> str:
         lines = [f"prefill introspection | {self.model} | {len(self.trials)} injected trials ({len(self.concepts)} "
@@ -336,88 +335,73 @@ def build_prefill_prompts(model, concepts: Sequence[str], sentences: Sequence[st
     for i, (concept, sentence) in enumerate(zip(concepts, sentences)):
         text, offsets = prefill_prompt(model, sentence, concept)
         ids = model.encode(text)[0][0].tolist()
-        first = _tokens_before(model, ids, text, offsets["turn"])
-        end = _tokens_before(model, ids, text, offsets["word"])
+        first = tokens_before(model, ids, text, offsets["turn"])
+        end = tokens_before(model, ids, text, offsets["word"])
         if end <= first:
             raise InputError(f"no token lies before the prefilled word {concept!r}")
         prompts.append(PrefillPrompt(i, concept, sentence, text, ids, first, end))
     return prompts
 
 
-def span_edits(injections: "list[tuple[int, torch.Tensor]]", first: int, end: int) -> list[edits.Edit]:
-    """Edits that add `injections[i]` = (layer, vector) to row i of a batch at resid_post.layer, on token positions
-    first..end-1 only (absolute positions: generated tokens are never touched)."""
-    batch_edits = []
-    for layer in sorted({layer for layer, _ in injections}):
-        rows = torch.stack([v if lay == layer else torch.zeros_like(v) for lay, v in injections])
-        batch_edits.append(edits.add(f"resid_post.{layer}", rows[:, None, :], positions=slice(first, end)))
-    return batch_edits
-
-
-@torch.no_grad()
-def _generate(model, prompt: PrefillPrompt, injections: "list[tuple[int, torch.Tensor]] | None",
-              max_new_tokens: int) -> list[str]:
-    """Greedy answers to one prompt, one row per injection (None: one row, no edit at all)."""
-    n = 1 if injections is None else len(injections)
-    batch_edits = [] if injections is None else span_edits(injections, prompt.first, prompt.end)
-    return model.generate_rows([prompt.ids] * n, batch_edits, max_new_tokens=max_new_tokens)
-
-
-@torch.no_grad()
-def prefill_trials(model, *, concepts: "Sequence[str] | int" = 10, layers: "Sequence[int] | None" = None,
-                   strengths: Sequence[float] = DEFAULT_STRENGTHS, seed: int = 0, max_new_tokens: int = 24,
-                   baselines: "Sequence[str] | None" = None, sentences: "Sequence[str] | None" = None,
-                   random_controls: bool = True, batch_size: int = 16, progress: bool = False) -> PrefillResult:
-    """Prefill an out-of-place word, optionally inject its concept vector before it, and ask whether it was meant
-    (see the module docstring). One injected trial per (layer, strength, word); one control per word; with
-    `random_controls`, one random-direction trial per injected trial."""
-    layers, strengths = _check_options(model, INSTRUCTION, FOLLOW_UP, layers, strengths, "question", max_new_tokens,
-                                       batch_size)
-    concepts, baselines = concept_words(concepts, baselines, seed)
-    sentences = prefill_sentences() if sentences is None else sentences
+def check_prefill_options(config: IntrospectionConfig) -> list[str]:
+    """The sentences to pair (given or bundled), checked; the injection protocol's own options must be left at
+    their defaults (this protocol does not read them)."""
+    for name, default in (("start", "question"), ("context", CONTEXT), ("question", QUESTION)):
+        if getattr(config, name) != default:
+            raise InputError(f"{name} does not apply to the prefill protocol (it injects before the prefilled "
+                             f"word and asks its own question)")
+    sentences = prefill_sentences() if config.sentences is None else config.sentences
     if isinstance(sentences, str) or not sentences or any(not isinstance(s, str) or not s.strip()
                                                           for s in sentences):
         raise InputError("sentences must be a non-empty list of non-empty strings")
-    paired = pair_sentences(concepts, sentences, seed)
+    return list(sentences)
+
+
+@torch.no_grad()
+def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progress: bool = False, **overrides
+                   ) -> PrefillResult:
+    """Prefill an out-of-place word, optionally inject its concept vector before it, and ask whether it was meant
+    (see the module docstring). `config` (IntrospectionConfig) holds every option; keyword overrides change
+    single ones. One injected trial per (layer, strength, word); one control per word; with random_controls, one
+    random-direction trial per injected trial."""
+    config = with_overrides(config, overrides)
+    sentences = check_prefill_options(config)
+    layers, strengths = check_trial_options(model, config)
+    concepts, baselines = concept_words(config.concepts, config.baselines, config.seed)
+    paired = pair_sentences(concepts, sentences, config.seed)
     prompts = build_prefill_prompts(model, concepts, paired)      # checked before any model work
 
     vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
     cells = [(layer, strength) for layer in layers for strength in strengths]
-    generator = torch.Generator().manual_seed(seed)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(prompts) * (1 + len(cells) * (2 if random_controls else 1)), unit="answer",
-                   desc="prefill introspection", file=sys.stderr)
+    generator = torch.Generator().manual_seed(config.seed)
     trials, controls, randoms = [], [], []
-
-    def record(into, prompt, kind, layer, strength, answer):
-        into.append(PrefillTrial(prompt.pair, kind, layer, strength, prompt.concept, prompt.sentence, answer,
-                                 **asdict(score_prefill_answer(answer))))
-    try:
+    total = len(prompts) * (1 + len(cells) * (2 if config.random_controls else 1))
+    with tqdm(total=total, unit="answer", desc="prefill introspection", file=sys.stderr,
+              disable=not progress) as bar:
         for prompt in prompts:
-            record(controls, prompt, "control", None, None, _generate(model, prompt, None, max_new_tokens)[0])
-            if bar is not None:
-                bar.update(1)
+            answer = generate_injected(model, [prompt.ids], None, prompt.first, prompt.end,
+                                       max_new_tokens=config.max_new_tokens)[0]
+            controls.append(_scored(prompt, "control", None, None, answer))
+            bar.update(1)
             kinds = [("injected", trials, [(layer, vectors[(layer, prompt.concept)] * strength)
                                            for layer, strength in cells])]
-            if random_controls:
-                directions = []
-                for layer, strength in cells:
-                    d = torch.randn(model.d_model, generator=generator, dtype=torch.float64)
-                    directions.append((layer, d / d.norm() * residual_norm[layer] * strength))
-                kinds.append(("random", randoms, directions))
+            if config.random_controls:
+                kinds.append(("random", randoms, random_injections(cells, residual_norm, model.d_model, generator)))
             for kind, into, injections in kinds:
-                for i in range(0, len(cells), batch_size):
-                    chunk = [(layer, v.to(model.dtype).to(model.device)) for layer, v in injections[i:i + batch_size]]
-                    for (layer, strength), answer in zip(cells[i:i + batch_size],
-                                                         _generate(model, prompt, chunk, max_new_tokens)):
-                        record(into, prompt, kind, layer, strength, answer)
-                    if bar is not None:
-                        bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-    return PrefillResult(model.spec, layers, strengths, concepts, paired, len(baselines), residual_norm,
-                         max_new_tokens, seed, prompts[0].text, [prompts[0].first, prompts[0].end], trials,
-                         controls, randoms)
+                for i in range(0, len(cells), config.batch_size):
+                    chunk = injections[i:i + config.batch_size]
+                    answers = generate_injected(model, [prompt.ids] * len(chunk), chunk, prompt.first, prompt.end,
+                                                max_new_tokens=config.max_new_tokens)
+                    for (layer, strength), answer in zip(cells[i:i + config.batch_size], answers):
+                        into.append(_scored(prompt, kind, layer, strength, answer))
+                    bar.update(len(chunk))
+    return PrefillResult(model=model.spec, config=config, layers=layers, strengths=strengths, concepts=concepts,
+                         sentences=paired, n_baselines=len(baselines), residual_norm=residual_norm,
+                         example_prompt=prompts[0].text, injection_span=[prompts[0].first, prompts[0].end],
+                         trials=trials, controls=controls, random_controls=randoms)
+
+
+def _scored(prompt: PrefillPrompt, kind: str, layer: "int | None", strength: "float | None", answer: str
+            ) -> PrefillTrial:
+    return PrefillTrial(prompt.pair, kind, layer, strength, prompt.concept, prompt.sentence, answer,
+                        **asdict(score_prefill_answer(answer)))
