@@ -4,12 +4,11 @@ a bad file or folder, a missing device) print one line `lmscope: error: ...` and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from lmscope.circuits import cli as circuits_cli
-from lmscope.cli.common import load_model, model_options
+from lmscope.cli import sites as sites_cli
 from lmscope.core.errors import LmscopeError
 from lmscope.directions import cli as directions_cli
 from lmscope.harvest import cli as harvest_cli
@@ -24,7 +23,7 @@ EXIT_ERROR = 2
 
 # (heading, modules whose register() adds its commands), in the lecture's order
 PARTS = (
-    ("the model", ()),
+    ("the model", (sites_cli,)),
     ("part 1: one neuron", (neurons_cli,)),
     ("part 2: one layer (directions, steering, function vectors, truth)", (directions_cli, icl_cli)),
     ("part 2, automated: activations to disk and sparse autoencoders", (harvest_cli, sae_cli)),
@@ -32,32 +31,6 @@ PARTS = (
     ("part 4: the model explains itself (lenses)", (lenses_cli,)),
     ("papers", (icl_update_cli, introspection_cli)),
 )
-
-
-def cmd_sites(args) -> None:
-    model = load_model(args)
-    sites = model.sites()
-    if args.json:
-        print(json.dumps({"model": model.spec, "family": model.adapter.family, "n_layers": model.n_layers,
-                          "d_model": model.d_model, "n_heads": model.n_heads, "d_head": model.d_head,
-                          "d_mlp": model.d_mlp, "vocab_size": model.vocab_size, "parallel": model.parallel,
-                          "sites": [str(s) for s in sites]}))
-        return
-    print(model)
-    print(f"adapter: {model.adapter.family}" + (f" ({model.adapter.notes})" if model.adapter.notes else ""))
-    for kind in dict.fromkeys(s.kind for s in sites):
-        shape = model.site_shape(kind if kind in ("embed", "final_norm", "logits") else f"{kind}.0")
-        layers = "" if kind in ("embed", "final_norm", "logits") else f".0 .. {kind}.{model.n_layers - 1}"
-        print(f"  {kind}{layers}  [batch, seq, {', '.join(map(str, shape))}]" if shape else
-              f"  {kind}{layers}  [batch, heads, query, key]")
-
-
-
-def register_model_commands(sub) -> None:
-    p = sub.add_parser("sites", help="the model's shape and its site names")
-    model_options(p)
-    p.add_argument("--json", action="store_true", help="print them as JSON")
-    p.set_defaults(func=cmd_sites)
 
 
 class _GroupedHelp(argparse.ArgumentParser):
@@ -84,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     groups = []
     for heading, modules in PARTS:
         before = set(sub.choices)
-        if not modules:
-            register_model_commands(sub)
         for module in modules:
             module.register(sub)
         groups.append((heading, [name for name in sub.choices if name not in before]))
