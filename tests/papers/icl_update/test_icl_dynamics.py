@@ -2,7 +2,6 @@
 the residual term, trajectories, bad input, the CLI, and the paper's toy regression model."""
 import dataclasses
 import functools
-import json
 import math
 
 import pytest
@@ -120,23 +119,6 @@ def test_position_counts_in_the_query():
     same = implicit_update(model, "ab\n", "cde", position=-3)
     assert [layer.update_norms for layer in first] == [layer.update_norms for layer in same]
     assert first[1].update_norms != implicit_update(model, "ab\n", "cde")[1].update_norms
-
-
-@pytest.fixture(scope="module")
-def smollm2_float64():
-    return lmscope.load("smollm2", dtype=torch.float64)
-
-
-@pytest.mark.default_model
-def test_default_model_identity_and_rank(smollm2_float64, tmp_path):
-    result = icl_update(smollm2_float64, PROMPT)
-    assert len(result.layers) == 30
-    assert result.max_abs_error_mlp < 1e-10 and result.max_abs_error_block < 1e-10
-    assert result.rank == 1 and result.dtype == "float64"
-    assert all(v > 0 for v in result.increment_norms) and len(result.trajectories) == 2
-    saved = json.loads(result.save(tmp_path / "r.json").read_text())
-    assert saved["rank"] == 1 and saved["increment_norms"] == result.increment_norms
-    assert "Plotly" in result.save(tmp_path / "r.html").read_text()
 
 
 # -- the paper's toy setting ------------------------------------------------------------------------------------------

@@ -207,20 +207,6 @@ def test_directions_bad_input(llama):
     assert not llama.has_hooks()
 
 
-@pytest.mark.default_model
-def test_default_model_injection_steers_and_controls_match(smollm2):
-    result = introspect(smollm2, concepts=["ocean", "dog"], layers=[8], strengths=[0.5], max_new_tokens=10)
-    prompt = result.example_prompt
-    assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
-    ids = smollm2.encode(prompt)[0][0]
-    start = result.injection_start
-    assert smollm2.tokenizer.decode(ids[start:start + 6]).startswith("Trial 1:")
-    assert smollm2.tokenizer.decode(ids[start - 1]).endswith("\n")
-    # steering works at this layer and strength: the injected concept shows up in the answer
-    assert result.trials[0].mention_at is not None
-    assert result.controls[0].answer == smollm2.generate(prompt, max_new_tokens=10).text
-
-
 def test_concept_vectors_are_the_directions_concept_vector_scaled_to_the_residual_norm(llama):
     """trials.concept_vectors (every layer and concept in one pass) = lmscope.directions.concept_vector, unit norm,
     times the mean |resid_post| at the last token of the baseline prompts."""
