@@ -40,7 +40,7 @@ def register(sub) -> None:
     p = sub.add_parser("icl-regression", help="the paper's toy: one-block transformer, in-context linear regression")
     p.add_argument("--tiny", action="store_true",
                    help="start from a tiny configuration (seconds, for smoke tests) instead of the defaults below; "
-                        "flags given with it still apply")
+                        "flags given with it still apply (default: off)")
     add_config_options(p, RegressionConfig)
     # a flag not given is left out of args, so that --tiny's values stand where no flag overrides them
     names = {f.name for f in dataclasses.fields(RegressionConfig)}

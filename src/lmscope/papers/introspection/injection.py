@@ -38,6 +38,10 @@ Scoring rules (`score_answer`, applied to the generated answer):
 
 A 135M model is not expected to introspect; the result reports what it does, including how often injection makes
 the model say the concept at all (`mention_rate`, steering without any claim of noticing).
+
+In this file: score_answer (the rules above), IntrospectionResult, trial_prompt / build_trial_prompts (the prompts
+and where each injection starts), introspect (the run). Options, concept vectors and the injected generation are
+shared with the prefill protocol (trials.py).
 """
 from __future__ import annotations
 

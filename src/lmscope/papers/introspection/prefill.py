@@ -34,6 +34,9 @@ Scoring rules (`score_prefill_answer`):
 - Only when there is no strong cue anywhere, the first yes/no word decides: yes, yeah, yep, yup, sure, of course,
   definitely, absolutely accept; no, nope disavow ("Yes, it was an accident." disavows).
 - Otherwise neither (stance None).
+
+In this file: score_prefill_answer, PrefillResult, prefill_prompt / pair_sentences / build_prefill_prompts, and
+prefill_trials (the run); options, concept vectors and the injected generation come from trials.py.
 """
 from __future__ import annotations
 
