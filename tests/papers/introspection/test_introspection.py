@@ -184,7 +184,7 @@ def test_save_html_escapes_transcripts_and_json(llama, tmp_path):
     (dict(layers=[3]), "layer 3 out of range"),
     (dict(strengths=[0]), "strengths must be > 0"),
     (dict(sentences=["It rained."]), "sentences belong to the prefill protocol"),
-    (dict(layer=[1]), "unknown option 'layer'"),
+    (dict(layer=[1]), r"unknown option\(s\) layer; IntrospectionConfig has"),
     (dict(start="middle"), "start must be"),
 ])
 def test_bad_input_one_clear_error(llama, kwargs, message):

@@ -54,11 +54,12 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm import tqdm
 
+from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
 from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, STARTS, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, tokens_before, with_overrides)
+                                                 generate_injected, random_injections, tokens_before)
 from lmscope.results import Result, transcripts
 
 
@@ -352,7 +353,7 @@ def introspect(model, config: "IntrospectionConfig | None" = None, *, progress: 
     bundled list. layers: default a quarter, a half and two thirds of the depth. strengths: multiples of the
     residual norm at the layer. One injected trial per (layer, strength, concept), as many controls, and (with
     random_controls) as many random-direction controls."""
-    config = with_overrides(config, overrides)
+    config = with_overrides(IntrospectionConfig, config, overrides)
     check_injection_options(config)
     layers, strengths = check_trial_options(model, config)
     concepts, baselines = concept_words(config.concepts, config.baselines, config.seed)

@@ -54,11 +54,11 @@ import torch
 from plotly.subplots import make_subplots
 from tqdm import tqdm
 
+from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
 from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, tokens_before,
-                                                 with_overrides)
+                                                 generate_injected, random_injections, tokens_before)
 from lmscope.results import Result, transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
@@ -367,7 +367,7 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
     (see the module docstring). `config` (IntrospectionConfig) holds every option; keyword overrides change
     single ones. One injected trial per (layer, strength, word); one control per word; with random_controls, one
     random-direction trial per injected trial."""
-    config = with_overrides(config, overrides)
+    config = with_overrides(IntrospectionConfig, config, overrides)
     sentences = check_prefill_options(config)
     layers, strengths = check_trial_options(model, config)
     concepts, baselines = concept_words(config.concepts, config.baselines, config.seed)

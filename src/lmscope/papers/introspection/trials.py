@@ -20,7 +20,6 @@ baseline prompts: strength s means an injection s times as large as the residual
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import re
@@ -68,17 +67,6 @@ class IntrospectionConfig:
     seed: int = option(0, "which bundled concepts are drawn, the sentence pairing and the random directions")
     batch_size: int = option(16, "answers generated together")
     random_controls: bool = option(True, "also inject a random direction of the same norm per injected trial")
-
-
-def with_overrides(config: "IntrospectionConfig | None", overrides: dict) -> IntrospectionConfig:
-    """`config` (default: the defaults) with keyword overrides, e.g. introspect(model, layers=[7])."""
-    if config is not None and not isinstance(config, IntrospectionConfig):
-        raise InputError(f"config must be an IntrospectionConfig, got {type(config).__name__}")
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(IntrospectionConfig)})
-    if unknown:
-        raise InputError(f"unknown option {unknown[0]!r}; options: "
-                         f"{', '.join(f.name for f in dataclasses.fields(IntrospectionConfig))}")
-    return dataclasses.replace(config or IntrospectionConfig(), **overrides)
 
 
 @cache
