@@ -1,7 +1,6 @@
 """Atomic file writes: a reader never sees a half-written file, a crash never leaves one."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -34,16 +33,6 @@ def write_atomic(path: "str | Path", text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
-
-
-def save_result(path: "str | Path", overwrite: bool, to_json, write_html) -> Path:
-    """What a result's .save(path) does: .html/.htm -> a self-contained page (`write_html(path)`), anything
-    else -> the result's JSON (`to_json()`), written atomically; the one output rule first."""
-    from lmscope.results.output import check_output
-    path = check_output(path, overwrite=overwrite)
-    if path.suffix.lower() in (".html", ".htm"):
-        return write_html(path)
-    return write_atomic(path, json.dumps(to_json(), indent=1))
 
 
 def _umask() -> int:
