@@ -35,6 +35,10 @@ def test_add_at_resid_post_changes_that_layer_and_downstream_only(model, ids):
 
 def test_zero_ablating_one_neuron(model, ids):
     layer, neuron = 1, 5
+    if not model.adapter.has_neurons:  # mixture of experts: refused with a pointer to mlp_out
+        with pytest.raises(SiteError, match="mixture-of-experts .* no neurons site"):
+            model.run(ids, edits=[lmscope.zero(f"neurons.{layer}", neurons=[neuron])])
+        return
     clean = model.run(ids, read=all_sites(model)).acts
     edited = model.run(ids, read=all_sites(model), edits=[lmscope.zero(f"neurons.{layer}", neurons=[neuron])]).acts
     acts, before = edited[f"neurons.{layer}"], clean[f"neurons.{layer}"]
@@ -124,11 +128,17 @@ def test_generation_with_edits_and_reads(model):
     reference = model.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
                                   pad_token_id=model.tokenizer.pad_token_id)
     assert plain.token_ids == reference[0].tolist()
-    gen = model.generate(prompt, edits=[lmscope.zero("neurons.0", neurons=[1, 2])], read=["neurons.0"],
-                         max_new_tokens=5)
-    acts = gen.acts["neurons.0"]
+    if model.adapter.has_neurons:
+        gen = model.generate(prompt, edits=[lmscope.zero("neurons.0", neurons=[1, 2])], read=["neurons.0"],
+                             max_new_tokens=5)
+        acts = gen.acts["neurons.0"]
+        assert torch.all(acts[..., [1, 2]] == 0) and torch.any(acts[..., 3] != 0)
+    else:  # mixture of experts: no neurons; zero the MoE block's output at two positions
+        gen = model.generate(prompt, edits=[lmscope.zero("mlp_out.0", positions=[1, 2])], read=["mlp_out.0"],
+                             max_new_tokens=5)
+        acts = gen.acts["mlp_out.0"]
+        assert torch.all(acts[:, [1, 2]] == 0) and torch.any(acts[:, 3] != 0)
     assert acts.shape[1] == len(gen.token_ids) - 1  # every token the model was fed
-    assert torch.all(acts[..., [1, 2]] == 0) and torch.any(acts[..., 3] != 0)
     # position-specific edits count positions over the whole sequence, also after the prompt
     n_prompt = ids.shape[1]
     vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(6)) * 10

@@ -3,12 +3,27 @@ import pytest
 import torch
 
 import lmscope
+from lmscope.core.trace import _set_attention
 
 from conftest import plain_logits
 
 
 def non_pattern_sites(model):
     return [s for s in model.sites() if s.kind != "pattern"]
+
+
+def inner_mlp_site(model, layer: int) -> str:
+    """neurons.L, or mlp_out.L for a mixture of experts (which has no neurons site)."""
+    return f"neurons.{layer}" if model.adapter.has_neurons else f"mlp_out.{layer}"
+
+
+def first_resid(model, embed):
+    """resid_pre.0 from the embedding site: GPT-2 adds the position embedding, Granite multiplies."""
+    if model.adapter.family == "gpt2":
+        return embed + model.module("transformer.wpe")(torch.arange(embed.shape[1]))[None]
+    if model.adapter.family == "granite":
+        return embed * model.hf.config.embedding_multiplier
+    return embed
 
 
 def test_reading_every_site_leaves_logits_bit_identical(model, ids):
@@ -22,11 +37,11 @@ def test_reading_patterns_switches_to_eager_for_the_trace_only(model, ids):
     before = model.hf.config._attn_implementation
     run = model.run(ids, read=model.sites())
     assert model.hf.config._attn_implementation == before
-    model.hf.set_attn_implementation("eager")
+    _set_attention(model.hf, "eager")
     try:
         assert torch.equal(run.logits, plain_logits(model, ids))
     finally:
-        model.hf.set_attn_implementation(before)
+        _set_attention(model.hf, before)
     for layer in range(model.n_layers):
         pattern = run.acts[f"pattern.{layer}"]
         assert pattern.shape == (2, model.n_heads, 7, 7)
@@ -44,8 +59,7 @@ def test_last_resid_post_through_final_norm_and_unembedding_is_the_logits(model,
 def test_residual_stream_adds_up(model, ids):
     run = model.run(ids, read=non_pattern_sites(model))
     a = run.acts
-    torch.testing.assert_close(a["resid_pre.0"], a["embed"] if model.adapter.family != "gpt2" else
-                               a["embed"] + model.module("transformer.wpe")(torch.arange(7))[None])
+    assert torch.equal(a["resid_pre.0"], first_resid(model, a["embed"]))
     for layer in range(model.n_layers):
         pre, attn, mid = a[f"resid_pre.{layer}"], a[f"attn_out.{layer}"], a[f"resid_mid.{layer}"]
         mlp, post = a[f"mlp_out.{layer}"], a[f"resid_post.{layer}"]
@@ -61,26 +75,35 @@ def test_residual_stream_adds_up(model, ids):
 
 def test_z_and_neurons_are_the_inputs_of_the_output_projections(model, ids):
     layer = 1
-    run = model.run(ids, read=[f"z.{layer}", f"neurons.{layer}"])
-    z, neurons = run.acts[f"z.{layer}"], run.acts[f"neurons.{layer}"]
+    family = model.adapter.family
+    run = model.run(ids, read=[f"z.{layer}", inner_mlp_site(model, layer), f"attn_out.{layer}", f"mlp_out.{layer}"])
+    z, attn_out, mlp_out = run[f"z.{layer}"], run[f"attn_out.{layer}"], run[f"mlp_out.{layer}"]
     assert z.shape == (2, 7, model.n_heads, model.d_head)
+    written = model.block_module(layer, model.adapter.o_proj)(z.flatten(-2))
+    if family in ("gemma", "olmo2"):  # the projection's output is normalised before it is added
+        written = model.block_module(layer, "post_attention_layernorm")(written)
+    if family == "granite":  # ... or multiplied
+        written = written * model.hf.config.residual_multiplier
+    torch.testing.assert_close(written, attn_out)
+    if not model.adapter.has_neurons:
+        with pytest.raises(lmscope.SiteError, match="mixture-of-experts .* no neurons site; read or edit mlp_out"):
+            model.run(ids, read=[f"neurons.{layer}"])
+        return
+    neurons = run[f"neurons.{layer}"]
     assert neurons.shape == (2, 7, model.d_mlp)
-    o_proj = model.block_module(layer, model.adapter.o_proj)
-    down = model.block_module(layer, model.adapter.down_proj)
-    attn_out, mlp_out = model.run(ids, read=[f"attn_out.{layer}", f"mlp_out.{layer}"]).acts.values()
-    if model.adapter.family != "gemma":  # Gemma normalises the projection's output before adding it
-        torch.testing.assert_close(o_proj(z.flatten(-2)), attn_out)
-        torch.testing.assert_close(down(neurons), mlp_out)
-    else:
-        post_attn = model.block_module(layer, "post_attention_layernorm")
-        torch.testing.assert_close(post_attn(o_proj(z.flatten(-2))), attn_out)
+    written = model.block_module(layer, model.adapter.down_proj)(neurons)
+    if family in ("gemma", "olmo2"):
+        written = model.block_module(layer, model.adapter.mlp_out)(written)
+    if family == "granite":
+        written = written * model.hf.config.residual_multiplier
+    torch.testing.assert_close(written, mlp_out)
 
 
 def test_stop_early_runs_nothing_after_the_last_site(model, ids):
     calls = []
     handle = model.block_module(model.n_layers - 1).register_forward_hook(lambda *a: calls.append(1))
     try:
-        run = model.run(ids, read=["resid_post.0", "neurons.0"], stop_early=True)
+        run = model.run(ids, read=["resid_post.0", inner_mlp_site(model, 0)], stop_early=True)
     finally:
         handle.remove()
     assert run.logits is None and calls == []
@@ -100,9 +123,10 @@ def test_to_cpu_detach_and_grad(model, ids):
 
 
 def test_results_accept_any_spelling_of_a_site(model, ids):
-    run = model.run(ids, read=["blocks.-1.hook_resid_post", "blocks.0.mlp.hook_post"])
+    inner = "blocks.0.mlp.hook_post" if model.adapter.has_neurons else "blocks.0.hook_mlp_out"
+    run = model.run(ids, read=["blocks.-1.hook_resid_post", inner])
     last = model.n_layers - 1
-    assert list(run.acts) == [f"resid_post.{last}", "neurons.0"]  # in the order asked
+    assert list(run.acts) == [f"resid_post.{last}", inner_mlp_site(model, 0)]  # in the order asked
     assert run["resid_post.-1"] is run[f"blocks.{last}.hook_resid_post"] is run.acts[f"resid_post.{last}"]
     with pytest.raises(lmscope.SiteError, match="was not read"):
         run["resid_pre.0"]

@@ -16,6 +16,7 @@ patching sweeps, LRE Jacobians) runs it once and resumes from it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,7 @@ import torch
 
 from lmscope.core.edits import OPS, Edit
 from lmscope.core.errors import EditError, SiteError
+from lmscope.core.models.adapters import residual_scale
 from lmscope.core.models.sites import Site, expand_sites, parse_site
 
 
@@ -49,6 +51,7 @@ def bind_edit(model, edit: Edit) -> _BoundEdit:
         raise EditError(f"an edit is made with lmscope.add / replace / scale / zero / mean_ablate / project_out, "
                         f"got {type(edit).__name__}")
     site = parse_site(edit.site, model.n_layers)
+    check_supported(model, site)
     if edit.op not in OPS:
         raise EditError(f"unknown edit op '{edit.op}'; one of {', '.join(OPS)}")
     if site.kind == "pattern":
@@ -89,6 +92,14 @@ def bind_edit(model, edit: Edit) -> _BoundEdit:
     return _BoundEdit(site, edit.op, value.to(device) if isinstance(value, torch.Tensor) else value,
                       edit.positions, None if feature_mask is None else feature_mask.to(device), has_seq, len(shape),
                       weight=weight.to(device) if isinstance(weight, torch.Tensor) else weight)
+
+
+def check_supported(model, site: Site) -> None:
+    """Sites a family does not have: neurons of a mixture-of-experts MLP (its experts' weights are fused)."""
+    if site.kind == "neurons" and not model.adapter.has_neurons:
+        raise SiteError(f"'{site}': {model.adapter.family} has a mixture-of-experts MLP whose experts' weights are "
+                        f"fused, so there is no neurons site; read or edit mlp_out.{site.layer} (the experts' "
+                        f"weighted sum) instead")
 
 
 def _check_weight(model, site, weight, shape):
@@ -244,6 +255,7 @@ class _Location:
     when: str                                   # "pre" (module input) or "post" (module output)
     get: Callable
     set: "Callable | None" = None               # None: read only
+    fresh: bool = False                         # always hand the model a copy (it adds into the tensor in place)
 
 
 def _pre_location(module, view=None, unview=None) -> _Location:
@@ -286,6 +298,32 @@ def _check_resume(model, resume, sites) -> tuple[int, torch.Tensor]:
     return layer, start
 
 
+def _added_location(module, scale: "float | None" = None, fresh: bool = False) -> _Location:
+    """What a sublayer adds to the residual stream: the module's output, times the family's residual scale where it
+    has one (the same product the block computes). An edit is written back as the module output that gives it:
+    output + (new - output * scale) / scale, exact when the edit changed nothing."""
+    def get(out):
+        return _first(out) if scale is None else _first(out) * scale
+
+    def put(out, new):
+        if scale is not None:
+            new = _first(out) + (new - _first(out) * scale) / scale
+        if fresh:
+            new = new.clone(memory_format=torch.contiguous_format)
+        return _with_first(out, new)
+    return _Location(module, "post", get, put, fresh)
+
+
+def _set_attention(hf, implementation: str) -> None:
+    """Switch the attention implementation. Families that read it from the config at run time and refuse the switch
+    (Falcon) get the config value set directly."""
+    can_set = getattr(hf, "_can_set_attn_implementation", lambda: True)
+    if can_set():
+        hf.set_attn_implementation(implementation)
+    if hf.config._attn_implementation != implementation:
+        hf.config._attn_implementation = implementation
+
+
 class Trace:
     """Context manager that reads and edits sites while the block runs. See the module docstring."""
 
@@ -293,12 +331,15 @@ class Trace:
                  to_cpu: bool = False, grad: bool = False, resume: "tuple[int, torch.Tensor] | None" = None):
         self.model = model
         self.read = expand_sites(read, model.n_layers) if read else []
+        for site in self.read:
+            check_supported(model, site)
         self.edits = [bind_edit(model, e) for e in (edits or [])]
         self.resume_layer = None
         if resume is not None:
             self.resume_layer, start = _check_resume(model, resume, self.read + [b.site for b in self.edits])
             self.edits.insert(0, bind_edit(model, Edit(f"resid_pre.{self.resume_layer}", "replace", start)))
         self._skipped: list[torch.nn.Module] = []
+        self.warned_non_finite = False
         self.stop_early, self.detach, self.to_cpu, self.grad = stop_early, detach and not grad, to_cpu, grad
         self.stopped = False
         self._acts: dict[Site, list[torch.Tensor]] = {}
@@ -358,7 +399,7 @@ class Trace:
             del block.forward          # the class's own forward again
         self._skipped.clear()
         if self._restore_attn is not None:
-            self.model.hf.set_attn_implementation(self._restore_attn)
+            _set_attention(self.model.hf, self._restore_attn)
             self._restore_attn = None
 
     def _install(self):
@@ -366,7 +407,7 @@ class Trace:
         if any(s.kind == "pattern" for s in self.read) and model.hf.config._attn_implementation != "eager":
             # Only eager attention materialises the pattern; switch for this trace alone.
             self._restore_attn = model.hf.config._attn_implementation
-            model.hf.set_attn_implementation("eager")
+            _set_attention(model.hf, "eager")
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
         for layer in range(self.resume_layer or 0):
             block = model.block_module(layer)
@@ -394,6 +435,23 @@ class Trace:
                 stash_layers.discard(site.layer)
         for layer in stash_layers:  # resid_mid needs resid_pre, which is not itself a site here
             self._stash_resid_pre(layer)
+        if self.edits:  # registered last: it sees the logits after any edit of them
+            self._handles.append(model.hf.register_forward_hook(self._warn_non_finite))
+
+    def _warn_non_finite(self, module, args, output):
+        """Warn (once per trace) when the edited forward's logits hold NaN or infinity, e.g. a float16 overflow."""
+        logits = getattr(output, "logits", None)
+        if self.warned_non_finite or not isinstance(logits, torch.Tensor):
+            return
+        bad = int((~torch.isfinite(logits)).sum())
+        if bad:
+            self.warned_non_finite = True
+            dtype = logits.dtype
+            hint = (f"; {dtype} overflows past {torch.finfo(dtype).max:g}: use smaller edit values or float32/bfloat16"
+                    if dtype == torch.float16 else "")
+            warnings.warn(f"lmscope: the logits hold {bad} non-finite values (NaN or infinity) of {logits.numel()} "
+                          f"under the edits {', '.join(f'{b.op} {b.site}' for b in self.edits)}{hint}",
+                          RuntimeWarning, stacklevel=2)
 
     def _track_offset(self, module, args, kwargs):
         # transformers 5 names the KV cache `cache`; older releases `past_key_values`
@@ -417,10 +475,10 @@ class Trace:
         """resid_mid as resid_pre + attn_out, seen at the module whose output attention adds. Setting it rewrites
         what attention adds, since the block keeps its own reference to resid_pre for the skip connection."""
         model = self.model
-        module = model.block_module(layer, model.adapter.attn_out)
-        get = lambda out: self._resid_pre[layer] + _first(out)  # noqa: E731
-        put = (lambda out, new: _with_first(out, new - self._resid_pre[layer])) if settable else None
-        return _Location(module, "post", get, put)
+        added = self._location(Site("attn_out", layer))
+        get = lambda out: self._resid_pre[layer] + added.get(out)  # noqa: E731
+        put = (lambda out, new: added.set(out, new - self._resid_pre[layer])) if settable else None
+        return _Location(added.module, "post", get, put)
 
     def _location(self, site: Site) -> _Location:
         model, kind, layer = self.model, site.kind, site.layer
@@ -439,9 +497,10 @@ class Trace:
         if kind == "resid_post":
             return _post_location(model.block_module(layer))
         if kind == "attn_out":
-            return _post_location(model.block_module(layer, a.attn_out))
+            return _added_location(model.block_module(layer, a.attn_out), residual_scale(a, model.hf.config))
         if kind == "mlp_out":
-            return _post_location(model.block_module(layer, a.mlp_out))
+            return _added_location(model.block_module(layer, a.mlp_out), residual_scale(a, model.hf.config),
+                                   fresh=a.mlp_out_reused)
         if kind == "neurons":
             return _pre_location(model.block_module(layer, a.down_proj))
         if kind == "z":
@@ -477,7 +536,7 @@ class Trace:
         else:
             def post_hook(module, args, output):
                 act = process(loc.get(output))
-                return loc.set(output, act) if edits else None
+                return loc.set(output, act) if edits or loc.fresh else None
             self._handles.append(loc.module.register_forward_hook(post_hook))
 
     def _record(self, site: Site, act: torch.Tensor):

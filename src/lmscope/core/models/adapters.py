@@ -3,6 +3,14 @@ the model computes itself (the final soft-capping of logits is read from the con
 
 To add a family: add an `Adapter` to `ADAPTERS` naming its modules (dotted paths as printed by `print(model)`),
 then add a tiny config to `random_models.py` so the parity tests cover it.
+
+Families that multiply inside the forward pass name the config attribute, and the multiplication is done where the
+model does it, with the same operation, so the sites stay exact:
+    residual_scale   what attention and the MLP add is module output x config[attr] (Granite residual_multiplier):
+                     attn_out / mlp_out are that product, exactly the tensor the block adds
+    logits_scale     logits = lm_head(final_norm(x)) x config[attr]  (Cohere logit_scale)
+    logits_divisor   logits = lm_head(final_norm(x)) / config[attr]  (Granite logits_scaling)
+`Model.unembed` applies them (and soft-capping), so unembed(last resid_post) is the model's logits.
 """
 from __future__ import annotations
 
@@ -31,9 +39,24 @@ class Adapter:
     o_proj: str            # its input is the z site (heads merged)
     parallel_attr: str | None = None  # config flag that makes attention and MLP read the same resid_pre
     notes: str = field(default="", compare=False)
+    # --- families added for issue 14 (all optional) ---
+    parallel_attrs: tuple[str, ...] = ()    # more such flags (any of them set: parallel)
+    always_parallel: bool = False           # attention and MLP always read resid_pre (GPT-J, Cohere)
+    residual_scale: str | None = None       # see the module docstring
+    logits_scale: str | None = None
+    logits_divisor: str | None = None
+    mlp_out_reused: bool = False            # the model adds into the MLP's output tensor in place (Falcon): copy it
 
     def is_parallel(self, config) -> bool:
-        return bool(self.parallel_attr and getattr(config, self.parallel_attr, False))
+        if self.always_parallel:
+            return True
+        flags = ((self.parallel_attr,) if self.parallel_attr else ()) + self.parallel_attrs
+        return any(bool(getattr(config, flag, False)) for flag in flags)
+
+    @property
+    def has_neurons(self) -> bool:
+        """False for mixture-of-experts MLPs, whose experts' weights are fused (no one down projection)."""
+        return bool(self.down_proj)
 
 
 _LLAMA_LIKE = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
@@ -56,7 +79,42 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter("llama", ("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
     Adapter("gemma", ("gemma2", "gemma3_text"), **_GEMMA_LIKE),
     Adapter("phi3", ("phi3",), **dict(_LLAMA_LIKE, attn_out="resid_attn_dropout", mlp_out="resid_mlp_dropout")),
+    # --- added for issue 14 ---
+    Adapter("olmo2", ("olmo2",), **dict(_GEMMA_LIKE, mlp_in_norm="mlp"),
+            notes="no pre-norms: attention reads resid_pre and the MLP reads resid_mid directly; each sublayer's "
+                  "output is normalised before it is added (attn_out / mlp_out are those norms' outputs)"),
+    Adapter("granite", ("granite",), **_LLAMA_LIKE, residual_scale="residual_multiplier",
+            logits_divisor="logits_scaling",
+            notes="attn_out / mlp_out include residual_multiplier (exactly what is added); resid_pre.0 = "
+                  "embed x embedding_multiplier; logits = lm_head(final_norm) / logits_scaling (in unembed too); "
+                  "an edit of attn_out / mlp_out is written back divided by residual_multiplier"),
+    Adapter("stablelm", ("stablelm",), **dict(_LLAMA_LIKE, mlp_out="dropout"),
+            parallel_attr="use_parallel_residual",
+            notes="parallel attention where the config sets use_parallel_residual (StableLM 2 12B)"),
+    Adapter("falcon", ("falcon",), layers="transformer.h", embed="transformer.word_embeddings",
+            final_norm="transformer.ln_f", lm_head="lm_head", attn="self_attention", attn_out="self_attention",
+            mlp_out="mlp", mlp_in_norm="post_attention_layernorm", down_proj="mlp.dense_4h_to_h",
+            o_proj="self_attention.dense", parallel_attr="parallel_attn", parallel_attrs=("new_decoder_architecture",),
+            mlp_out_reused=True,
+            notes="parallel attention where the config sets parallel_attn or new_decoder_architecture (Falcon 7B/40B/"
+                  "180B): resid_post = resid_pre + attn_out + mlp_out"),
+    Adapter("gptj", ("gptj",), layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
+            lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp", mlp_in_norm="ln_1",
+            down_proj="mlp.fc_out", o_proj="attn.out_proj", always_parallel=True,
+            notes="parallel attention: resid_post = resid_pre + attn_out + mlp_out; the unembedding has a bias"),
+    Adapter("cohere", ("cohere",), **dict(_LLAMA_LIKE, mlp_in_norm="input_layernorm"), always_parallel=True,
+            logits_scale="logit_scale",
+            notes="parallel attention: resid_post = resid_pre + attn_out + mlp_out; logits = lm_head(final_norm) x "
+                  "logit_scale (in unembed too)"),
+    Adapter("mixtral", ("mixtral",), **dict(_LLAMA_LIKE, down_proj=""),
+            notes="mixture of experts: mlp_out is the sparse MoE block's output (the routed experts' weighted sum); "
+                  "the experts' weights are fused 3-D tensors, so there is no neurons site"),
 )
+
+
+# Learned absolute position embeddings, per family: a prompt longer than their table is an error (RoPE models only
+# warn past their configured length).
+ABSOLUTE_POSITIONS = {"gpt2": "transformer.wpe"}
 
 
 def supported_model_types() -> list[str]:
@@ -71,7 +129,7 @@ def adapter_for(hf_model: nn.Module) -> Adapter:
     raise ModelSpecError(
         f"architecture '{model_type}' ({type(hf_model).__name__}) is not supported; supported: "
         f"{', '.join(supported_model_types())}. To add one, name its modules in an Adapter in "
-        f"lmscope/models/adapters.py and a tiny config in lmscope/models/random_models.py")
+        f"lmscope/core/models/adapters.py and a tiny config in lmscope/core/models/random_models.py")
 
 
 def in_features(module: nn.Module) -> int:
@@ -86,3 +144,18 @@ def in_features(module: nn.Module) -> int:
 
 def final_logit_softcap(config) -> float | None:
     return getattr(config, "final_logit_softcapping", None) or None
+
+
+def scale_logits(adapter: Adapter, config, logits: torch.Tensor) -> torch.Tensor:
+    """The family's own multiplication of lm_head's output (Cohere, Granite), as the model does it."""
+    if adapter.logits_scale and getattr(config, adapter.logits_scale, None) is not None:
+        logits = logits * getattr(config, adapter.logits_scale)
+    if adapter.logits_divisor and getattr(config, adapter.logits_divisor, None) is not None:
+        logits = logits / getattr(config, adapter.logits_divisor)
+    return logits
+
+
+def residual_scale(adapter: Adapter, config) -> "float | None":
+    """The factor by which attention and MLP outputs are multiplied before they are added (Granite), or None."""
+    value = getattr(config, adapter.residual_scale, None) if adapter.residual_scale else None
+    return None if value is None or value == 1 else float(value)

@@ -7,7 +7,7 @@ from functools import cached_property
 import torch
 
 from lmscope.core.errors import InputError, SiteError
-from lmscope.core.models.adapters import Adapter, adapter_for, final_logit_softcap, in_features
+from lmscope.core.models.adapters import Adapter, adapter_for, final_logit_softcap, in_features, scale_logits
 from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
 from lmscope.core.trace import Trace
 
@@ -67,6 +67,9 @@ class Model:
 
     @cached_property
     def d_mlp(self) -> int:
+        """MLP width; for a mixture of experts, one expert's width (there is no neurons site)."""
+        if not self.adapter.has_neurons:
+            return self.hf.config.intermediate_size
         return in_features(self.block_module(0, self.adapter.down_proj))
 
     @cached_property
@@ -102,7 +105,8 @@ class Model:
     def sites(self, names=None) -> list[Site]:
         """Parse names ('resid_post.*' expands); with no names, every site of the model."""
         if names is None:
-            names = ["embed"] + [f"{k}.*" for k in LAYER_KINDS] + ["final_norm", "logits"]
+            kinds = [k for k in LAYER_KINDS if k != "neurons" or self.adapter.has_neurons]
+            names = ["embed"] + [f"{k}.*" for k in kinds] + ["final_norm", "logits"]
         return sorted(expand_sites(names, self.n_layers), key=lambda s: s.order_key(self.n_layers))
 
     def site_shape(self, site) -> "tuple[int, ...] | None":
@@ -220,9 +224,10 @@ class Model:
         return ids
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        """Residual stream -> logits through the model's own final norm and unembedding (and final soft-capping)."""
+        """Residual stream -> logits through the model's own final norm and unembedding (and the family's logit
+        multiplier or final soft-capping, where it has one)."""
         a = self.adapter
-        logits = self.module(a.lm_head)(self.module(a.final_norm)(resid))
+        logits = scale_logits(a, self.hf.config, self.module(a.lm_head)(self.module(a.final_norm)(resid)))
         cap = final_logit_softcap(self.hf.config)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -31,6 +31,18 @@ _CONFIGS = {
     "gemma3": lambda: tf.Gemma3TextConfig(**_DECODER, head_dim=24, query_pre_attn_scalar=24, sliding_window=4,
                                           final_logit_softcapping=30.0),
     "phi3": lambda: tf.Phi3Config(**_DECODER),
+    # --- added for issue 14; multipliers far from 1 on purpose, so a site that forgets one fails the parity tests
+    "olmo2": lambda: tf.Olmo2Config(**_DECODER),
+    "granite": lambda: tf.GraniteConfig(**_DECODER, embedding_multiplier=12.0, residual_multiplier=0.22,
+                                        logits_scaling=8.0, attention_multiplier=0.0625),
+    "stablelm": lambda: tf.StableLmConfig(**_DECODER, qk_layernorm=True),
+    "falcon": lambda: tf.FalconConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_kv_heads=2,
+                                      new_decoder_architecture=True, ffn_hidden_size=96,
+                                      max_position_embeddings=256, **_COMMON),
+    "gptj": lambda: tf.GPTJConfig(n_layer=3, n_embd=64, n_head=4, n_inner=96, rotary_dim=8, n_positions=256,
+                                  **_COMMON),
+    "cohere": lambda: tf.CohereConfig(**_DECODER, logit_scale=0.5, use_qk_norm=True),
+    "mixtral": lambda: tf.MixtralConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2),
 }
 ALIASES = {"pythia": "gpt_neox", "neox": "gpt_neox", "smollm2": "llama", "gemma3_text": "gemma3"}
 FAMILIES = tuple(_CONFIGS)
