@@ -24,6 +24,9 @@ def model_options(p: argparse.ArgumentParser, *, dtype: str = "float32") -> None
     p.add_argument("--dtype", default=dtype, metavar="{float32,float64,bfloat16,float16}",
                    help=f"weights and activations dtype (default {dtype})")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, mps ...")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the Python code a model folder ships (its auto_map); off by default: such a model is "
+                        "refused. Only for code you trust")
 
 
 def output_options(p: argparse.ArgumentParser, *, html: bool = True) -> None:
@@ -49,7 +52,8 @@ def check_outputs(args) -> None:
 
 
 def load_model(args):
-    return load(args.model, dtype=args.dtype, device=args.device)
+    return load(args.model, dtype=args.dtype, device=args.device,
+                trust_remote_code=getattr(args, "trust_remote_code", False))
 
 
 def numbers(text, kind, what):

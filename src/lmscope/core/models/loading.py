@@ -10,11 +10,16 @@ Specs:
 
 GGUF weights are dequantised to float once (~20 s) and cached as safetensors + config in the user's cache
 directory ($LMSCOPE_CACHE, else $XDG_CACHE_HOME/lmscope, else ~/.cache/lmscope), so the next load takes seconds.
+
+Foreign code never runs: transformers is always called with trust_remote_code=False, and a local folder whose
+config.json or tokenizer_config.json has an `auto_map` (custom Python classes) is refused before transformers reads
+it. The one opt-in is explicit: `load(..., trust_remote_code=True)` / `--trust-remote-code`.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -35,22 +40,25 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 def load(spec: str = DEFAULT_MODEL, *, dtype: "str | torch.dtype" = torch.float32, device: "str | None" = None,
-         device_map=None) -> Model:
+         device_map=None, trust_remote_code: bool = False) -> Model:
     """Load a causal LM by spec (see module docstring). `device_map` is passed to transformers for models
-    larger than one device; otherwise the model is moved to `device` (default: cpu)."""
+    larger than one device; otherwise the model is moved to `device` (default: cpu). `trust_remote_code=True` is
+    the explicit opt-in to run a model folder's own Python code (never needed for the supported families)."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError("empty model spec; use 'smollm2', 'hf:<name-or-path>', 'gguf:<path>' or 'random:<family>'")
     spec = spec.strip()
     torch_dtype = _dtype(dtype)
     if device_map is not None and device is not None:
         raise ModelSpecError("give either device or device_map, not both")
+    if device is not None:
+        check_device(device)
     kind, _, arg = spec.partition(":")
     if spec in (DEFAULT_MODEL, "default"):
         hf, tok = _load_gguf(_smollm2_gguf(), torch_dtype, device_map)
     elif spec == GEMMA3_270M:
         hf, tok = _load_gguf(_gemma3_270m_gguf(), torch_dtype, device_map)
     elif kind == "hf" and arg:
-        hf, tok = _load_hf(arg, torch_dtype, device_map)
+        hf, tok = _load_hf(arg, torch_dtype, device_map, trust_remote_code)
     elif kind == "gguf" and arg:
         hf, tok = _load_gguf(Path(arg).expanduser(), torch_dtype, device_map)
     elif kind == "random" and arg:
@@ -70,14 +78,87 @@ def _dtype(dtype) -> torch.dtype:
     raise ModelSpecError(f"unknown dtype '{dtype}'; use one of {', '.join(_DTYPES)}")
 
 
-def _load_hf(name: str, dtype, device_map):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def check_device(device) -> None:
+    """One clear error for a device this machine or this torch build does not have."""
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
-    except OSError as exc:  # not found locally and no network: say so in one line
-        raise ModelSpecError(f"cannot load 'hf:{name}': {str(exc).splitlines()[0]}") from exc
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelSpecError(f"unknown device {device!r}; use cpu, cuda, cuda:1, mps ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ModelSpecError(f"device {device!r}: {build} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelSpecError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelSpecError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+
+
+_REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def refuse_remote_code(folder: Path, spec: str) -> None:
+    """A folder that asks for its own Python classes (`auto_map`) is refused before transformers reads it."""
+    for name in _REMOTE_CODE_FILES:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise ModelSpecError(
+                f"'{spec}' ships its own Python code ({name} has an auto_map: {', '.join(data['auto_map'])}); "
+                f"lmscope never runs a model's code unless asked: pass trust_remote_code=True to lmscope.load "
+                f"(CLI: --trust-remote-code) only if you trust that code")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _load_hf(name: str, dtype, device_map, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    spec = f"hf:{name}"
+    folder = Path(name).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise ModelSpecError(f"cannot load '{spec}': {folder} is a file; hf: takes a model folder "
+                                 f"(a .gguf file loads as gguf:{name})")
+        if not (folder / "config.json").is_file():
+            raise ModelSpecError(f"cannot load '{spec}': the folder {folder} has no config.json")
+        if not trust_remote_code:
+            refuse_remote_code(folder, spec)
+    elif _looks_like_path(name):
+        raise ModelSpecError(f"cannot load '{spec}': the path {folder} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map,
+                                                  trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelSpecError(_hf_load_message(spec, exc)) from exc
+    except ValueError as exc:  # transformers asks for trust_remote_code=True (a hub model with custom code)
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelSpecError(f"'{spec}' ships its own Python code; lmscope never runs a model's code unless asked: "
+                             f"pass trust_remote_code=True to lmscope.load (CLI: --trust-remote-code) only if you "
+                             f"trust that code") from exc
     return hf, tok
+
+
+def _hf_load_message(spec: str, exc: BaseException) -> str:
+    """Not a local folder, not in the cache and no network: say that, not transformers' generic advice."""
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(c).__name__ for c in chain}
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled"} or "couldn't connect" in str(exc):
+        return (f"cannot load '{spec}': it is not a local folder, not in the Hugging Face cache, and cannot be "
+                f"downloaded offline (no connection to the Hub); download it where there is network, or give a "
+                f"local folder as hf:/path/to/folder")
+    if names & {"RepositoryNotFoundError", "HFValidationError"}:
+        return f"cannot load '{spec}': no such local folder or Hub repository"
+    return f"cannot load '{spec}': {str(exc).splitlines()[0]}"
 
 
 def _smollm2_gguf() -> Path:
@@ -150,15 +231,16 @@ def _load_gguf(path: Path, dtype, device_map):
     cached = _gguf_cache_dir(path)
     if not (cached / "model.safetensors").is_file():
         print(f"lmscope: dequantising {path.name} to float32 once (~20 s); caching in {cached}", file=sys.stderr)
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                  trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         _write_float_cache(hf, tok, cached)
     from transformers.utils import logging as hf_logging
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # loading the float cache takes a second: no bar needed
     try:
-        tok = AutoTokenizer.from_pretrained(cached)
-        hf = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, device_map=device_map)
+        tok = AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
+        hf = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, device_map=device_map, trust_remote_code=False)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
