@@ -10,13 +10,18 @@
 
 Each takes `positions` (int, list, slice or a boolean mask over the sequence, [seq] or [batch, seq]; negative
 ints count from the end of the sequence seen so far), `heads` (z sites) and `neurons` (neurons sites).
+A value, factor or weight holding NaN or infinity is refused when the edit is made (an EditError); a forward pass
+whose logits go non-finite under edits (e.g. a float16 overflow) gives one RuntimeWarning per trace.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+from lmscope.core.errors import EditError
 
 OPS = ("add", "replace", "scale", "zero", "project_out", "interpolate")
 
@@ -30,6 +35,23 @@ class Edit:
     heads: "int | Sequence[int] | None" = None
     neurons: "int | Sequence[int] | None" = None
     weight: "torch.Tensor | float | None" = None     # interpolate only
+
+    def __post_init__(self):
+        _check_finite(self.value, "value" if self.op != "scale" else "factor", self)
+        _check_finite(self.weight, "weight", self)
+
+
+def _check_finite(value, what: str, edit: Edit) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        finite = math.isfinite(value)
+    elif isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+        finite = bool(torch.isfinite(value.detach()).all())
+    else:
+        return  # not a number: the type is checked when the edit is bound to a model
+    if not finite:
+        raise EditError(f"{edit.op} on '{edit.site}': the {what} holds NaN or infinity; give finite numbers")
 
 
 def add(site, vector, *, positions=None, heads=None, neurons=None) -> Edit:

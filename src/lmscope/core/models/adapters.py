@@ -112,9 +112,9 @@ ADAPTERS: tuple[Adapter, ...] = (
 )
 
 
-# Learned absolute position embeddings, per family: a prompt longer than their table is an error (RoPE models only
-# warn past their configured length).
-ABSOLUTE_POSITIONS = {"gpt2": "transformer.wpe"}
+# Families whose position table has no row past the configured length (config max_position_embeddings /
+# n_positions): a longer input is an error there. Other RoPE models only warn past their configured length.
+FIXED_POSITIONS = {"gpt2": "learned position embeddings", "gptj": "a precomputed rotary table"}
 
 
 def supported_model_types() -> list[str]:

@@ -1,13 +1,15 @@
 """`Model`: a Hugging Face causal LM, its tokenizer and its adapter, with uniform sites."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from lmscope.core.errors import InputError, SiteError
-from lmscope.core.models.adapters import Adapter, adapter_for, final_logit_softcap, in_features, scale_logits
+from lmscope.core.models.adapters import (FIXED_POSITIONS, Adapter, adapter_for, final_logit_softcap, in_features,
+                                          scale_logits)
 from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
 from lmscope.core.trace import Trace
 
@@ -124,6 +126,7 @@ class Model:
                 raise InputError("empty input: no tokens")
             if ids.dtype not in (torch.int64, torch.int32) or ids.min() < 0 or ids.max() >= self.vocab_size:
                 raise InputError(f"token ids must be integers in 0..{self.vocab_size - 1}")
+            self.check_length(ids.shape[1])
             return ids.to(self.device), torch.ones_like(ids, device=self.device)
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, (list, tuple)) for r in inputs):
             return self._pad([list(r) for r in inputs])
@@ -146,7 +149,33 @@ class Model:
         length = max(len(r) for r in rows)
         ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+        self.check_length(length)
         return ids.to(self.device), mask.to(self.device)
+
+    @cached_property
+    def max_positions(self) -> "tuple[int | None, bool]":
+        """(the longest sequence the model is made for, whether that is a hard limit). Learned absolute position
+        embeddings (GPT-2) and GPT-J's rotary table have no row past the configured length: a hard limit. Other RoPE
+        models run past their configured max_position_embeddings, but what they compute there is extrapolation."""
+        cfg, hard = self.hf.config, self.adapter.family in FIXED_POSITIONS
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value, hard
+        return None, False
+
+    def check_length(self, n_tokens: int, what: str = "the input") -> None:
+        """One InputError past a hard position limit; a RuntimeWarning past a RoPE model's configured length."""
+        limit, hard = self.max_positions
+        if limit is None or n_tokens <= limit:
+            return
+        if hard:
+            raise InputError(f"{what} is {n_tokens} tokens; {self.adapter.family} has "
+                             f"{FIXED_POSITIONS[self.adapter.family]} for {limit} positions: shorten it to {limit} "
+                             f"tokens")
+        warnings.warn(f"lmscope: {what} is {n_tokens} tokens, longer than the {limit} positions {self.spec} is "
+                      f"configured for (max_position_embeddings); what it computes past that is extrapolation",
+                      RuntimeWarning, stacklevel=3)
 
     def to_str_tokens(self, ids) -> list[str]:
         ids = ids.reshape(-1).tolist() if isinstance(ids, torch.Tensor) else list(ids)
@@ -185,6 +214,7 @@ class Model:
         ids, mask = self.encode(prompt)
         if ids.shape[0] != 1:
             raise InputError("generate takes one prompt")
+        self.check_length(ids.shape[1] + max_new_tokens, f"the prompt plus {max_new_tokens} new tokens")
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
                       if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id)
         kwargs.update(generate_kwargs)
@@ -203,6 +233,7 @@ class Model:
         if not rows or len({len(r) for r in rows}) != 1:
             raise InputError("generate_rows takes a non-empty list of token rows of equal length")
         ids = torch.tensor(rows, device=self.device)
+        self.check_length(ids.shape[1] + max_new_tokens, f"each row plus {max_new_tokens} new tokens")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self.trace(edits=edits):
             out = self.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
