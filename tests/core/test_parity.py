@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.core.trace import _set_attention
+from lmscope.core.trace import set_attention
 
 from conftest import plain_logits
 
@@ -37,11 +37,11 @@ def test_reading_patterns_switches_to_eager_for_the_trace_only(model, ids):
     before = model.hf.config._attn_implementation
     run = model.run(ids, read=model.sites())
     assert model.hf.config._attn_implementation == before
-    _set_attention(model.hf, "eager")
+    set_attention(model.hf, "eager")
     try:
         assert torch.equal(run.logits, plain_logits(model, ids))
     finally:
-        _set_attention(model.hf, before)
+        set_attention(model.hf, before)
     for layer in range(model.n_layers):
         pattern = run.acts[f"pattern.{layer}"]
         assert pattern.shape == (2, model.n_heads, 7, 7)

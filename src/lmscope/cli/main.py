@@ -8,6 +8,7 @@ import os
 import sys
 
 from lmscope.circuits import cli as circuits_cli
+from lmscope.cli import check as check_cli
 from lmscope.cli import sites as sites_cli
 from lmscope.core.errors import LmscopeError
 from lmscope.directions import cli as directions_cli
@@ -23,7 +24,7 @@ EXIT_ERROR = 2
 
 # (heading, modules whose register() adds its commands), in the lecture's order
 PARTS = (
-    ("the model", (sites_cli,)),
+    ("the model", (sites_cli, check_cli)),
     ("part 1: one neuron", (neurons_cli,)),
     ("part 2: one layer (directions, steering, function vectors, truth)", (directions_cli, icl_cli)),
     ("part 2, automated: activations to disk and sparse autoencoders", (harvest_cli, sae_cli)),
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)     # a command may return its own exit code (lmscope check: 1 on a failed check)
     except LmscopeError as exc:
         print(f"lmscope: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -314,7 +314,7 @@ def _added_location(module, scale: "float | None" = None, fresh: bool = False) -
     return _Location(module, "post", get, put, fresh)
 
 
-def _set_attention(hf, implementation: str) -> None:
+def set_attention(hf, implementation: str) -> None:
     """Switch the attention implementation. Families that read it from the config at run time and refuse the switch
     (Falcon) get the config value set directly."""
     can_set = getattr(hf, "_can_set_attn_implementation", lambda: True)
@@ -399,7 +399,7 @@ class Trace:
             del block.forward          # the class's own forward again
         self._skipped.clear()
         if self._restore_attn is not None:
-            _set_attention(self.model.hf, self._restore_attn)
+            set_attention(self.model.hf, self._restore_attn)
             self._restore_attn = None
 
     def _install(self):
@@ -407,7 +407,7 @@ class Trace:
         if any(s.kind == "pattern" for s in self.read) and model.hf.config._attn_implementation != "eager":
             # Only eager attention materialises the pattern; switch for this trace alone.
             self._restore_attn = model.hf.config._attn_implementation
-            _set_attention(model.hf, "eager")
+            set_attention(model.hf, "eager")
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
         for layer in range(self.resume_layer or 0):
             block = model.block_module(layer)
@@ -477,7 +477,8 @@ class Trace:
         model = self.model
         added = self._location(Site("attn_out", layer))
         get = lambda out: self._resid_pre[layer] + added.get(out)  # noqa: E731
-        put = (lambda out, new: added.set(out, new - self._resid_pre[layer])) if settable else None
+        # written back as a change of what attention adds: exact when the edit changed nothing
+        put = (lambda out, new: added.set(out, added.get(out) + (new - get(out)))) if settable else None
         return _Location(added.module, "post", get, put)
 
     def _location(self, site: Site) -> _Location:
