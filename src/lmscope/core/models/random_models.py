@@ -39,6 +39,12 @@ _CONFIGS = {
     "falcon": lambda: tf.FalconConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_kv_heads=2,
                                       new_decoder_architecture=True, ffn_hidden_size=96,
                                       max_position_embeddings=256, **_COMMON),
+    # Falcon-RW: sequential blocks, ALiBi positions, one norm per sublayer
+    "falcon_rw": lambda: tf.FalconConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                                         parallel_attn=False, alibi=True, multi_query=False, bias=True,
+                                         ffn_hidden_size=96, max_position_embeddings=256, **_COMMON),
+    # StableLM 2 12B: parallel blocks
+    "stablelm_parallel": lambda: tf.StableLmConfig(**_DECODER, use_parallel_residual=True),
     "gptj": lambda: tf.GPTJConfig(n_layer=3, n_embd=64, n_head=4, n_inner=96, rotary_dim=8, n_positions=256,
                                   **_COMMON),
     "cohere": lambda: tf.CohereConfig(**_DECODER, logit_scale=0.5, use_qk_norm=True),
