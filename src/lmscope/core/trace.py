@@ -280,6 +280,11 @@ def _pass_through(*args, **kwargs):
     return args[0] if args else kwargs["hidden_states"]
 
 
+def _pass_through_pair(*args, **kwargs):
+    """The same for blocks that return (hidden_states, attention weights) (Falcon)."""
+    return _pass_through(*args, **kwargs), None
+
+
 def _check_resume(model, resume, sites) -> tuple[int, torch.Tensor]:
     try:
         layer, start = resume
@@ -411,7 +416,7 @@ class Trace:
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
         for layer in range(self.resume_layer or 0):
             block = model.block_module(layer)
-            block.forward = _pass_through
+            block.forward = _pass_through_pair if model.adapter.block_returns_pair else _pass_through
             self._skipped.append(block)
         edits_by_site: dict[Site, list[_BoundEdit]] = {}
         for bound in self.edits:

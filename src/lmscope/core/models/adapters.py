@@ -46,6 +46,7 @@ class Adapter:
     logits_scale: str | None = None
     logits_divisor: str | None = None
     mlp_out_reused: bool = False            # the model adds into the MLP's output tensor in place (Falcon): copy it
+    block_returns_pair: bool = False        # a block returns (hidden_states, attention weights) (Falcon)
 
     def is_parallel(self, config) -> bool:
         if self.always_parallel:
@@ -95,7 +96,7 @@ ADAPTERS: tuple[Adapter, ...] = (
             final_norm="transformer.ln_f", lm_head="lm_head", attn="self_attention", attn_out="self_attention",
             mlp_out="mlp", mlp_in_norm="post_attention_layernorm", down_proj="mlp.dense_4h_to_h",
             o_proj="self_attention.dense", parallel_attr="parallel_attn", parallel_attrs=("new_decoder_architecture",),
-            mlp_out_reused=True,
+            mlp_out_reused=True, block_returns_pair=True,
             notes="parallel attention where the config sets parallel_attn or new_decoder_architecture (Falcon 7B/40B/"
                   "180B): resid_post = resid_pre + attn_out + mlp_out"),
     Adapter("gptj", ("gptj",), layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
