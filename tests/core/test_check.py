@@ -53,7 +53,15 @@ def test_a_broken_adapter_fails_its_check(family, changes, failing):
 def test_a_check_that_cannot_compute_is_a_failure_that_says_why():
     checks = by_name(run_checks(broken("llama", mlp_out="mlp.gate_proj"))[0])
     item = checks["residual stream adds up"]
-    assert not item.passed and item.max_abs_diff == float("inf") and item.where.startswith("error: The size")
+    assert not item.passed and item.max_abs_diff == float("inf")
+    assert item.where.startswith("error: RuntimeError: The size")
+
+
+def test_a_model_whose_sites_cannot_be_read_fails_without_a_traceback():
+    checks = run_checks(broken("llama", mlp_out="mlp.no_such_module"))[0]
+    assert [c.name for c in checks] == ["reading every site leaves the logits bit-identical",
+                                        "no hook is left on the model"]
+    assert not checks[0].passed and "KeyError" in checks[0].where and checks[1].passed
 
 
 def test_tolerance_scales_with_dtype_size_and_terms():

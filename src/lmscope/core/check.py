@@ -61,23 +61,29 @@ def run_checks(model, prompts=DEFAULT_PROMPTS) -> "tuple[list[CheckItem], int]":
     with torch.no_grad():
         plain = model.hf(input_ids=ids, attention_mask=mask, use_cache=False).logits
     sites = [s for s in model.sites() if s.kind != "pattern"]
-    run = _run(model, ids, mask, sites)
-    checks = [_exact("reading every site leaves the logits bit-identical", run.logits, plain, "logits"),
+    reading = "reading every site leaves the logits bit-identical"
+    run = _guard(reading, _run, model, ids, mask, sites)[0]
+    if isinstance(run, CheckItem):  # the sites cannot even be read: nothing else can be checked
+        return [run, _no_hooks(model)], int(mask.sum())
+    checks = [_exact(reading, run.logits, plain, "logits"),
               *_guard("reading attention patterns leaves the logits bit-identical", _patterns, model, ids, mask),
               *_guard("residual stream adds up", _residual_checks, model, run.acts, mask),
               *_guard("unembed(resid_post.last) == logits", _unembed, model, run.acts, run.logits, mask),
               *_guard("adding zeros at every site leaves the logits bit-identical", _zero_edit, model, ids, mask,
                       plain)]
-    checks.append(CheckItem("no hook is left on the model", float(model.has_hooks()), 0.0, not model.has_hooks()))
-    return checks, int(mask.sum())
+    return checks + [_no_hooks(model)], int(mask.sum())
+
+
+def _no_hooks(model) -> CheckItem:
+    return CheckItem("no hook is left on the model", float(model.has_hooks()), 0.0, not model.has_hooks())
 
 
 def _guard(name: str, check, *args) -> list[CheckItem]:
     """A check whose computation fails (e.g. an adapter naming a module of the wrong shape) is a failed check."""
     try:
         items = check(*args)
-    except (RuntimeError, KeyError, IndexError, ValueError) as exc:
-        return [CheckItem(name, float("inf"), 0.0, False, f"error: {str(exc).splitlines()[0]}")]
+    except (RuntimeError, KeyError, IndexError, ValueError, AttributeError) as exc:
+        return [CheckItem(name, float("inf"), 0.0, False, f"error: {type(exc).__name__}: {str(exc).splitlines()[0]}")]
     return items if isinstance(items, list) else [items]
 
 
