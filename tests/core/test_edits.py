@@ -42,7 +42,8 @@ def test_zero_ablating_one_neuron(model, ids):
     clean = model.run(ids, read=all_sites(model)).acts
     edited = model.run(ids, read=all_sites(model), edits=[lmscope.zero(f"neurons.{layer}", neurons=[neuron])]).acts
     acts, before = edited[f"neurons.{layer}"], clean[f"neurons.{layer}"]
-    assert torch.all(before[..., neuron] != 0)
+    active = before[..., neuron] != 0  # AbsTopK (sparse_gpt) keeps a quarter of the neurons at each position
+    assert torch.all(active) if model.adapter.family != "sparse_gpt" else torch.any(active)
     assert torch.all(acts[..., neuron] == 0)
     others = [i for i in range(model.d_mlp) if i != neuron]
     assert torch.equal(acts[..., others], before[..., others])

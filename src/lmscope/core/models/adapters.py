@@ -14,6 +14,7 @@ model does it, with the same operation, so the sites stay exact:
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,11 @@ ADAPTERS: tuple[Adapter, ...] = (
             notes="Pythia uses parallel attention: resid_post = resid_pre + attn_out + mlp_out"),
     Adapter("llama", ("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
     Adapter("gemma", ("gemma2", "gemma3_text"), **_GEMMA_LIKE),
+    Adapter("sparse_gpt", ("lmscope_sparse_gpt",), layers="transformer.h", embed="transformer.wte",
+            final_norm="transformer.ln_f", lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp",
+            mlp_in_norm="ln_2", down_proj="mlp.c_proj", o_proj="attn.c_proj",
+            notes="lmscope's weight-sparse GPT (papers/weight_sparse): resid_pre.0 = embed + wpe; neurons are "
+                  "after AbsTopK; attention has sinks, so a pattern row sums to less than 1"),
     Adapter("phi3", ("phi3",), **dict(_LLAMA_LIKE, attn_out="resid_attn_dropout", mlp_out="resid_mlp_dropout")),
     # --- added for issue 14 ---
     Adapter("olmo2", ("olmo2",), **dict(_GEMMA_LIKE, mlp_in_norm="mlp"),
@@ -116,6 +122,17 @@ ADAPTERS: tuple[Adapter, ...] = (
 # Families whose position table has no row past the configured length (config max_position_embeddings /
 # n_positions): a longer input is an error there. Other RoPE models only warn past their configured length.
 FIXED_POSITIONS = {"gpt2": "learned position embeddings", "gptj": "a precomputed rotary table"}
+
+
+# Model types whose Hugging Face classes live in an lmscope part (registered with the Auto classes when that package
+# is imported): imported by name on first use, so core never imports a part and `import lmscope` stays light.
+PART_MODEL_TYPES = {"lmscope_sparse_gpt": "lmscope.papers.weight_sparse"}
+
+
+def register_part_model_type(model_type: "str | None") -> None:
+    """Import the part that defines `model_type` (if a part does), so transformers' Auto classes know it."""
+    if model_type in PART_MODEL_TYPES:
+        importlib.import_module(PART_MODEL_TYPES[model_type])
 
 
 def supported_model_types() -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from lmscope.core.errors import ModelSpecError
+from lmscope.core.models.adapters import register_part_model_type
 from lmscope.core.models.model import Model
 from lmscope.core.models.random_models import random_model
 
@@ -128,6 +129,7 @@ def _load_hf(name: str, dtype, device_map, trust_remote_code: bool = False):
             raise ModelSpecError(f"cannot load '{spec}': the folder {folder} has no config.json")
         if not trust_remote_code:
             refuse_remote_code(folder, spec)
+        register_part_model_type(_read_model_type(folder / "config.json"))  # a model type of an lmscope part
     elif _looks_like_path(name):
         raise ModelSpecError(f"cannot load '{spec}': the path {folder} does not exist")
     try:
@@ -143,6 +145,13 @@ def _load_hf(name: str, dtype, device_map, trust_remote_code: bool = False):
                              f"pass trust_remote_code=True to lmscope.load (CLI: --trust-remote-code) only if you "
                              f"trust that code") from exc
     return hf, tok
+
+
+def _read_model_type(config_file: Path) -> "str | None":
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # transformers will say what is wrong with the file
 
 
 def _hf_load_message(spec: str, exc: BaseException) -> str:

@@ -9,6 +9,7 @@ import transformers as tf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from lmscope.core.errors import ModelSpecError
+from lmscope.core.models.adapters import register_part_model_type
 
 VOCAB = 260  # 256 bytes + <bos> <eos> <pad>, rounded up
 BOS, EOS, PAD = 256, 257, 258
@@ -31,6 +32,7 @@ _CONFIGS = {
     "gemma3": lambda: tf.Gemma3TextConfig(**_DECODER, head_dim=24, query_pre_attn_scalar=24, sliding_window=4,
                                           final_logit_softcapping=30.0),
     "phi3": lambda: tf.Phi3Config(**_DECODER),
+    "sparse_gpt": lambda: _sparse_gpt_config(n_layer=3, n_embd=64, n_inner=96, **_COMMON),
     # --- added for issue 14; multipliers far from 1 on purpose, so a site that forgets one fails the parity tests
     "olmo2": lambda: tf.Olmo2Config(**_DECODER),
     "granite": lambda: tf.GraniteConfig(**_DECODER, embedding_multiplier=12.0, residual_multiplier=0.22,
@@ -52,6 +54,11 @@ _CONFIGS = {
 }
 ALIASES = {"pythia": "gpt_neox", "neox": "gpt_neox", "smollm2": "llama", "gemma3_text": "gemma3"}
 FAMILIES = tuple(_CONFIGS)
+
+
+def _sparse_gpt_config(**kwargs):
+    register_part_model_type("lmscope_sparse_gpt")  # lmscope.papers.weight_sparse, imported on first use
+    return tf.AutoConfig.for_model("lmscope_sparse_gpt", **kwargs)
 
 
 def random_config(family: str):
