@@ -18,6 +18,7 @@ from lmscope.lenses import cli as lenses_cli
 from lmscope.neurons import cli as neurons_cli
 from lmscope.papers.icl_update import cli as icl_update_cli
 from lmscope.papers.introspection import cli as introspection_cli
+from lmscope.papers.weight_sparse import cli as weight_sparse_cli
 from lmscope.sae import cli as sae_cli
 
 EXIT_ERROR = 2
@@ -30,7 +31,7 @@ PARTS = (
     ("part 2, automated: activations to disk and sparse autoencoders", (harvest_cli, sae_cli)),
     ("part 3: layers together (circuits)", (circuits_cli,)),
     ("part 4: the model explains itself (lenses)", (lenses_cli,)),
-    ("papers", (icl_update_cli, introspection_cli)),
+    ("papers", (icl_update_cli, introspection_cli, weight_sparse_cli)),
 )
 
 
