@@ -113,3 +113,23 @@ def load_checkpoint(folder: Path, model, optimizer) -> tuple[int, dict]:
         per_param.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
     return state["step"], json.loads((folder / LOG_FILE).read_text())
+
+
+def open_model(folder: str):
+    """A saved sparse model (or checkpoint) folder as an lmscope Model, checked first: a folder, a config of
+    model_type lmscope_sparse_gpt, a tokenizer whose size matches the model's vocabulary."""
+    from ... import load
+    from .model import MODEL_TYPE
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path} is not a model folder (no config.json)")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type != MODEL_TYPE:
+        raise InputError(f"{path} is not a weight-sparse model: its model_type is {model_type!r}, not {MODEL_TYPE!r}")
+    if not (path / "tokenizer.json").is_file():
+        raise InputError(f"{path} has no tokenizer.json")
+    model = load(f"hf:{path}")
+    if len(model.tokenizer) != model.hf.config.vocab_size:
+        raise InputError(f"{path}: the tokenizer has {len(model.tokenizer)} tokens but the model's vocabulary is "
+                         f"{model.hf.config.vocab_size}; they do not belong together")
+    return model

@@ -43,6 +43,7 @@ class SparseTrainConfig:
     tokenizer: str = _f("", "folder with a tokenizer.json to reuse (default: train one on the train split)")
     eval_every: int = _f(100, "held-out (validation) loss, densities and dead neurons every N steps")
     eval_windows: int = _f(64, "validation windows in each held-out evaluation")
+    task_prompts: int = _f(200, "held-out prompts per task for the accuracies reported at the end")
     checkpoint_every: int = _f(100, "save a loadable, resumable checkpoint every N steps (0: none)")
     seed: int = _f(0, "initialisation and data-order seed")
     threads: int = _f(0, "torch threads (0: leave as is)")
@@ -70,7 +71,7 @@ class SparseTrainConfig:
 _MODEL_TINY = dict(n_layer=2, n_embd=32, d_head=16, n_inner=64, ctx=32, vocab_size=300)
 PRESETS: dict[str, dict] = {
     "tiny": dict(_MODEL_TINY, steps=8, batch_size=4, lr=3e-3, warmup_steps=2, weight_frac=0.25, eval_every=4,
-                 eval_windows=4, checkpoint_every=4, max_train_chars=60_000),
+                 eval_windows=4, checkpoint_every=4, max_train_chars=60_000, task_prompts=20),
     "cpu": {},  # the field defaults
     "gpu": dict(n_layer=8, n_embd=1024, n_inner=4096, weight_frac=1 / 64, steps=20_000, batch_size=64, lr=1.5e-3,
                 warmup_steps=500, eval_every=500, checkpoint_every=2000),

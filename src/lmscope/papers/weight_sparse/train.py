@@ -147,8 +147,9 @@ def dead_neurons(model, windows: torch.Tensor) -> list[int]:
 
 
 def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
-          stop_after: int = 0) -> TrainResult:
-    """Train per `cfg` into cfg.out. `stop_after` > 0 stops after that many steps (as if interrupted; tests)."""
+          stop_after: int = 0, on_step=None) -> TrainResult:
+    """Train per `cfg` into cfg.out. `stop_after` > 0 stops after that many steps (as if interrupted; tests);
+    `on_step(step, model)` is called after every step's masks (tests, monitoring)."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -194,6 +195,8 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         apply_masks(model, kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal), cfg.min_per_neuron)
+        if on_step is not None:
+            on_step(step + 1, model)
         losses.append(_mean_over_ranks(loss.detach()))
         log["tokens"] += cfg.batch_size * cfg.ctx
         wall = log["wall_s"] + time.perf_counter() - t0
@@ -226,16 +229,16 @@ def _finish(out: Path, model, tokenizer, cfg, log, rank) -> TrainResult:
                  "nonzero_params": nonzero_params(model), "total_params": sum(p.numel() for p in model.parameters())}
         ck.save_folder(out, model, tokenizer, {ck.LOG_FILE: TrainResult(str(out), cfg.to_json(), log["history"],
                                                                         final).to_json()})
-        tasks = _task_accuracies(model, tokenizer)  # after the model is safe on disk
+        tasks = _task_accuracies(model, tokenizer, cfg.task_prompts)  # after the model is safe on disk
         result = TrainResult(str(out), cfg.to_json(), log["history"], final, tasks)
         ck.save_folder(out, model, tokenizer, {ck.LOG_FILE: result.to_json()})
     barrier()
     return TrainResult(str(out), cfg.to_json(), log["history"], final, tasks)
 
 
-def _task_accuracies(model, tokenizer) -> dict:
+def _task_accuracies(model, tokenizer, n: int) -> dict:
     from .tasks import task_accuracies
-    return task_accuracies(model, tokenizer)
+    return task_accuracies(model, tokenizer, n=n)
 
 
 def _eval_row(model, cfg, step, losses, val_windows, tokens, wall) -> dict:
