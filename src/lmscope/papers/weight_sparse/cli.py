@@ -10,6 +10,15 @@ Every field of SparseTrainConfig is a flag; a flag not given takes the preset's 
 from __future__ import annotations
 
 
+def _check_html(args) -> None:
+    """The --html page's folder must exist before any work starts."""
+    from pathlib import Path
+
+    from ...errors import InputError
+    if args.html and not Path(args.html).expanduser().parent.is_dir():
+        raise InputError(f"folder {Path(args.html).parent} for --html does not exist")
+
+
 def cmd_train(args) -> None:
     from dataclasses import fields
 
@@ -21,6 +30,7 @@ def cmd_train(args) -> None:
     given = {f.name: getattr(args, f.name) for f in fields(SparseTrainConfig)
              if f.name != "preset" and getattr(args, f.name, None) is not None}
     cfg = preset_config(args.preset, **given)
+    _check_html(args)
     result = train(cfg, overwrite=args.overwrite, resume=args.resume, progress=not args.json)
     if launched_world()[0] == 0:
         _emit(args, result)
@@ -30,6 +40,7 @@ def cmd_tasks(args) -> None:
     from lmscope.cli import _emit
 
     from .tasks import evaluate_tasks
+    _check_html(args)
     _emit(args, evaluate_tasks(args.folder, names=args.tasks.split(",") if args.tasks else None, n=args.n))
 
 
