@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ...errors import InputError
-from ...harvest.distributed import barrier, ensure_group
+from ...harvest.distributed import barrier, ensure_group, on_rank0
 from ...report import save_result, write_page
 from . import checkpoints as ck
 from .config import SparseTrainConfig
@@ -156,17 +156,7 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     rank, world = ensure_group("cpu")
     if cfg.batch_size % world:
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} ranks")
-    out = Path(cfg.out).expanduser()
-    if rank == 0:
-        out = ck.prepare_out(cfg.out, overwrite, resume)
-        if resume:
-            saved = json.loads((out / ck.CONFIG_FILE).read_text())
-            differ = [k for k, v in cfg.to_json().items() if k not in ("out", "threads") and saved.get(k) != v]
-            if differ:
-                raise InputError(f"cannot resume {out} with a different config: {', '.join(differ)} differ")
-        else:
-            (out / ck.CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=1))
-    barrier()
+    out = Path(on_rank0(_prepare, cfg, overwrite, resume))  # an error there stops every rank with its message
     texts = split_texts("train", cfg.max_train_chars)
     tokenizer = get_tokenizer(cfg, texts)
     train_windows = token_windows(tokenizer, texts, cfg.ctx)
@@ -216,6 +206,18 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     if end < cfg.steps:
         return TrainResult(str(out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
     return _finish(out, model, tokenizer, cfg, log, rank)
+
+
+def _prepare(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> str:
+    out = ck.prepare_out(cfg.out, overwrite, resume)
+    if resume:
+        saved = json.loads((out / ck.CONFIG_FILE).read_text())
+        differ = [k for k, v in cfg.to_json().items() if k not in ("out", "threads") and saved.get(k) != v]
+        if differ:
+            raise InputError(f"cannot resume {out} with a different config: {', '.join(differ)} differ")
+    else:
+        (out / ck.CONFIG_FILE).write_text(json.dumps(cfg.to_json(), indent=1))
+    return str(out)
 
 
 def _finish(out: Path, model, tokenizer, cfg, log, rank) -> TrainResult:
