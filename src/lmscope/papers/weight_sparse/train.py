@@ -108,7 +108,7 @@ def get_tokenizer(cfg: SparseTrainConfig, train_texts: list[str]):
     return tok
 
 
-def _optimizer(model, cfg: SparseTrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model, cfg: SparseTrainConfig) -> torch.optim.AdamW:
     matrices = [p for p in model.parameters() if p.dim() == 2]
     vectors = [p for p in model.parameters() if p.dim() != 2]
     return torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
@@ -163,7 +163,7 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     val_windows = token_windows(tokenizer, split_texts("validation", cfg.max_train_chars // 10), cfg.ctx)
     val_windows = val_windows[:cfg.eval_windows]
     model = build_model(cfg, tokenizer)
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     start, log = 0, {"history": [], "wall_s": 0.0, "tokens": 0}
     if resume and (found := ck.latest_checkpoint(out)) is not None:
         start, log = ck.load_checkpoint(found, model, optimizer)
@@ -176,18 +176,11 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     end = cfg.steps if not stop_after else min(cfg.steps, start + stop_after)
     for step in range(start, end):
         rows = batch_rows(step, cfg.batch_size, len(train_windows), cfg.seed)[rank::world]
-        x = train_windows[rows]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        loss = step_model(x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        apply_masks(model, kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal), cfg.min_per_neuron)
+        loss = train_step(step_model, model, optimizer, train_windows[rows], learning_rate(step, cfg),
+                          kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal), cfg)
         if on_step is not None:
             on_step(step + 1, model)
-        losses.append(_mean_over_ranks(loss.detach()))
+        losses.append(_mean_over_ranks(loss))
         log["tokens"] += cfg.batch_size * cfg.ctx
         wall = log["wall_s"] + time.perf_counter() - t0
         if bar is not None:
@@ -206,6 +199,21 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     if end < cfg.steps:
         return TrainResult(str(out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
     return _finish(out, model, tokenizer, cfg, log, rank)
+
+
+def train_step(step_model, model, optimizer, x: torch.Tensor, lr: float, fraction: float,
+               cfg: SparseTrainConfig) -> torch.Tensor:
+    """One optimiser step on windows x; then every matrix back to `fraction` kept (1: the dense baseline, no
+    masking). `step_model` is the model or its DistributedDataParallel wrapper. Returns the loss (detached)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = step_model(x, labels=x).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    apply_masks(model, fraction, cfg.min_per_neuron)
+    return loss.detach()
 
 
 def _prepare(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> str:
