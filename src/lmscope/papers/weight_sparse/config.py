@@ -47,6 +47,7 @@ class SparseTrainConfig:
     checkpoint_every: int = _f(100, "save a loadable, resumable checkpoint every N steps (0: none)")
     seed: int = _f(0, "initialisation and data-order seed")
     threads: int = _f(0, "torch threads (0: leave as is)")
+    device: str = _f("cpu", "cpu or cuda (under torchrun each rank takes cuda:LOCAL_RANK, nccl)")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,7 +74,7 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(_MODEL_TINY, steps=8, batch_size=4, lr=3e-3, warmup_steps=2, weight_frac=0.25, eval_every=4,
                  eval_windows=4, checkpoint_every=4, max_train_chars=60_000, task_prompts=20),
     "cpu": {},  # the field defaults
-    "gpu": dict(n_layer=8, n_embd=1024, n_inner=4096, weight_frac=1 / 64, steps=20_000, batch_size=64, lr=1.5e-3,
+    "gpu": dict(device="cuda", n_layer=8, n_embd=1024, n_inner=4096, weight_frac=1 / 64, steps=20_000, batch_size=64, lr=1.5e-3,
                 warmup_steps=500, eval_every=500, checkpoint_every=2000),
 }
 

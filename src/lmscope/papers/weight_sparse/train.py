@@ -14,7 +14,7 @@ global norm (they clip the gradient's root-mean-square); no bigram table; far sm
 from __future__ import annotations
 
 import json
-import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -120,7 +120,7 @@ def evaluate_loss(model, windows: torch.Tensor, batch: int = 8) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(windows), batch):
-        x = windows[start:start + batch]
+        x = windows[start:start + batch].to(model.device)
         total += float(model(x, labels=x).loss) * len(x)
         count += len(x)
     model.train()
@@ -130,7 +130,7 @@ def evaluate_loss(model, windows: torch.Tensor, batch: int = 8) -> float:
 @torch.no_grad()
 def dead_neurons(model, windows: torch.Tensor) -> list[int]:
     """Per layer: MLP neurons that AbsTopK never kept on any token of `windows`."""
-    alive = [torch.zeros(model.config.n_inner, dtype=torch.bool) for _ in model.transformer.h]
+    alive = [torch.zeros(model.config.n_inner, dtype=torch.bool, device=model.device) for _ in model.transformer.h]
     def hook(i):
         def seen(module, args, out):
             alive[i] |= (out != 0).flatten(0, -2).any(0)  # returns None: the output is unchanged
@@ -138,7 +138,7 @@ def dead_neurons(model, windows: torch.Tensor) -> list[int]:
     hooks = [block.mlp.act.register_forward_hook(hook(i)) for i, block in enumerate(model.transformer.h)]
     try:
         model.eval()
-        model(windows[:8])
+        model(windows[:8].to(model.device))
     finally:
         for h in hooks:
             h.remove()
@@ -153,7 +153,11 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world = ensure_group("cpu")
+    rank, world = ensure_group(cfg.device)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if cfg.batch_size % world:
         raise InputError(f"--batch-size {cfg.batch_size} must be a multiple of the {world} ranks")
     out = Path(on_rank0(_prepare, cfg, overwrite, resume))  # an error there stops every rank with its message
@@ -162,7 +166,7 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     train_windows = token_windows(tokenizer, texts, cfg.ctx)
     val_windows = token_windows(tokenizer, split_texts("validation", cfg.max_train_chars // 10), cfg.ctx)
     val_windows = val_windows[:cfg.eval_windows]
-    model = build_model(cfg, tokenizer)
+    model = build_model(cfg, tokenizer).to(device)
     optimizer = make_optimizer(model, cfg)
     start, log = 0, {"history": [], "wall_s": 0.0, "tokens": 0}
     if resume and (found := ck.latest_checkpoint(out)) is not None:
@@ -170,13 +174,14 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     else:
         apply_masks(model, kept_fraction(0, cfg.steps, cfg.weight_frac, cfg.anneal), cfg.min_per_neuron)
     model.train()
-    step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     bar = _bar(cfg.steps, start, progress and rank == 0)
     t0, tokens0, losses = time.perf_counter(), log["tokens"], []
     end = cfg.steps if not stop_after else min(cfg.steps, start + stop_after)
     for step in range(start, end):
         rows = batch_rows(step, cfg.batch_size, len(train_windows), cfg.seed)[rank::world]
-        loss = train_step(step_model, model, optimizer, train_windows[rows], learning_rate(step, cfg),
+        loss = train_step(step_model, model, optimizer, train_windows[rows].to(device), learning_rate(step, cfg),
                           kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal), cfg)
         if on_step is not None:
             on_step(step + 1, model)
