@@ -146,10 +146,68 @@ def dead_neurons(model, windows: torch.Tensor) -> list[int]:
     return [int((~a).sum()) for a in alive]
 
 
+@dataclass
+class _Run:
+    """Everything a training loop holds, set up by `_setup`."""
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    train_windows: torch.Tensor
+    val_windows: torch.Tensor
+    model: SparseGPTForCausalLM
+    optimizer: torch.optim.Optimizer
+    start: int
+    log: dict
+
+
 def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
           stop_after: int = 0, on_step=None) -> TrainResult:
     """Train per `cfg` into cfg.out. `stop_after` > 0 stops after that many steps (as if interrupted; tests);
     `on_step(step, model)` is called after every step's masks (tests, monitoring)."""
+    run = _setup(cfg, overwrite, resume)
+    model, log, rank, world = run.model, run.log, run.rank, run.world
+    step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    bar = _bar(cfg.steps, run.start, progress and rank == 0)
+    t0, tokens0, losses = time.perf_counter(), log["tokens"], []
+    end = cfg.steps if not stop_after else min(cfg.steps, run.start + stop_after)
+    for step in range(run.start, end):
+        rows = batch_rows(step, cfg.batch_size, len(run.train_windows), cfg.seed)[rank::world]
+        loss = train_step(step_model, model, run.optimizer, run.train_windows[rows].to(run.device),
+                          learning_rate(step, cfg), kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal),
+                          cfg)
+        if on_step is not None:
+            on_step(step + 1, model)
+        losses.append(_mean_over_ranks(loss))
+        log["tokens"] += cfg.batch_size * cfg.ctx
+        wall, done = log["wall_s"] + time.perf_counter() - t0, step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}",
+                            tok_s=f"{(log['tokens'] - tokens0) / (time.perf_counter() - t0):.0f}")
+        evaluate = done % cfg.eval_every == 0 or done == cfg.steps
+        save = cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps)
+        if rank == 0 and evaluate:
+            log["history"].append(_eval_row(model, cfg, done, losses, run.val_windows, log["tokens"], wall))
+            losses = []
+        if rank == 0 and save:
+            ck.save_checkpoint(run.out, done, model, run.tokenizer, run.optimizer, cfg.to_json(),
+                               {**log, "wall_s": wall})
+        if evaluate or save:
+            barrier()
+    if bar is not None:
+        bar.close()
+    log["wall_s"] += time.perf_counter() - t0
+    if end < cfg.steps:
+        return TrainResult(str(run.out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
+    return _finish(run, cfg)
+
+
+def _setup(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> _Run:
+    """Check the options and the output folder (before any work), then data, tokenizer, model, optimizer, and
+    the last checkpoint's state when resuming."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -165,7 +223,6 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     tokenizer = get_tokenizer(cfg, texts)
     train_windows = token_windows(tokenizer, texts, cfg.ctx)
     val_windows = token_windows(tokenizer, split_texts("validation", cfg.max_train_chars // 10), cfg.ctx)
-    val_windows = val_windows[:cfg.eval_windows]
     model = build_model(cfg, tokenizer).to(device)
     optimizer = make_optimizer(model, cfg)
     start, log = 0, {"history": [], "wall_s": 0.0, "tokens": 0}
@@ -174,36 +231,8 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
     else:
         apply_masks(model, kept_fraction(0, cfg.steps, cfg.weight_frac, cfg.anneal), cfg.min_per_neuron)
     model.train()
-    step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
-    bar = _bar(cfg.steps, start, progress and rank == 0)
-    t0, tokens0, losses = time.perf_counter(), log["tokens"], []
-    end = cfg.steps if not stop_after else min(cfg.steps, start + stop_after)
-    for step in range(start, end):
-        rows = batch_rows(step, cfg.batch_size, len(train_windows), cfg.seed)[rank::world]
-        loss = train_step(step_model, model, optimizer, train_windows[rows].to(device), learning_rate(step, cfg),
-                          kept_fraction(step + 1, cfg.steps, cfg.weight_frac, cfg.anneal), cfg)
-        if on_step is not None:
-            on_step(step + 1, model)
-        losses.append(_mean_over_ranks(loss))
-        log["tokens"] += cfg.batch_size * cfg.ctx
-        wall = log["wall_s"] + time.perf_counter() - t0
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{(log['tokens'] - tokens0) / (time.perf_counter() - t0):.0f}")
-        done = step + 1
-        if rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
-            log["history"].append(_eval_row(model, cfg, done, losses, val_windows, log["tokens"], wall))
-            losses = []
-        if rank == 0 and cfg.checkpoint_every and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            ck.save_checkpoint(out, done, model, tokenizer, optimizer, cfg.to_json(), {**log, "wall_s": wall})
-        barrier()
-    if bar is not None:
-        bar.close()
-    log["wall_s"] += time.perf_counter() - t0
-    if end < cfg.steps:
-        return TrainResult(str(out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
-    return _finish(out, model, tokenizer, cfg, log, rank)
+    return _Run(out, rank, world, device, tokenizer, train_windows, val_windows[:cfg.eval_windows], model, optimizer,
+                start, log)
 
 
 def train_step(step_model, model, optimizer, x: torch.Tensor, lr: float, fraction: float,
@@ -233,22 +262,23 @@ def _prepare(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> str:
     return str(out)
 
 
-def _finish(out: Path, model, tokenizer, cfg, log, rank) -> TrainResult:
-    final, tasks = {}, {}
-    if rank == 0:
-        test = token_windows(tokenizer, split_texts("test", cfg.max_train_chars // 10), cfg.ctx)[:cfg.eval_windows * 4]
-        last = log["history"][-1]
+def _finish(run: _Run, cfg: SparseTrainConfig) -> TrainResult:
+    """Rank 0: test loss (once), the model folder, then the task accuracies (after the model is safe on disk)."""
+    final, tasks, model, log = {}, {}, run.model, run.log
+    if run.rank == 0:
+        test = token_windows(run.tokenizer, split_texts("test", cfg.max_train_chars // 10), cfg.ctx)
+        test = test[:cfg.eval_windows * 4]
         final = {"steps": cfg.steps, "tokens": log["tokens"], "wall_s": log["wall_s"],
-                 "tokens_per_s": log["tokens"] / max(log["wall_s"], 1e-9), "val_loss": last["val_loss"],
+                 "tokens_per_s": log["tokens"] / max(log["wall_s"], 1e-9), "val_loss": log["history"][-1]["val_loss"],
                  "test_loss": evaluate_loss(model, test), "test_windows": len(test),
                  "nonzero_params": nonzero_params(model), "total_params": sum(p.numel() for p in model.parameters())}
-        ck.save_folder(out, model, tokenizer, {ck.LOG_FILE: TrainResult(str(out), cfg.to_json(), log["history"],
-                                                                        final).to_json()})
-        tasks = _task_accuracies(model, tokenizer, cfg.task_prompts)  # after the model is safe on disk
-        result = TrainResult(str(out), cfg.to_json(), log["history"], final, tasks)
-        ck.save_folder(out, model, tokenizer, {ck.LOG_FILE: result.to_json()})
+        partial = TrainResult(str(run.out), cfg.to_json(), log["history"], final)
+        ck.save_folder(run.out, model, run.tokenizer, {ck.LOG_FILE: partial.to_json()})
+        tasks = _task_accuracies(model, run.tokenizer, cfg.task_prompts)
+        result = TrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
+        ck.save_folder(run.out, model, run.tokenizer, {ck.LOG_FILE: result.to_json()})
     barrier()
-    return TrainResult(str(out), cfg.to_json(), log["history"], final, tasks)
+    return TrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
 
 
 def _task_accuracies(model, tokenizer, n: int) -> dict:
