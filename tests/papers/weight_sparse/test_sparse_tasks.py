@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmscope.cli import main
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse.config import preset_config
 from lmscope.papers.weight_sparse.data import split_texts, train_tokenizer
 from lmscope.papers.weight_sparse.tasks import BUILTIN, build_task, evaluate_tasks, task_accuracy

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse.config import preset_config
 from lmscope.papers.weight_sparse.sparsity import apply_masks, kept_fraction, n_kept, sparse_matrices, topk_mask
 from lmscope.papers.weight_sparse.train import train

@@ -16,32 +16,27 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ...errors import InputError
+from lmscope.core.errors import InputError
+from lmscope.results import check_output
 
 CONFIG_FILE, LOG_FILE, STATE_FILE, OPT_FILE = "train_config.json", "train_log.json", "trainer_state.json", "optimizer.safetensors"
 CHECKPOINTS = "checkpoints"
 
 
 def prepare_out(out: str, overwrite: bool, resume: bool) -> Path:
+    """The one output rule (lmscope.results.check_output), and --overwrite replaces only an earlier sparse run."""
     if not out:
         raise InputError("give an output folder (--out)")
-    path = Path(out).expanduser()
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is a file, not a folder")
+    path = check_output(Path(out).expanduser(), overwrite=overwrite or resume, folder=True, what="--out")
     if resume:
         if not (path / CONFIG_FILE).is_file():
             raise InputError(f"cannot resume: {path} holds no sparse training run ({CONFIG_FILE} missing)")
         return path
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise InputError(f"output folder {path} is not empty; use --overwrite to replace an earlier run or "
-                             f"--resume to continue it")
+    if path.exists() and any(path.iterdir()):  # check_output let it through: --overwrite was given
         if not (path / CONFIG_FILE).is_file():
             raise InputError(f"{path} is not empty and holds no sparse training run ({CONFIG_FILE} missing): "
                              f"--overwrite only replaces earlier runs; choose another folder")
         shutil.rmtree(path)
-    if not path.parent.exists():
-        raise InputError(f"folder {path.parent} does not exist")
     path.mkdir(exist_ok=True)
     return path
 
@@ -118,8 +113,8 @@ def load_checkpoint(folder: Path, model, optimizer) -> tuple[int, dict]:
 def open_model(folder: str):
     """A saved sparse model (or checkpoint) folder as an lmscope Model, checked first: a folder, a config of
     model_type lmscope_sparse_gpt, a tokenizer whose size matches the model's vocabulary."""
-    from ... import load
-    from .model import MODEL_TYPE
+    from lmscope.core.models import load
+    from lmscope.papers.weight_sparse.model import MODEL_TYPE
     path = Path(folder).expanduser()
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a model folder (no config.json)")

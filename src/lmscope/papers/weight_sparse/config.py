@@ -5,13 +5,10 @@ gpu (the paper's small sweep scale, ~1.6M nonzero parameters)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
-from ...errors import InputError
-
-
-def _f(default, help_text):
-    return field(default=default, metadata={"help": help_text})
+from lmscope.core.config import option as _f
+from lmscope.core.errors import InputError
 
 
 @dataclass

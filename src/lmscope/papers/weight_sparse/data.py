@@ -16,8 +16,8 @@ import hashlib
 
 import torch
 
-from ...data.corpora import iter_documents
-from ...errors import InputError
+from lmscope.data.corpora import iter_documents
+from lmscope.core.errors import InputError
 
 SPLITS = ("train", "validation", "test")
 EOT = "<|endoftext|>"

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ...errors import InputError
+from lmscope.core.errors import InputError
+from lmscope.results import Result
 
 NAMES = ("x", "y", "n", "i", "data", "value", "name", "result", "items", "key", "path", "line", "text", "obj", "args",
          "node", "size", "count", "index", "item", "buf", "msg", "out", "res", "total", "parts", "start", "end",
@@ -117,7 +118,7 @@ def _follows(tok, prompt_ids: list[int], prompt: str, answer: str, suffix: str) 
 
 def build_task(tokenizer, name: str, n: int = 200, split: str = "test", seed: int = 0):
     """A TaskSet of up to n distinct examples of task `name` drawn from the `split` half of the words."""
-    from ...circuits import TaskSet
+    from lmscope.circuits import TaskSet
     if name not in TASKS:
         raise InputError(f"unknown sparse task '{name}'; choose one of {', '.join(BUILTIN)}")
     if split not in ("train", "test"):
@@ -192,7 +193,7 @@ def task_accuracy(model, task) -> dict:
 def task_accuracies(model, tokenizer, names=None, n: int = 200) -> dict:
     """{task: accuracy dict} on each task's held-out (test-half) prompts; a task with no usable examples for this
     tokenizer gets {"error": why}."""
-    from ...errors import LmscopeError
+    from lmscope.core.errors import LmscopeError
     out, ctx = {}, model.config.max_position_embeddings
     for name in names or BUILTIN:
         try:
@@ -209,13 +210,10 @@ def task_accuracies(model, tokenizer, names=None, n: int = 200) -> dict:
 
 
 @dataclass
-class TaskAccuracyResult:
+class TaskAccuracyResult(Result, kind="sparse_task_accuracy"):
     folder: str
     tasks: dict
     info: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"folder": self.folder, "tasks": self.tasks, "info": self.info}
 
     def summary(self) -> str:
         lines = [f"task accuracy of {self.folder} (held-out prompts; balanced over clean and corrupt, chance 0.5)"]
@@ -233,14 +231,9 @@ class TaskAccuracyResult:
         fig.update_layout(title=f"task accuracy: {self.folder}", yaxis_range=[0, 1], height=380, width=800)
         return fig
 
-    def save(self, path) -> Path:
-        from ...report import save_result, write_page
-        return save_result(path, self.to_json, lambda p: write_page(p, self.figure(), "sparse task accuracy",
-                                                                    self.summary()))
-
 
 def evaluate_tasks(folder: str, names=None, n: int = 200) -> TaskAccuracyResult:
-    from .checkpoints import open_model
+    from lmscope.papers.weight_sparse.checkpoints import open_model
     model = open_model(folder)
     return TaskAccuracyResult(str(folder), task_accuracies(model.hf, model.tokenizer, names, n),
                               {"model_type": model.hf.config.model_type})

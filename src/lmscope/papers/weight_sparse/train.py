@@ -23,28 +23,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ...errors import InputError
-from ...harvest.distributed import barrier, ensure_group, on_rank0
-from ...report import save_result, write_page
-from . import checkpoints as ck
-from .config import SparseTrainConfig
-from .data import split_texts, token_windows, train_tokenizer, batch_rows
-from .model import SparseGPTConfig, SparseGPTForCausalLM
-from .sparsity import apply_masks, density_report, kept_fraction, nonzero_params
+from lmscope.core.errors import InputError
+from lmscope.harvest.distributed import barrier, ensure_group, on_rank0
+from lmscope.results import Result
+from lmscope.papers.weight_sparse import checkpoints as ck
+from lmscope.papers.weight_sparse.config import SparseTrainConfig
+from lmscope.papers.weight_sparse.data import split_texts, token_windows, train_tokenizer, batch_rows
+from lmscope.papers.weight_sparse.model import SparseGPTConfig, SparseGPTForCausalLM
+from lmscope.papers.weight_sparse.sparsity import apply_masks, density_report, kept_fraction, nonzero_params
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Result, kind="sparse_training"):
     """What a training run measured; `history` has one row per evaluation."""
     out: str
     config: dict
     history: list[dict]
     final: dict                       # last held-out loss, test loss, nonzero params, wall time, tokens/s
     tasks: dict = field(default_factory=dict)   # task -> accuracy on its held-out prompts (or the reason none)
-
-    def to_json(self) -> dict:
-        return {"out": self.out, "config": self.config, "final": self.final, "tasks": self.tasks,
-                "history": self.history}
 
     def summary(self) -> str:
         f = self.final
@@ -68,10 +64,6 @@ class TrainResult:
         fig.add_trace(go.Scatter(x=steps, y=[sum(h["dead_neurons"]) for h in self.history], name="dead"), row=1, col=3)
         fig.update_layout(title="sparse training", height=380, width=1100)
         return fig
-
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, lambda p: write_page(p, self.figure(), "sparse training",
-                                                                    self.summary()))
 
 
 def learning_rate(step: int, cfg: SparseTrainConfig) -> float:
@@ -282,7 +274,7 @@ def _finish(run: _Run, cfg: SparseTrainConfig) -> TrainResult:
 
 
 def _task_accuracies(model, tokenizer, n: int) -> dict:
-    from .tasks import task_accuracies
+    from lmscope.papers.weight_sparse.tasks import task_accuracies
     return task_accuracies(model, tokenizer, n=n)
 
 
