@@ -10,10 +10,11 @@ sites and their feature shapes, dtype, corpus, token count, per-shard sha256) an
 files with tensors acts.<site> [n, *shape], token_ids, doc_ids, positions (index in the model's input row) and
 window_ids [n] int64. Writing into an existing harvest folder continues it (the one exception to the output rule).
 """
-from lmscope.harvest.distributed import ensure_group
+from lmscope.harvest.distributed import barrier, ensure_group, launched_world, on_rank0
 from lmscope.harvest.store import HarvestCheck, HarvestStore, open_store, verify_store
 from lmscope.harvest.windows import resolve_prefix, unused_documents
 from lmscope.harvest.writer import HarvestResult, check_harvest_folder, harvest
 
 __all__ = ["harvest", "open_store", "verify_store", "check_harvest_folder", "HarvestStore", "HarvestResult",
-           "HarvestCheck", "resolve_prefix", "unused_documents", "ensure_group"]
+           "HarvestCheck", "resolve_prefix", "unused_documents", "barrier", "ensure_group", "launched_world",
+           "on_rank0"]

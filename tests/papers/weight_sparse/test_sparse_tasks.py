@@ -6,12 +6,11 @@ import json
 import pytest
 import torch
 
-from lmscope.cli import main
 from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse.config import preset_config
 from lmscope.papers.weight_sparse.data import split_texts, train_tokenizer
-from lmscope.papers.weight_sparse.tasks import BUILTIN, build_task, evaluate_tasks, task_accuracy
-from lmscope.papers.weight_sparse.train import train
+from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task, evaluate_tasks, task_accuracy
+from lmscope.papers.weight_sparse.train import train_sparse
 
 
 @functools.cache
@@ -22,11 +21,11 @@ def tokenizer_2k():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "model"
-    train(preset_config("tiny", out=str(out)), progress=False)
+    train_sparse(preset_config("tiny", out=str(out)), progress=False)
     return out
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", SPARSE_TASKS)
 def test_every_task_is_single_token_with_the_trained_tokenizer(name):
     tok = tokenizer_2k()
     assert len(tok) == 2048
@@ -79,27 +78,3 @@ def test_not_a_sparse_model_and_mismatched_tokenizer_are_refused(tmp_path, tiny_
     tokenizer_2k().save_pretrained(mixed)  # a 2,048-token tokenizer beside a 300-token model
     with pytest.raises(InputError, match="do not belong together"):
         evaluate_tasks(str(mixed))
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["sparse", "tasks", "/nonexistent-folder"], "not a model folder"),
-    (["sparse", "train", "--preset", "huge", "--out", "/tmp/x"], "unknown preset"),
-    (["sparse", "train", "--preset", "tiny", "--out", "/tmp/x", "--html", "/nonexistent/dir/x.html"],
-     "does not exist"),
-])
-def test_cli_errors_are_one_line_and_exit_2(capsys, argv, message):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
-
-
-def test_cli_train_json_and_tasks(tmp_path, capsys):
-    out = tmp_path / "m"
-    assert main(["sparse", "train", "--preset", "tiny", "--out", str(out), "--steps", "4", "--json",
-                 "--html", str(tmp_path / "t.html")]) in (0, None)
-    data = json.loads(capsys.readouterr().out)
-    assert data["final"]["steps"] == 4 and (tmp_path / "t.html").is_file()
-    assert main(["sparse", "train", "--preset", "tiny", "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err
-    assert main(["sparse", "tasks", str(out), "--tasks", "paren_or_bracket", "--n", "5", "--json"]) in (0, None)
-    assert "paren_or_bracket" in json.loads(capsys.readouterr().out)["tasks"]

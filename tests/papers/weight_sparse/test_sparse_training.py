@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse.config import preset_config
 from lmscope.papers.weight_sparse.sparsity import apply_masks, kept_fraction, n_kept, sparse_matrices, topk_mask
-from lmscope.papers.weight_sparse.train import train
+from lmscope.papers.weight_sparse.train import train_sparse
 
 
 def test_annealing_schedule_values():
@@ -50,7 +50,7 @@ def test_after_every_step_each_matrix_has_its_scheduled_nonzeros(tmp_path):
             assert (w != 0).sum(0).min() >= cfg.min_per_neuron and (w != 0).sum(1).min() >= cfg.min_per_neuron
         seen.append(frac)
 
-    result = train(cfg, progress=False, on_step=check)
+    result = train_sparse(cfg, progress=False, on_step=check)
     assert len(seen) == cfg.steps and seen[0] < 1 and seen[-1] == cfg.weight_frac
     assert result.final["nonzero_params"] < 0.4 * result.final["total_params"]
     log = json.loads((tmp_path / "run" / "train_log.json").read_text())
@@ -59,17 +59,17 @@ def test_after_every_step_each_matrix_has_its_scheduled_nonzeros(tmp_path):
 
 
 def test_dense_baseline_keeps_every_weight(tmp_path):
-    result = train(_cfg(tmp_path, weight_frac=1.0), progress=False)
+    result = train_sparse(_cfg(tmp_path, weight_frac=1.0), progress=False)
     assert result.final["nonzero_params"] == result.final["total_params"]
 
 
 def test_resume_equals_uninterrupted(tmp_path):
     straight = _cfg(tmp_path, "straight")
-    train(straight, progress=False)
+    train_sparse(straight, progress=False)
     split = _cfg(tmp_path, "split")
-    partial = train(split, progress=False, stop_after=4)
+    partial = train_sparse(split, progress=False, stop_after=4)
     assert partial.final.get("stopped")
-    train(split, progress=False, resume=True)
+    train_sparse(split, progress=False, resume=True)
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -82,12 +82,12 @@ def test_occupied_or_foreign_output_folder_is_refused_before_work(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty"):
-        train(_cfg(tmp_path), progress=False)
+        train_sparse(_cfg(tmp_path), progress=False)
     with pytest.raises(InputError, match="holds no sparse training run"):
-        train(_cfg(tmp_path), progress=False, overwrite=True)
+        train_sparse(_cfg(tmp_path), progress=False, overwrite=True)
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     with pytest.raises(InputError, match="cannot resume"):
-        train(_cfg(tmp_path), progress=False, resume=True)
+        train_sparse(_cfg(tmp_path), progress=False, resume=True)
 
 
 def test_bad_options_are_one_clear_error(tmp_path):

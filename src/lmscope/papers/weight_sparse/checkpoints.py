@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmscope.core.errors import InputError
+from lmscope.core.models import load
+from lmscope.papers.weight_sparse.model import MODEL_TYPE
 from lmscope.results import check_output
 
 CONFIG_FILE, LOG_FILE, STATE_FILE, OPT_FILE = "train_config.json", "train_log.json", "trainer_state.json", "optimizer.safetensors"
@@ -113,8 +115,6 @@ def load_checkpoint(folder: Path, model, optimizer) -> tuple[int, dict]:
 def open_model(folder: str):
     """A saved sparse model (or checkpoint) folder as an lmscope Model, checked first: a folder, a config of
     model_type lmscope_sparse_gpt, a tokenizer whose size matches the model's vocabulary."""
-    from lmscope.core.models import load
-    from lmscope.papers.weight_sparse.model import MODEL_TYPE
     path = Path(folder).expanduser()
     if not (path / "config.json").is_file():
         raise InputError(f"{path} is not a model folder (no config.json)")

@@ -13,23 +13,23 @@ from __future__ import annotations
 from dataclasses import fields
 
 from lmscope.cli.common import add_config_options, check_outputs, emit, output_options
+from lmscope.harvest import launched_world
 from lmscope.papers.weight_sparse.config import SparseTrainConfig, preset_config
+from lmscope.papers.weight_sparse.tasks import evaluate_tasks
+from lmscope.papers.weight_sparse.train import train_sparse
 
 
 def cmd_train(args) -> None:
-    from lmscope.harvest.distributed import launched_world
-    from lmscope.papers.weight_sparse.train import train
     given = {f.name: getattr(args, f.name) for f in fields(SparseTrainConfig)
              if f.name != "preset" and getattr(args, f.name, None) is not None}
     cfg = preset_config(args.preset, **given)
     check_outputs(args)
-    result = train(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.json is None)
+    result = train_sparse(cfg, overwrite=args.overwrite, resume=args.resume, progress=args.json is None)
     if launched_world()[0] == 0:
         emit(args, result)
 
 
 def cmd_tasks(args) -> None:
-    from lmscope.papers.weight_sparse.tasks import evaluate_tasks
     check_outputs(args)
     emit(args, evaluate_tasks(args.folder, names=args.tasks.split(",") if args.tasks else None, n=args.n))
 
@@ -48,6 +48,6 @@ def register(sub) -> None:
     k = actions.add_parser("tasks", help="accuracy of a model folder on every task's held-out prompts")
     k.add_argument("folder", help="a model folder written by lmscope sparse train (or one of its checkpoints)")
     k.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-    k.add_argument("--n", type=int, default=200, help="held-out prompts per task")
+    k.add_argument("--n", type=int, default=200, help="held-out prompts per task (default 200)")
     output_options(k)
     k.set_defaults(func=cmd_tasks)

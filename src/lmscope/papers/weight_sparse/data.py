@@ -6,7 +6,7 @@ byte-level BPE tokenizer trained on the train split, and fixed windows of `ctx` 
     split_texts(split, max_chars) the split's file texts in path order (max_chars: stop after that many, for tests)
     train_tokenizer(texts, vocab) a byte-level BPE (the paper's tinypython_2k has 2,048 tokens) as a transformers
                                   PreTrainedTokenizerFast; <|endoftext|> (id 0) separates files
-    token_windows(tok, texts, ctx) one stream of ids (files joined by <|endoftext|>) cut into [n, ctx] windows
+    code_windows(tok, texts, ctx) one stream of ids (files joined by <|endoftext|>) cut into [n, ctx] windows
     batch_rows(step, ...)         which windows make up a training step: a seeded permutation per epoch, so the
                                   order is a pure function of (seed, step) and a resumed run sees the same tokens
 """
@@ -55,7 +55,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
                                    model_max_length=1 << 30)
 
 
-def token_windows(tokenizer, texts: list[str], ctx: int) -> torch.Tensor:
+def code_windows(tokenizer, texts: list[str], ctx: int) -> torch.Tensor:
     """[n_windows, ctx] int64: the texts' ids joined by <|endoftext|>, cut into consecutive windows (the tail
     shorter than ctx is dropped)."""
     eot = tokenizer.convert_tokens_to_ids(EOT)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import torch
 
-from lmscope.core.errors import InputError
+from lmscope.circuits import TaskSet
+from lmscope.core.errors import InputError, LmscopeError
+from lmscope.papers.weight_sparse.checkpoints import open_model
 from lmscope.results import Result
 
 NAMES = ("x", "y", "n", "i", "data", "value", "name", "result", "items", "key", "path", "line", "text", "obj", "args",
@@ -84,7 +86,7 @@ TASKS: dict[str, list[Template]] = {
                            Template("def {f}({a}):\n    for {b} in {a}:", "def {f}({a}):\n    {b} = {c}({a})",
                                     "\n       ", "\n   ", " return {b}\n")],
 }
-BUILTIN = tuple(TASKS)
+SPARSE_TASKS = tuple(TASKS)
 
 
 _HALVES = {split: {kind: [w for w in words if _half(w) == split] for kind, words in
@@ -118,9 +120,8 @@ def _follows(tok, prompt_ids: list[int], prompt: str, answer: str, suffix: str) 
 
 def build_task(tokenizer, name: str, n: int = 200, split: str = "test", seed: int = 0):
     """A TaskSet of up to n distinct examples of task `name` drawn from the `split` half of the words."""
-    from lmscope.circuits import TaskSet
     if name not in TASKS:
-        raise InputError(f"unknown sparse task '{name}'; choose one of {', '.join(BUILTIN)}")
+        raise InputError(f"unknown sparse task '{name}'; choose one of {', '.join(SPARSE_TASKS)}")
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
     if not isinstance(n, int) or n < 1:
@@ -193,9 +194,8 @@ def task_accuracy(model, task) -> dict:
 def task_accuracies(model, tokenizer, names=None, n: int = 200) -> dict:
     """{task: accuracy dict} on each task's held-out (test-half) prompts; a task with no usable examples for this
     tokenizer gets {"error": why}."""
-    from lmscope.core.errors import LmscopeError
     out, ctx = {}, model.config.max_position_embeddings
-    for name in names or BUILTIN:
+    for name in names or SPARSE_TASKS:
         try:
             task = build_task(tokenizer, name, n, split="test")
             fits = [i for i, c in enumerate(task.clean) if len(c) <= ctx]
@@ -233,7 +233,6 @@ class TaskAccuracyResult(Result, kind="sparse_task_accuracy"):
 
 
 def evaluate_tasks(folder: str, names=None, n: int = 200) -> TaskAccuracyResult:
-    from lmscope.papers.weight_sparse.checkpoints import open_model
     model = open_model(folder)
     return TaskAccuracyResult(str(folder), task_accuracies(model.hf, model.tokenizer, names, n),
                               {"model_type": model.hf.config.model_type})

@@ -24,17 +24,18 @@ import torch
 import torch.distributed as dist
 
 from lmscope.core.errors import InputError
-from lmscope.harvest.distributed import barrier, ensure_group, on_rank0
+from lmscope.harvest import barrier, ensure_group, on_rank0
 from lmscope.results import Result
 from lmscope.papers.weight_sparse import checkpoints as ck
 from lmscope.papers.weight_sparse.config import SparseTrainConfig
-from lmscope.papers.weight_sparse.data import split_texts, token_windows, train_tokenizer, batch_rows
+from lmscope.papers.weight_sparse.data import batch_rows, code_windows, split_texts, train_tokenizer
 from lmscope.papers.weight_sparse.model import SparseGPTConfig, SparseGPTForCausalLM
 from lmscope.papers.weight_sparse.sparsity import apply_masks, density_report, kept_fraction, nonzero_params
+from lmscope.papers.weight_sparse.tasks import task_accuracies
 
 
 @dataclass
-class TrainResult(Result, kind="sparse_training"):
+class SparseTrainResult(Result, kind="sparse_training"):
     """What a training run measured; `history` has one row per evaluation."""
     out: str
     config: dict
@@ -154,8 +155,8 @@ class _Run:
     log: dict
 
 
-def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
-          stop_after: int = 0, on_step=None) -> TrainResult:
+def train_sparse(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = False, progress: bool = True,
+          stop_after: int = 0, on_step=None) -> SparseTrainResult:
     """Train per `cfg` into cfg.out. `stop_after` > 0 stops after that many steps (as if interrupted; tests);
     `on_step(step, model)` is called after every step's masks (tests, monitoring)."""
     run = _setup(cfg, overwrite, resume)
@@ -193,7 +194,7 @@ def train(cfg: SparseTrainConfig, *, overwrite: bool = False, resume: bool = Fal
         bar.close()
     log["wall_s"] += time.perf_counter() - t0
     if end < cfg.steps:
-        return TrainResult(str(run.out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
+        return SparseTrainResult(str(run.out), cfg.to_json(), log["history"], {"steps": end, "stopped": True})
     return _finish(run, cfg)
 
 
@@ -213,8 +214,8 @@ def _setup(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> _Run:
     out = Path(on_rank0(_prepare, cfg, overwrite, resume))  # an error there stops every rank with its message
     texts = split_texts("train", cfg.max_train_chars)
     tokenizer = get_tokenizer(cfg, texts)
-    train_windows = token_windows(tokenizer, texts, cfg.ctx)
-    val_windows = token_windows(tokenizer, split_texts("validation", cfg.max_train_chars // 10), cfg.ctx)
+    train_windows = code_windows(tokenizer, texts, cfg.ctx)
+    val_windows = code_windows(tokenizer, split_texts("validation", cfg.max_train_chars // 10), cfg.ctx)
     model = build_model(cfg, tokenizer).to(device)
     optimizer = make_optimizer(model, cfg)
     start, log = 0, {"history": [], "wall_s": 0.0, "tokens": 0}
@@ -254,28 +255,23 @@ def _prepare(cfg: SparseTrainConfig, overwrite: bool, resume: bool) -> str:
     return str(out)
 
 
-def _finish(run: _Run, cfg: SparseTrainConfig) -> TrainResult:
+def _finish(run: _Run, cfg: SparseTrainConfig) -> SparseTrainResult:
     """Rank 0: test loss (once), the model folder, then the task accuracies (after the model is safe on disk)."""
     final, tasks, model, log = {}, {}, run.model, run.log
     if run.rank == 0:
-        test = token_windows(run.tokenizer, split_texts("test", cfg.max_train_chars // 10), cfg.ctx)
+        test = code_windows(run.tokenizer, split_texts("test", cfg.max_train_chars // 10), cfg.ctx)
         test = test[:cfg.eval_windows * 4]
         final = {"steps": cfg.steps, "tokens": log["tokens"], "wall_s": log["wall_s"],
                  "tokens_per_s": log["tokens"] / max(log["wall_s"], 1e-9), "val_loss": log["history"][-1]["val_loss"],
                  "test_loss": evaluate_loss(model, test), "test_windows": len(test),
                  "nonzero_params": nonzero_params(model), "total_params": sum(p.numel() for p in model.parameters())}
-        partial = TrainResult(str(run.out), cfg.to_json(), log["history"], final)
+        partial = SparseTrainResult(str(run.out), cfg.to_json(), log["history"], final)
         ck.save_folder(run.out, model, run.tokenizer, {ck.LOG_FILE: partial.to_json()})
-        tasks = _task_accuracies(model, run.tokenizer, cfg.task_prompts)
-        result = TrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
+        tasks = task_accuracies(model, run.tokenizer, n=cfg.task_prompts)
+        result = SparseTrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
         ck.save_folder(run.out, model, run.tokenizer, {ck.LOG_FILE: result.to_json()})
     barrier()
-    return TrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
-
-
-def _task_accuracies(model, tokenizer, n: int) -> dict:
-    from lmscope.papers.weight_sparse.tasks import task_accuracies
-    return task_accuracies(model, tokenizer, n=n)
+    return SparseTrainResult(str(run.out), cfg.to_json(), log["history"], final, tasks)
 
 
 def _eval_row(model, cfg, step, losses, val_windows, tokens, wall) -> dict:
