@@ -70,9 +70,12 @@ def scan(root: Path) -> list[Entry]:
         return out
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
+        if here != root and _kind(here) == "sae":     # an SAE folder is one entry: its files are not listed
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and
                              not (here == root and d in SKIP) and _inside(root, here / d))
-        for name in sorted(dirnames) + sorted(filenames):
+        for name in dirnames + sorted(filenames):
             path = here / name
             if name.startswith(".") or not _inside(root, path):
                 continue

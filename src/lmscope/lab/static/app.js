@@ -254,7 +254,7 @@ function showCircuit(p) {
 function showNode(name) {
   const g = CIRCUIT.graph, box = clear($("ci-node"));
   box.append(el("h3", {}, `Node ${name}`));
-  const m = /^a?(\d+)\.(\d+)$/.exec(name) || /^L?(\d+)H(\d+)$/.exec(name);
+  const m = /^head\.(\d+)\.(\d+)$/.exec(name);
   const scores = CIRCUIT.circuit.scores;
   if (m && scores && scores.heads) box.append(el("p", {}, `${scores.kind}: ${fmt(scores.heads[+m[1]][+m[2]], 4)}`));
   if (m && PATCHING && PATCHING.effects.z) {

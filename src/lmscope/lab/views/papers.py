@@ -23,10 +23,10 @@ def _numbers(data: dict, name: str, kind, lo, hi, default: str) -> list:
 def introspect_job(state, data: dict):
     from ...introspection import introspect
     model = state.model
-    words = text(data, "concepts", required=False, default="3", strip=True)
+    words = text(data, "concepts", required=False, default="2", strip=True)
     concepts = int(words) if words.isdigit() else [w.strip() for w in words.split(",") if w.strip()]
-    if isinstance(concepts, int) and not 1 <= concepts <= 50:
-        raise FieldError("concepts", "concepts: a count 1..50 or comma-separated words")
+    if isinstance(concepts, int) and not 2 <= concepts <= 60:
+        raise FieldError("concepts", "concepts: a count 2..60 or comma-separated words")
     default_layers = ",".join(str(x) for x in sorted({model.n_layers // 4, model.n_layers // 2}))
     layers = _numbers(data, "layers", int, 0, model.n_layers - 1, default_layers)
     strengths = _numbers(data, "strengths", float, 0.0, 16.0, "0.25,0.5")
