@@ -239,8 +239,11 @@ function showCircuit(p) {
   CIRCUIT = p.result;
   const div = $("ci-graph");
   plot(div, p.figures[0]).then(() => {
-    div.on("plotly_click", (ev) => { const pt = ev.points.find((q) => q.text && q.data.mode === "markers+text");
-                                     if (pt) showNode(pt.text); });
+    div.on("plotly_click", (ev) => {       // a node, or the end of an edge drawn at a node's place
+      const pt = ev.points[0];
+      const node = pt && CIRCUIT.graph.nodes.find((n) => n.layer === pt.x && n.y === pt.y);
+      if (node) showNode(node.name);
+    });
     div.setAttribute("data-ready", "1");
   });
   plot($("ci-curve"), p.figures[1]);
@@ -428,6 +431,7 @@ function tabs() {
 
 window.addEventListener("DOMContentLoaded", () => {
   tabs();
+  for (const f of document.querySelectorAll("form")) f.addEventListener("submit", (e) => e.preventDefault());
   $("wb-lens").onclick = runLens;
   $("wb-attn").onclick = runAttention;
   $("wb-dla").onclick = runDla;
