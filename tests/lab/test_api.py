@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 import torch
-from conftest import MODEL, wait
+from lab_fixtures import MODEL, wait
 
 import lmscope
 from lmscope.cli import main
@@ -215,8 +215,8 @@ def test_papers(client, lab_model):
 
 def test_runs_listing_and_reopen(client):
     wait(client, client.post("/api/jobs/neuron", json={"layer": 2, "index": 1, "n_tokens": 512, "top_k": 2}).json())
-    listing = client.get("/api/jobs").json()
-    assert any(j["kind"] == "neuron" for j in listing["jobs"])
+    assert any(j["kind"] == "neuron" for j in client.get("/api/jobs").json()["jobs"])
+    listing = client.get("/api/runs").json()
     record = next(c for c in listing["cached"] if c["params"].get("layer") == 2 and c["kind"] == "neuron")
     reopened = client.get(f"/api/cached/{record['key']}").json()
     assert reopened["payload"]["result"]["layer"] == 2

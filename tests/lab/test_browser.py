@@ -1,7 +1,7 @@
 """The lab in a real headless Chromium (Debian's chromium, driven by Playwright) against a real `lmscope lab`
 subprocess on a free loopback port, with a random model."""
 import pytest
-from conftest import MODEL, make_runs
+from lab_fixtures import MODEL, make_runs
 
 pytest.importorskip("playwright", reason="the browser tests need Playwright's Python package (pip install playwright)")
 
@@ -84,11 +84,11 @@ def test_steering_slider_changes_the_generation(page):
 
     base0, steered0, kl0 = move(0)
     assert steered0 == base0 and "0.000e+0" in kl0
-    base1, steered1, kl1 = move(4)
-    assert base1 == base0 and steered1 != base1 and "coefficient 4" in kl1
-    base2, steered2, _ = move(-4)
+    base1, steered1, kl1 = move(2)
+    assert base1 == base0 and steered1 != base1 and "coefficient 2" in kl1
+    base2, steered2, _ = move(-2)
     assert base2 == base0 and steered2 not in (base2, steered1)
-    assert page.text_content("#st-coef-value") == "-4"
+    assert page.text_content("#st-coef-value") == "-2"
 
 
 def test_open_an_sae_feature(page):

@@ -54,7 +54,7 @@ def test_runs_are_addressed_by_id_only(client, runs, tmp_path):
     outside.write_text('{"secret": 1}')
     (runs / "link.json").symlink_to(outside)            # a link out of the runs folder is not listed
     try:
-        files = client.get("/api/jobs").json()["files"]
+        files = client.get("/api/runs").json()["files"]
         assert "link.json" not in [f["name"] for f in files]
         circuit_like = [f for f in files if f["kind"] in ("result", "circuit", "task")]
         for f in circuit_like:

@@ -115,11 +115,15 @@ def create_app(model, spec: str, runs, hosts: set[str]) -> Starlette:
         return _json(_job_json(state, job))
 
     async def job_list(request: Request) -> Response:
-        live = [_job_json(state, j) for j in reversed(list(state.queue.jobs.values()))]
-        cached = [{"key": r.get("key"), "kind": r.get("kind"), "title": r.get("title"), "params": r.get("params"),
-                   "model": r.get("model"), "seconds": r.get("seconds")} for r in state.queue.cache.records()]
-        entries = [e.to_json() for e in runs_index.scan(state.runs)]
-        return _json({"jobs": live, "cached": cached, "files": entries})
+        return _json({"jobs": [_job_json(state, j) for j in reversed(list(state.queue.jobs.values()))]})
+
+    async def run_list(request: Request) -> Response:
+        def listing():
+            cached = [{"key": r.get("key"), "kind": r.get("kind"), "title": r.get("title"),
+                       "params": r.get("params"), "model": r.get("model"), "seconds": r.get("seconds")}
+                      for r in state.queue.cache.records()]
+            return {"cached": cached, "files": [e.to_json() for e in runs_index.scan(state.runs)]}
+        return _json(await run_in_threadpool(listing))
 
     async def cached(request: Request) -> Response:
         key = request.path_params["key"]
@@ -140,7 +144,7 @@ def create_app(model, spec: str, runs, hosts: set[str]) -> Starlette:
               Route("/api/run/{view}", short, methods=["POST"]), Route("/api/jobs", job_list),
               Route("/api/jobs/{kind}", submit, methods=["POST"]), Route("/api/job/{job_id}", job_status),
               Route("/api/job/{job_id}/cancel", job_cancel, methods=["POST"]),
-              Route("/api/cached/{key}", cached), Route("/api/runs/{run_id}", run_file)]
+              Route("/api/cached/{key}", cached), Route("/api/runs", run_list), Route("/api/runs/{run_id}", run_file)]
 
     async def not_found(request, exc):
         return _json({"error": "not found", "field": None}, getattr(exc, "status_code", 404))

@@ -5,6 +5,11 @@ const $ = (id) => document.getElementById(id);
 let INFO = null;
 const JOB_DONE = {};          // job id -> callback(payload)
 let polling = false;
+// Plotly.js (4 MB) loads asynchronously: the forms work at once, a figure waits for it
+const plotlyReady = new Promise((ok) => {
+  if (window.Plotly) ok(); else document.getElementById("plotly-js").addEventListener("load", () => ok());
+});
+plotlyReady.then(() => document.body.setAttribute("data-plotly", "1"));
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -35,7 +40,8 @@ function showError(formId, data) {
   slot.textContent = data.error;
 }
 
-function plot(div, fig, extra) {
+async function plot(div, fig, extra) {
+  await plotlyReady;
   const layout = Object.assign({}, fig.layout || {}, {autosize: true});
   delete layout.width;
   return Plotly.react(div, fig.data, layout, Object.assign({responsive: true, displaylogo: false}, extra || {}));
@@ -129,6 +135,7 @@ async function renderJobs() {
 // ----------------------------------------------------------------------------------------------- workbench
 let LENS = null;
 async function runLens() {
+  await plotlyReady;
   const body = {prompt: $("wb-prompt").value, target: $("wb-target").value || null, top_k: +$("wb-topk").value};
   showError("wb-form", null);
   const r = await call("/api/run/lens", body);
@@ -365,8 +372,9 @@ function showIcl(p) {
 
 // --------------------------------------------------------------------------------------------------- runs
 async function loadRuns() {
-  const r = await call("/api/jobs");
-  if (!r.ok) return;
+  const [r, runs] = await Promise.all([call("/api/jobs"), call("/api/runs")]);
+  if (!r.ok || !runs.ok) return;
+  Object.assign(r.data, runs.data);
   clear($("runs-jobs")).append(table(["id", "job", "status", "parameters"],
     r.data.jobs.map((j) => [j.id, j.title, j.status + (j.cached ? " (cache)" : ""), JSON.stringify(j.params)])));
   clear($("runs-cached")).append(table(["job", "parameters", "seconds", ""],
@@ -392,8 +400,8 @@ async function openFile(id, name) {
 }
 
 // ------------------------------------------------------------------------------------------------- set-up
-function fill(select, items) {
-  const keep = select.value;
+function fill(select, items, preferred) {
+  const keep = select.options.length ? select.value : preferred;
   clear(select);
   for (const [value, label] of items) select.append(el("option", {value}, label));
   if ([...select.options].some((o) => o.value === keep)) select.value = keep;
@@ -406,11 +414,10 @@ async function loadInfo() {
                                 `${INFO.d_model}, d_mlp ${INFO.d_mlp} | runs folder ${INFO.runs}`;
   fill($("st-source"), INFO.contrast_sets.map((s) => ["set:" + s, "contrast set: " + s])
                        .concat(INFO.vectors.map((v) => ["vector:" + v.id, "vector file: " + v.name])));
-  fill($("ne-corpus"), INFO.corpora.map((c) => [c, c]));
-  fill($("sae-corpus"), INFO.corpora.map((c) => [c, c]));
-  if (!$("ne-corpus").value) $("ne-corpus").value = "wiki";
+  fill($("ne-corpus"), INFO.corpora.map((c) => [c, c]), "wiki");
+  fill($("sae-corpus"), INFO.corpora.map((c) => [c, c]), "wiki");
   fill($("ci-task"), INFO.tasks.files.map((t) => [t.id, "task file: " + t.name])
-                     .concat(INFO.tasks.builtin.map((t) => [t, t])));
+                     .concat(INFO.tasks.builtin.map((t) => [t, t])), "ioi");
   fill($("ci-file"), INFO.circuits.map((c) => [c.id, c.name]));
   fill($("sae-id"), INFO.saes.map((s) => [s.id, s.name]));
   for (const id of ["wb-layer", "st-layer", "ne-layer"]) $(id).max = INFO.n_layers - 1;
