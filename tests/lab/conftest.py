@@ -1,14 +1,14 @@
-"""Fixtures of the lab tests: a random model, a runs folder holding a tiny SAE (trained here with the library) and a
-task pair file, and a test client of the lab's app on them."""
+"""Fixtures of the lab tests: a random model, a runs folder (lab_support.make_runs) and a test client of the lab's
+app on them."""
 import importlib.util
 
 import pytest
+from lab_support import MODEL, make_runs
 
 import lmscope
-from lab_fixtures import MODEL, make_runs
 
 if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("httpx") is None:
-    collect_ignore_glob = ["test_*.py"]      # the lab's extra is not installed (pip install 'lmscope[dev]')
+    collect_ignore_glob = ["test_*.py"]      # the lab's extra is not installed: pip install 'lmscope[dev]'
 
 
 @pytest.fixture(scope="session")

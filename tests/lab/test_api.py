@@ -6,10 +6,10 @@ import shlex
 
 import pytest
 import torch
-from lab_fixtures import MODEL, wait
 
 import lmscope
 from lmscope.cli import main
+from lab_support import MODEL, wait
 
 
 def _cli_json(cli: str) -> dict:

@@ -1,11 +1,11 @@
 """The lab in a real headless Chromium (Debian's chromium, driven by Playwright) against a real `lmscope lab`
 subprocess on a free loopback port, with a random model."""
 import pytest
-from lab_fixtures import MODEL, make_runs
 
 pytest.importorskip("playwright", reason="the browser tests need Playwright's Python package (pip install playwright)")
 
 from lmscope.lab.testing import browser, chromium_path, lab_process  # noqa: E402
+from lab_support import MODEL, make_runs
 
 if chromium_path() is None:
     pytest.skip("no chromium executable found (scripts/setup.sh --dev installs Debian's chromium)",

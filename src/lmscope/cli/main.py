@@ -4,6 +4,7 @@ a bad file or folder, a missing device) print one line `lmscope: error: ...` and
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -32,7 +33,10 @@ PARTS = (
     ("part 3: layers together (circuits)", (circuits_cli,)),
     ("part 4: the model explains itself (lenses)", (lenses_cli,)),
     ("papers", (icl_update_cli, introspection_cli, weight_sparse_cli)),
+    ("the lab", ("lmscope.lab.cli",)),
 )
+# The lab sits above the command line (it uses cli.common): its module is named here and imported by name, so
+# dependencies still point one way.
 
 
 class _GroupedHelp(argparse.ArgumentParser):
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     for heading, modules in PARTS:
         before = set(sub.choices)
         for module in modules:
-            module.register(sub)
+            (importlib.import_module(module) if isinstance(module, str) else module).register(sub)
         groups.append((heading, [name for name in sub.choices if name not in before]))
     parser.groups = groups
     return parser

@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from . import runs_index
-from .http import FieldError, error_response, read_json
-from .security import HostOriginGuard
-from .state import LabState
-from .views import circuits, neurons, papers, sae, steering, workbench
+from lmscope.lab import runs_index
+from lmscope.lab.http import FieldError, error_response, request_json
+from lmscope.lab.security import HostOriginGuard
+from lmscope.lab.state import LabState
+from lmscope.lab.views import circuits, neurons, papers, sae, steering, workbench
 
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "app.css": "text/css; charset=utf-8"}
@@ -31,10 +31,10 @@ SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DEN
                                                "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
                                                "connect-src 'self'; frame-ancestors 'none'"}
 
-SHORT = {"lens": workbench.lens, "attention": workbench.attention, "dla": workbench.dla,
-         "steer": steering.steer_view, "sae_feature": sae.feature, "sae_steer": sae.steer_view}
-JOBS = {"neuron": neurons.neuron_job, "circuit_find": circuits.find_job, "circuit_open": circuits.open_job,
-        "patching": circuits.patching_job, "sae_open": sae.open_job, "introspect": papers.introspect_job,
+SHORT = {"lens": workbench.lens_view, "attention": workbench.attention_view, "dla": workbench.dla_view,
+         "steer": steering.steering_view, "sae_feature": sae.sae_feature_view, "sae_steer": sae.sae_steer_view}
+JOBS = {"neuron": neurons.neuron_job, "circuit_find": circuits.find_circuit_job, "circuit_open": circuits.open_circuit_job,
+        "patching": circuits.patching_job, "sae_open": sae.open_sae_job, "introspect": papers.introspect_job,
         "icl_update": papers.icl_job}
 NO_DISK_CACHE = {"sae_open"}     # its statistics live in memory; the job reruns when they are not there
 
@@ -80,7 +80,7 @@ def create_app(model, spec: str, runs, hosts: set[str]) -> Starlette:
         if view is None:
             return _json({"error": "unknown view", "field": None}, 404)
         try:
-            data = await read_json(request)
+            data = await request_json(request)
             return _json(await run_in_threadpool(_locked, state, view, data))
         except Exception as e:  # noqa: BLE001  (one bad request never takes the lab down)
             return error_response(e, 503 if isinstance(e, Busy) else 400)
@@ -90,7 +90,7 @@ def create_app(model, spec: str, runs, hosts: set[str]) -> Starlette:
         if make is None:
             return _json({"error": "unknown job kind", "field": None}, 404)
         try:
-            data = await read_json(request)
+            data = await request_json(request)
             params, run, title, *expected = await run_in_threadpool(make, state, data)
             kind = request.path_params["kind"]
             if kind in NO_DISK_CACHE:
@@ -135,7 +135,7 @@ def create_app(model, spec: str, runs, hosts: set[str]) -> Starlette:
     async def run_file(request: Request) -> Response:
         try:
             entry = runs_index.lookup(state.runs, request.path_params["run_id"])
-            content = runs_index.read_json(entry) if entry.kind in ("result", "circuit") else None
+            content = runs_index.entry_json(entry) if entry.kind in ("result", "circuit") else None
             return _json({**entry.to_json(), "content": content})
         except FieldError as e:
             return error_response(e, 404)

@@ -1,16 +1,25 @@
-"""`lmscope lab`: start the local web laboratory on one model and print its address."""
+"""`lmscope lab`: start the local web laboratory on one model and print its address.
+
+The lab sits above the command line (it uses lmscope.cli.common), so lmscope.cli.main finds this module by name;
+the web stack (lmscope.lab.app: Starlette, uvicorn) is an optional extra, imported only when the lab starts.
+"""
 from __future__ import annotations
 
+import importlib
+import socket
 import sys
+
+from lmscope.cli.common import load_model, model_options
+from lmscope.core.errors import InputError
+from lmscope.lab.security import allowed_hosts
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def register(sub) -> None:
     """Add `lab` to the `lmscope` parser's subparsers `sub`."""
-    from lmscope.cli import _model_args
     p = sub.add_parser("lab", help="the local web laboratory: every view in a browser, offline")
-    _model_args(p)
+    model_options(p)
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--runs", default="runs", help="runs folder: cached results, SAEs, circuits, vectors (default runs)")
     p.add_argument("--host", default="127.0.0.1",
@@ -20,10 +29,9 @@ def register(sub) -> None:
 
 
 def hosts_for(host: str, port: int) -> set[str]:
-    from .security import allowed_hosts
+    """Host header values the lab answers when bound to `host` (all of this machine's names for 0.0.0.0 / ::)."""
     names = allowed_hosts(host, port)
     if host in ("0.0.0.0", "::"):
-        import socket
         name = socket.gethostname()
         addresses = {name}
         try:
@@ -35,23 +43,20 @@ def hosts_for(host: str, port: int) -> set[str]:
 
 
 def cmd_lab(args) -> None:
-    from lmscope.cli import _load
-    from lmscope.errors import InputError
     if not 0 < args.port < 65536:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
     try:
-        import uvicorn
-
-        from .app import create_app
+        uvicorn = importlib.import_module("uvicorn")
+        app = importlib.import_module("lmscope.lab.app")
     except ImportError as e:
         raise InputError(f"the lab needs its extra: pip install 'lmscope[lab]' ({e.name} is missing)") from None
     if args.host not in LOOPBACK:
         print(f"lmscope lab: WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} "
               f"can run the model and read the runs folder. Use the default 127.0.0.1 unless you mean it.",
               file=sys.stderr)
-    model = _load(args)
-    app = create_app(model, args.model, args.runs, hosts_for(args.host, args.port))
+    model = load_model(args)
+    web = app.create_app(model, args.model, args.runs, hosts_for(args.host, args.port))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"lmscope lab: {args.model} at http://{shown}:{args.port}/  (runs folder {args.runs}; Ctrl-C stops)",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(web, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -13,7 +13,7 @@ import math
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import LmscopeError
+from lmscope.core.errors import LmscopeError
 
 log = logging.getLogger("lmscope.lab")
 MAX_TEXT = 4000
@@ -48,7 +48,7 @@ def error_response(exc: BaseException, status: int = 400) -> JSONResponse:
                         status_code=500)
 
 
-async def read_json(request: Request) -> dict:
+async def request_json(request: Request) -> dict:
     try:
         data = await request.json()
     except ValueError:

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LmscopeError
-from ..report.files import write_atomic
+from lmscope.core.errors import LmscopeError
+from lmscope.results import write_atomic
 
 log = logging.getLogger("lmscope.lab")
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .http import FieldError
+from lmscope.lab.http import FieldError
 
 SKIP = {"lab"}          # the lab's own cache
 MAX_ENTRIES = 2000
@@ -97,7 +97,7 @@ def lookup(root: Path, entry_id: str, kind: "str | None" = None, field: str = "i
     raise FieldError(field, f"no {kind or 'run'} with id {entry_id!r} in the runs folder")
 
 
-def read_json(entry: Entry) -> dict:
+def entry_json(entry: Entry) -> dict:
     try:
         return json.loads(entry.path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:

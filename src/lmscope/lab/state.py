@@ -6,7 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .jobs import Cache, JobQueue
+from lmscope.core.fingerprint import config_sha256, weights_sha256
+from lmscope.lab.jobs import Cache, JobQueue
 
 
 @dataclass
@@ -27,9 +28,8 @@ class LabState:
             self.queue = JobQueue(self.model, self.lock, Cache(self.runs / "lab" / "cache"), self.model_id())
 
     def model_id(self) -> str:
-        """The spec plus a hash of the architecture config: a cache entry belongs to one model."""
-        from ..circuits.circuit_file import config_hash
-        return f"{self.spec}:{config_hash(self.model)}"
+        """The spec plus hashes of the config and the weights: a cache entry belongs to one model."""
+        return f"{self.spec}:{config_sha256(self.model)[:16]}:{weights_sha256(self.model)[:16]}"
 
     def info(self) -> dict:
         m = self.model

@@ -59,7 +59,8 @@ def _shade(tokens, acts, centre, vmax) -> str:
     return "".join(spans)
 
 
-def _histogram(feature: Feature):
+def feature_histogram(feature: Feature):
+    """The activation histogram of one latent (what its dashboard page shows)."""
     edges = feature.histogram["log10_edges"]
     counts = feature.histogram["counts"]
     labels = [f"<1e{edges[0]:g}"] + [f"{10 ** e:.3g}" for e in edges]
@@ -86,7 +87,7 @@ def write_feature_page(path, feature: Feature, stats: FeatureStats) -> Path:
              f"{' (held out)' if stats.held_out else ''}; mean activation when firing {feature.mean_active:.3f}, "
              f"max {feature.max:.3f}.")
     body = "<p><a href='index.html'>index</a></p>" + contexts + effect
-    return write_page(path, [_histogram(feature)], f"Latent {feature.index}", intro, body)
+    return write_page(path, [feature_histogram(feature)], f"Latent {feature.index}", intro, body)
 
 
 def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, overwrite: bool = False,
@@ -107,7 +108,7 @@ def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, overwri
         for f in features)
     index_table = (f"<table border='1' style='border-collapse:collapse;font-size:90%'><tr><th>latent</th>"
                    f"<th>density</th><th>max</th><th>promotes</th><th>top context</th></tr>{rows}</table>")
-    density = _density_figure(stats)
+    density = density_figure(stats)
     cfg = stats.sae.cfg
     index = write_page(folder / "index.html", [density], f"SAE features - {cfg.site_in} of {stats.model.spec}",
                        f"{cfg.architecture} SAE, d_sae {cfg.d_sae}; statistics over {stats.n_tokens} tokens of "
@@ -117,7 +118,8 @@ def write_dashboards(stats: FeatureStats, folder, latents: list[int], *, overwri
                            stats.held_out)
 
 
-def _density_figure(stats: FeatureStats):
+def density_figure(stats: FeatureStats):
+    """Firing density of the live latents (what the dashboards' index page shows)."""
     dens = [math.log10(d) for d in stats.density.tolist() if d > 0]
     fig = go.Figure(go.Histogram(x=dens, nbinsx=50))
     fig.update_layout(title="Latent firing density (live latents)", xaxis_title="log10(fraction of tokens)",

@@ -4,18 +4,22 @@ curve (FaithfulnessResult.figure) and activation-patching heatmaps (lmscope.circ
 All three are jobs; a found circuit is saved under <runs>/circuits/."""
 from __future__ import annotations
 
-from .. import recipes, runs_index
-from ..http import FieldError, blame, choice, integer
+from lmscope.circuits import activation_patching, load_task
+from lmscope.circuits.circuit_file import load_circuit
+from lmscope.circuits.graph import circuit_graph
+from lmscope.circuits.run import evaluate_saved, find_circuit
+from lmscope.circuits.tasks import BUILTIN
+from lmscope.lab import recipes, runs_index
+from lmscope.lab.http import FieldError, blame, choice, integer
+from lmscope.lab.jobs import cache_key
 
 
 def task_choices(state) -> dict:
-    from ...circuits.tasks import BUILTIN
     return {"builtin": list(BUILTIN), "files": [e.to_json() for e in runs_index.scan(state.runs) if e.kind == "task"]}
 
 
 def _task_spec(state, data: dict) -> tuple[str, str]:
     """(what load_task takes, how to write it in a recipe) from the form's task name or task-file id."""
-    from ...circuits.tasks import BUILTIN
     task = data.get("task")
     if isinstance(task, str) and task in BUILTIN:
         return task, task
@@ -26,19 +30,16 @@ def _task_spec(state, data: dict) -> tuple[str, str]:
 
 
 def _load_task(model, spec: str, n: int):
-    from ...circuits.tasks import load_task
     with blame("task"):
         return load_task(model, spec, n=n)
 
 
 def _graph_payload(model, task, circuit):
-    from ...circuits.graph import circuit_graph
     graph = circuit_graph(model, task, circuit.nodes(model), n_prompts=min(16, len(task)))
     return graph
 
 
-def find_job(state, data: dict):
-    from ...circuits.run import find_circuit
+def find_circuit_job(state, data: dict):
     spec, shown = _task_spec(state, data)
     method = choice(data, "method", ["patch", "eap", "eap-ig", "prune"], default="eap")
     n = integer(data, "n", 4, 400, default=40)
@@ -51,7 +52,6 @@ def find_job(state, data: dict):
         result, circuit = find_circuit(model, task, method=method, max_heads=heads, n_train=None)
         folder = state.runs / "circuits"
         folder.mkdir(parents=True, exist_ok=True)
-        from ..jobs import cache_key
         path = folder / f"{task.name.replace('/', '_')}-{method}-{cache_key('circuit', state.spec, params)[:8]}.json"
         if not path.exists():
             circuit.save(path)
@@ -72,9 +72,7 @@ def find_job(state, data: dict):
     return params, run, f"circuit {method} on {data.get('task')}"
 
 
-def open_job(state, data: dict):
-    from ...circuits.circuit_file import load_circuit
-    from ...circuits.run import evaluate_saved
+def open_circuit_job(state, data: dict):
     entry = runs_index.lookup(state.runs, data.get("id"), "circuit", field="id")
     n = integer(data, "n", 4, 400, default=40)
     task_field = data.get("task")
@@ -103,7 +101,6 @@ def open_job(state, data: dict):
 
 
 def patching_job(state, data: dict):
-    from ...circuits import activation_patching
     spec, shown = _task_spec(state, data)
     n = integer(data, "n", 2, 400, default=16)
     params = {"task": spec, "n": n}

@@ -2,17 +2,17 @@
 with the firing token highlighted, zero and mean ablation at those contexts, dose-response. A background job."""
 from __future__ import annotations
 
-from .. import recipes
-from ..http import choice, integer, layer
+from lmscope.data.corpora import CORPORA
+from lmscope.lab import recipes
+from lmscope.lab.http import choice, integer, layer
+from lmscope.neurons import profile_neuron
 
 
 def corpora() -> list[str]:
-    from ...data.corpora import CORPORA
     return sorted(CORPORA)
 
 
 def neuron_job(state, data: dict):
-    from ...neurons import profile_neuron
     model = state.model
     at = layer(data, model)
     index = integer(data, "index", 0, model.d_mlp - 1, what=f" (layer {at} has {model.d_mlp} neurons)")

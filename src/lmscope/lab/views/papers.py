@@ -3,8 +3,10 @@ random-direction transcripts side by side, and the in-context learning rank-1 up
 lmscope.icl_dynamics.icl_update). Both are jobs."""
 from __future__ import annotations
 
-from .. import recipes
-from ..http import FieldError, integer, text
+from lmscope.lab import recipes
+from lmscope.lab.http import FieldError, integer, text
+from lmscope.papers.icl_update.dynamics import icl_update
+from lmscope.papers.introspection.injection import introspect
 
 
 def _numbers(data: dict, name: str, kind, lo, hi, default: str) -> list:
@@ -21,7 +23,6 @@ def _numbers(data: dict, name: str, kind, lo, hi, default: str) -> list:
 
 
 def introspect_job(state, data: dict):
-    from ...introspection import introspect
     model = state.model
     words = text(data, "concepts", required=False, default="2", strip=True)
     concepts = int(words) if words.isdigit() else [w.strip() for w in words.split(",") if w.strip()]
@@ -35,7 +36,7 @@ def introspect_job(state, data: dict):
 
     def run(model):
         r = introspect(model, concepts=concepts, layers=layers, strengths=strengths, max_new_tokens=max_new)
-        py = recipes.python(state.spec, ["from lmscope.introspection import introspect"], [
+        py = recipes.python(state.spec, ["from lmscope.papers.introspection.injection import introspect"], [
             f"r = introspect(model, concepts={concepts!r}, layers={layers!r}, strengths={strengths!r}, "
             f"max_new_tokens={max_new})", "print(r.summary())", "r.figure().show()"])
         cli = recipes.cli("introspect", model=state.spec,
@@ -47,14 +48,13 @@ def introspect_job(state, data: dict):
 
 
 def icl_job(state, data: dict):
-    from ...icl_dynamics import icl_update
     prompt = text(data, "prompt")
     orders = integer(data, "orders", 1, 8, default=2)
     params = {"prompt": prompt, "orders": orders}
 
     def run(model):
         r = icl_update(model, prompt, n_orders=orders)
-        py = recipes.python(state.spec, ["from lmscope.icl_dynamics import icl_update"], [
+        py = recipes.python(state.spec, ["from lmscope.papers.icl_update.dynamics import icl_update"], [
             f"r = icl_update(model, {prompt!r}, n_orders={orders})", "print(r.summary())", "r.figure().show()"])
         cli = recipes.cli("icl-update", model=state.spec, dtype=str(model.dtype).replace("torch.", ""),
                           prompt=prompt, orders=orders)

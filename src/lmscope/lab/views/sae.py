@@ -3,8 +3,12 @@
 one feature's dashboard (FeatureStats.feature) and steer with it (lmscope.sae.steer)."""
 from __future__ import annotations
 
-from .. import recipes, runs_index
-from ..http import FieldError, blame, choice, integer, number, text
+from lmscope.lab import recipes, runs_index
+from lmscope.lab.http import FieldError, blame, choice, integer, number, text
+from lmscope.lab.views.neurons import corpora
+from lmscope.sae import feature_stats, load_sae
+from lmscope.sae import steer as sae_steer
+from lmscope.sae.dashboard import density_figure, feature_histogram
 
 
 def sae_list(state) -> list[dict]:
@@ -21,16 +25,13 @@ def _overview(stats) -> list[dict]:
     return rows
 
 
-def open_job(state, data: dict):
-    from ...sae import feature_stats, load_sae
-    from .neurons import corpora
+def open_sae_job(state, data: dict):
     entry = runs_index.lookup(state.runs, data.get("id"), "sae", field="id")
     corpus = choice(data, "corpus", corpora(), default="wiki")
     n_tokens = integer(data, "n_tokens", 128, 1_000_000, default=8192)
     params = {"id": entry.id, "corpus": corpus, "n_tokens": n_tokens}
 
     def run(model):
-        from ...sae.dashboard import _density_figure
         with blame("id"):
             sae = load_sae(entry.path, model=model)
         stats = feature_stats(model, sae, corpus, n_tokens=n_tokens, progress=False)
@@ -44,7 +45,7 @@ def open_job(state, data: dict):
                           html="sae_pages")
         return recipes.payload({"sae": entry.to_json(), "architecture": cfg.architecture, "site": cfg.site_in,
                                 "d_sae": cfg.d_sae, "n_tokens": stats.n_tokens, "texts": stats.texts,
-                                "features": _overview(stats)}, [_density_figure(stats)], py, cli)
+                                "features": _overview(stats)}, [density_figure(stats)], py, cli)
     return params, run, f"SAE {entry.name}", n_tokens
 
 
@@ -55,8 +56,7 @@ def _stats(state, data: dict):
     return sae_id, state.sae[sae_id]
 
 
-def feature(state, data: dict) -> dict:
-    from ...sae.dashboard import _histogram
+def sae_feature_view(state, data: dict) -> dict:
     sae_id, stats = _stats(state, data)
     index = integer(data, "index", 0, stats.sae.cfg.d_sae - 1)
     with blame("index"):
@@ -67,11 +67,10 @@ def feature(state, data: dict) -> dict:
         f"stats = feature_stats(model, sae, {stats.texts!r}, n_tokens={stats.n_tokens})",
         f"print(stats.feature({index}).to_json())"])
     cli = recipes.cli("sae", "features", str(entry.path), model=state.spec, latents=[index], html="sae_pages")
-    return recipes.payload(f.to_json(), [_histogram(f)], py, cli)
+    return recipes.payload(f.to_json(), [feature_histogram(f)], py, cli)
 
 
-def steer_view(state, data: dict) -> dict:
-    from ...sae import steer
+def sae_steer_view(state, data: dict) -> dict:
     sae_id, stats = _stats(state, data)
     index = integer(data, "index", 0, stats.sae.cfg.d_sae - 1)
     prompt = text(data, "prompt")
@@ -79,7 +78,7 @@ def steer_view(state, data: dict) -> dict:
     mode = choice(data, "mode", ["add", "clamp"], default="add")
     max_new = integer(data, "max_new_tokens", 1, 100, default=12)
     with blame("prompt"):
-        r = steer(state.model, stats.sae, prompt, index, value, mode=mode, max_new_tokens=max_new)
+        r = sae_steer(state.model, stats.sae, prompt, index, value, mode=mode, max_new_tokens=max_new)
     entry = runs_index.lookup(state.runs, sae_id, "sae")
     py = recipes.python(state.spec, ["from lmscope.sae import load_sae, steer"], [
         f"sae = load_sae({str(entry.path)!r}, model=model)",

@@ -3,12 +3,15 @@ at one layer) or a saved vector file (lmscope.vector_files), generations with an
 (lmscope.steering.steer) and the KL cost of the edit on the prompt's own tokens (lmscope.steering_eval.kl_cost)."""
 from __future__ import annotations
 
-from .. import recipes, runs_index
-from ..http import FieldError, blame, choice, integer, layer, number, text
+from lmscope.core.runs import prompt_rows
+from lmscope.data.contrast import SETS, load_contrast
+from lmscope.directions import contrast, kl_cost, load_vector, steer
+from lmscope.directions.steering import edits_for_length, scaled
+from lmscope.lab import recipes, runs_index
+from lmscope.lab.http import FieldError, blame, choice, integer, layer, number, text
 
 
 def contrast_sets() -> list[str]:
-    from ...data.contrast import SETS
     return sorted(SETS)
 
 
@@ -17,7 +20,6 @@ def _direction(state, data: dict):
     model = state.model
     vector_id = data.get("vector")
     if vector_id:
-        from ...vector_files import load_vector
         entry = runs_index.lookup(state.runs, vector_id, "vector", field="vector")
         with blame("vector"):
             d = load_vector(entry.path, model)
@@ -26,18 +28,13 @@ def _direction(state, data: dict):
     at = layer(data, model)
     key = (name, at)
     if key not in state.directions:
-        from ...data.contrast import load_contrast
-        from ...directions import contrast
         s = load_contrast(name)
         c = contrast(model, s.positive, s.negative, layers=[at], probe=False)
         state.directions[key] = c.direction(at, -1, dtype=model.dtype)
     return state.directions[key], {"set": name, "layer": at}
 
 
-def steer_view(state, data: dict) -> dict:
-    from ...directions import prompt_rows
-    from ...steering import edits_for_length, scaled, steer
-    from ...steering_eval import kl_cost
+def steering_view(state, data: dict) -> dict:
     model = state.model
     prompt = text(data, "prompt")
     mode = choice(data, "mode", ["add", "ablate"], default="add")
@@ -57,9 +54,9 @@ def steer_view(state, data: dict) -> dict:
             f"s = load_contrast({source['set']!r})\n"
             f"d = contrast(model, s.positive, s.negative, layers=[{source['layer']}], probe=False)"
             f".direction({source['layer']}, -1, dtype=model.dtype)")
-    imports = (["from lmscope.vector_files import load_vector"] if "vector" in source else
-               ["from lmscope.data.contrast import load_contrast", "from lmscope.directions import contrast"])
-    py = recipes.python(state.spec, imports + ["from lmscope.steering import steer"], [
+    imports = (["from lmscope.directions import load_vector"] if "vector" in source else
+               ["from lmscope.data import load_contrast", "from lmscope.directions import contrast"])
+    py = recipes.python(state.spec, imports + ["from lmscope.directions import steer"], [
         make, f"r = steer(model, [{prompt!r}], d, coefs=[0.0, {coef!r}], mode={mode!r}, max_new_tokens={max_new})",
         "print(r.summary())"])
     cli = recipes.cli("steer", prompt, model=state.spec, vector=source.get("vector"), set=source.get("set"),

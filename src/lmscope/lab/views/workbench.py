@@ -2,12 +2,12 @@
 logit attribution (lmscope.lenses.dla)."""
 from __future__ import annotations
 
-from .. import recipes
-from ..http import FieldError, blame, choice, integer, layer, text
+from lmscope.lab import recipes
+from lmscope.lab.http import FieldError, blame, choice, integer, layer, text
+from lmscope.lenses import direct_logit_attribution, logit_lens
 
 
-def lens(state, data: dict) -> dict:
-    from ...lenses.logit_lens import logit_lens
+def lens_view(state, data: dict) -> dict:
     model = state.model
     prompt = text(data, "prompt")
     target = text(data, "target", required=False)
@@ -24,7 +24,7 @@ def lens(state, data: dict) -> dict:
                            recipes.cli("lens", prompt, model=state.spec, target=target, top_k=top_k))
 
 
-def attention(state, data: dict) -> dict:
+def attention_view(state, data: dict) -> dict:
     model = state.model
     prompt = text(data, "prompt")
     at = layer(data, model)
@@ -42,8 +42,7 @@ def attention(state, data: dict) -> dict:
     return recipes.payload(result, [], py, None)
 
 
-def dla(state, data: dict) -> dict:
-    from ...lenses.dla import direct_logit_attribution
+def dla_view(state, data: dict) -> dict:
     model = state.model
     prompt = text(data, "prompt")
     target = text(data, "target")
@@ -57,7 +56,7 @@ def dla(state, data: dict) -> dict:
         r = direct_logit_attribution(model, prompt, target, position=position,
                                      heads=None if heads == "auto" else False)
     figures = [r.figure()] + ([r.heads_figure()] if r.heads is not None else [])
-    py = recipes.python(state.spec, ["from lmscope.lenses.dla import direct_logit_attribution"],
+    py = recipes.python(state.spec, ["from lmscope.lenses import direct_logit_attribution"],
                         [f"r = direct_logit_attribution(model, {prompt!r}, {target!r}, position={position}"
                          + (", heads=False" if heads == "off" else "") + ")", "print(r.summary())",
                          "r.figure().show()"])

@@ -1,6 +1,8 @@
-"""Helpers of the lab tests (imported by name: a second conftest module would clash with tests/conftest.py)."""
+"""Helpers of the lab tests (tests/lab): the model they use, a runs folder holding a tiny SAE (trained with the
+library in about a second) and a task pair file, and waiting for a job."""
 import json
 import time
+
 
 MODEL = "random:llama"
 TASK = [{"clean": f"{a}{b} is {a}", "corrupt": f"{a}{b} is {b}", "answer": a, "wrong": b}
