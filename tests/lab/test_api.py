@@ -129,7 +129,8 @@ def test_neuron_job_and_cache_hit(client, lab_model, runs):
     want = profile_neuron(lab_model, 1, 5, "wiki", n_tokens=1024, k=4, progress=False)
     assert first["payload"]["result"]["stats"] == json.loads(json.dumps(want.stats))
     c = first["payload"]["result"]["top_contexts"][0]
-    assert c["left"] + c["token"] + c["right"] == c["text"]
+    assert (c["left"], c["token"], c["right"]) == (want.top_contexts[0].left, want.top_contexts[0].token,
+                                                   want.top_contexts[0].right)
     again = client.post("/api/jobs/neuron", json=body).json()
     assert again["status"] == "done" and again["cached"] and again["payload"] == first["payload"]
     from starlette.testclient import TestClient

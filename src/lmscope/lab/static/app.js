@@ -152,7 +152,7 @@ async function runLens() {
 }
 function lensCell(pt) {
   const layer = pt.pointIndex[0], pos = pt.pointIndex[1];
-  return {layer, pos, top: LENS.result.layers[layer].positions[pos].top};
+  return {layer, pos, top: LENS.result.top[layer][pos]};
 }
 function lensHover(pt) {
   const c = lensCell(pt);

@@ -24,8 +24,6 @@ def neuron_job(state, data: dict):
     def run(model):
         p = profile_neuron(model, at, index, corpus, n_tokens=n_tokens, k=k, progress=False)
         result = p.to_json()
-        for c, out in zip(p.top_contexts, result["top_contexts"]):
-            out["left"], out["right"] = c.left, c.right
         py = recipes.python(state.spec, ["from lmscope.neurons import profile_neuron"], [
             f"p = profile_neuron(model, {at}, {index}, {corpus!r}, n_tokens={n_tokens}, k={k})",
             "print(p.summary())", "for fig in p.figures():", "    fig.show()"])
