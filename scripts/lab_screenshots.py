@@ -112,7 +112,7 @@ def sae(page, out):
     page.wait_for_selector("#sae-list tr.feat", timeout=LONG)
     page.locator("#sae-list tr.feat").nth(3).click()
     page.wait_for_selector("#sae-dash[data-latent] .plot .main-svg", timeout=LONG)
-    page.fill("#sae-value", "8")
+    page.fill("#sae-value", "4")
     page.click("#sae-steer")
     page.wait_for_selector("#sae-steer-out pre", timeout=LONG)
     shoot(page, out, "sae")

@@ -21,6 +21,8 @@ function el(tag, attrs, ...children) {
   return e;
 }
 function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+// a generation can be empty (the first token generated ended the text): say so rather than show an empty box
+const shown = (text) => (text.trim() ? text : "(no text: the generation ended at its first token)");
 
 async function call(path, body) {
   const opts = body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"},
@@ -204,8 +206,8 @@ async function runSteer() {
   $("st-form").removeAttribute("data-busy");
   if (!r.ok) { showError("st-form", r.data); return; }
   const res = r.data.result;
-  $("st-base").textContent = res.baseline;
-  $("st-steered").textContent = res.steered;
+  $("st-base").textContent = shown(res.baseline);
+  $("st-steered").textContent = shown(res.steered);
   $("st-kl").textContent = `KL(edited || clean) on the prompt's next-token distributions: ${res.kl_prompt.toExponential(3)}` +
     ` nats per token | ${res.mode} at ${res.site} | coefficient ${body.coef} x ${fmt(res.vector_norm)} (scale ${res.scale})`;
   recipes($("st-recipes"), r.data);
@@ -333,8 +335,8 @@ async function steerFeature() {
   if (!r.ok) { showError("sae-form", r.data); return; }
   const s = r.data.result;
   clear($("sae-steer-out")).append(el("div", {class: "sidebyside"},
-    el("div", {}, el("h3", {}, "Clean"), el("pre", {class: "gen"}, s.clean)),
-    el("div", {}, el("h3", {}, `Latent ${s.latent} ${s.mode} ${s.value}`), el("pre", {class: "gen"}, s.steered))));
+    el("div", {}, el("h3", {}, "Clean"), el("pre", {class: "gen"}, shown(s.clean))),
+    el("div", {}, el("h3", {}, `Latent ${s.latent} ${s.mode} ${s.value}`), el("pre", {class: "gen"}, shown(s.steered)))));
   recipes($("sae-recipes"), r.data);
 }
 
