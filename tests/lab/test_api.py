@@ -22,6 +22,14 @@ def _cli_json(cli: str) -> dict:
     return json.loads(out.getvalue())
 
 
+def _parses(payload: dict) -> None:
+    """The view's "copy as CLI" line is a valid lmscope command line (its flags exist, its values parse)."""
+    from lmscope.cli.main import build_parser
+    words = shlex.split(payload["cli"])
+    assert words[0] == "lmscope"
+    build_parser().parse_args(words[1:])
+
+
 def _python(code: str) -> dict:
     scope: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -131,6 +139,8 @@ def test_neuron_job_and_cache_hit(client, lab_model, runs):
     c = first["payload"]["result"]["top_contexts"][0]
     assert (c["left"], c["token"], c["right"]) == (want.top_contexts[0].left, want.top_contexts[0].token,
                                                    want.top_contexts[0].right)
+    _parses(first["payload"])
+    assert _python(first["payload"]["python"])["p"].stats == want.stats
     again = client.post("/api/jobs/neuron", json=body).json()
     assert again["status"] == "done" and again["cached"] and again["payload"] == first["payload"]
     from starlette.testclient import TestClient
@@ -175,8 +185,11 @@ def test_sae_view(client, lab_model, runs):
     assert [f["index"] for f in features] == stats.live()
     i = features[0]["index"]
     dash = client.post("/api/run/sae_feature", json={"id": sae_id, "index": i}).json()
-    assert dash["result"] == json.loads(json.dumps(stats.feature(i).to_json()))
+    from lmscope.results import to_plain
+    assert dash["result"] == json.loads(json.dumps(to_plain(stats.feature(i))))
     steered = client.post("/api/run/sae_steer", json={"id": sae_id, "index": i, "prompt": "hi", "value": 50}).json()
+    for payload in (job["payload"], dash, steered):
+        _parses(payload)
     assert steered["result"]["clean"] != steered["result"]["steered"]
     assert client.post("/api/run/sae_feature", json={"id": sae_id, "index": 10 ** 6}).json()["field"] == "index"
     again = client.post("/api/jobs/sae_open", json={"id": sae_id, "n_tokens": 1024}).json()
@@ -199,6 +212,9 @@ def test_circuits_find_open_and_patch(client, lab_model, runs):
     patch = wait(client, client.post("/api/jobs/patching", json={"task": task_id, "n": 4}).json())
     assert patch["status"] == "done" and set(patch["payload"]["result"]["effects"]) == {"resid_pre", "attn_out",
                                                                                        "mlp_out", "z"}
+    for payload in (found["payload"], opened["payload"], patch["payload"]):
+        _parses(payload)
+    assert _python(patch["payload"]["python"])["r"].effects == patch["payload"]["result"]["effects"]
     assert client.post("/api/jobs/patching", json={"task": "nope"}).json()["field"] == "task"
 
 
@@ -210,6 +226,9 @@ def test_papers(client, lab_model):
     assert len(r["trials"]) == len(r["controls"]) == 2 and r["layers"] == [1]
     icl = wait(client, client.post("/api/jobs/icl_update", json={"prompt": "ab -> ba\ncd -> dc\nef ->"}).json())
     assert icl["status"] == "done" and icl["payload"]["result"]["rank"] == 1
+    _parses(intro["payload"])
+    _parses(icl["payload"])
+    assert _python(icl["payload"]["python"])["r"].rank == 1
     assert client.post("/api/jobs/introspect", json={"layers": "1,99"}).json()["field"] == "layers"
     assert client.post("/api/jobs/icl_update", json={"prompt": ""}).json()["field"] == "prompt"
 

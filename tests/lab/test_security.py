@@ -66,19 +66,3 @@ def test_runs_are_addressed_by_id_only(client, runs, tmp_path):
 def test_allowed_hosts():
     assert allowed_hosts("127.0.0.1", 8765) == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
     assert allowed_hosts("10.0.0.5", 9000) == {"10.0.0.5:9000"}
-
-
-def test_cli_binds_loopback_and_warns_for_another_host(monkeypatch, capsys, tmp_path):
-    import uvicorn
-
-    from lmscope.cli import main
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
-    assert main(["lab", "--model", "random:llama", "--port", "8799", "--runs", str(tmp_path / "r")]) == 0
-    err = capsys.readouterr().err
-    assert calls[-1]["host"] == "127.0.0.1" and calls[-1]["port"] == 8799
-    assert "http://127.0.0.1:8799/" in err and "WARNING" not in err
-    assert main(["lab", "--model", "random:llama", "--host", "0.0.0.0", "--port", "8799",
-                 "--runs", str(tmp_path / "r")]) == 0
-    assert "WARNING: binding 0.0.0.0" in capsys.readouterr().err and calls[-1]["host"] == "0.0.0.0"
-    assert main(["lab", "--model", "random:llama", "--port", "0"]) == 2

@@ -47,9 +47,10 @@ def cmd_lab(args) -> None:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
     try:
         uvicorn = importlib.import_module("uvicorn")
-        app = importlib.import_module("lmscope.lab.app")
+        importlib.import_module("starlette")
     except ImportError as e:
         raise InputError(f"the lab needs its extra: pip install 'lmscope[lab]' ({e.name} is missing)") from None
+    app = importlib.import_module("lmscope.lab.app")
     if args.host not in LOOPBACK:
         print(f"lmscope lab: WARNING: binding {args.host}: anyone who can reach this machine on port {args.port} "
               f"can run the model and read the runs folder. Use the default 127.0.0.1 unless you mean it.",

@@ -4,10 +4,8 @@ curve (FaithfulnessResult.figure) and activation-patching heatmaps (lmscope.circ
 All three are jobs; a found circuit is saved under <runs>/circuits/."""
 from __future__ import annotations
 
-from lmscope.circuits import activation_patching, load_task
-from lmscope.circuits.circuit_file import load_circuit
-from lmscope.circuits.graph import circuit_graph
-from lmscope.circuits.run import evaluate_saved, find_circuit
+from lmscope.circuits import (activation_patching, circuit_graph, evaluate_saved, find_circuit, load_circuit,
+                              load_circuit_task)
 from lmscope.circuits.tasks import BUILTIN
 from lmscope.lab import recipes, runs_index
 from lmscope.lab.http import FieldError, blame, choice, integer
@@ -19,7 +17,7 @@ def task_choices(state) -> dict:
 
 
 def _task_spec(state, data: dict) -> tuple[str, str]:
-    """(what load_task takes, how to write it in a recipe) from the form's task name or task-file id."""
+    """(what load_circuit_task takes, how to write it in a recipe) from the form's task name or task-file id."""
     task = data.get("task")
     if isinstance(task, str) and task in BUILTIN:
         return task, task
@@ -31,7 +29,7 @@ def _task_spec(state, data: dict) -> tuple[str, str]:
 
 def _load_task(model, spec: str, n: int):
     with blame("task"):
-        return load_task(model, spec, n=n)
+        return load_circuit_task(model, spec, n=n)
 
 
 def _graph_payload(model, task, circuit):
@@ -56,10 +54,9 @@ def find_circuit_job(state, data: dict):
         if not path.exists():
             circuit.save(path)
         graph = _graph_payload(model, task, circuit)
-        py = recipes.python(state.spec, ["from lmscope.circuits import load_task",
-                                         "from lmscope.circuits.run import find_circuit",
-                                         "from lmscope.circuits.graph import circuit_graph"], [
-            f"task = load_task(model, {shown!r}, n={n})",
+        py = recipes.python(state.spec, ["from lmscope.circuits import circuit_graph, find_circuit, "
+                                         "load_circuit_task"], [
+            f"task = load_circuit_task(model, {shown!r}, n={n})",
             f"result, circuit = find_circuit(model, task, method={method!r}, max_heads={heads})",
             "print(result.summary())", "graph = circuit_graph(model, task, circuit.nodes(model), n_prompts=16)",
             "graph.figure().show()"])
@@ -85,11 +82,10 @@ def open_circuit_job(state, data: dict):
         task = _load_task(model, spec, n)
         graph = _graph_payload(model, task, circuit)
         result = evaluate_saved(model, circuit, task)
-        py = recipes.python(state.spec, ["from lmscope.circuits import load_task",
-                                         "from lmscope.circuits.circuit_file import load_circuit",
-                                         "from lmscope.circuits.run import evaluate_saved",
-                                         "from lmscope.circuits.graph import circuit_graph"], [
-            f"circuit = load_circuit({str(entry.path)!r}, model)", f"task = load_task(model, {spec!r}, n={n})",
+        py = recipes.python(state.spec, ["from lmscope.circuits import (circuit_graph, evaluate_saved, load_circuit, "
+                                         "load_circuit_task)"], [
+            f"circuit = load_circuit({str(entry.path)!r}, model)",
+            f"task = load_circuit_task(model, {spec!r}, n={n})",
             "print(evaluate_saved(model, circuit, task).summary())",
             "circuit_graph(model, task, circuit.nodes(model), n_prompts=16).figure().show()"])
         cli = recipes.cli("circuit", "eval", str(entry.path), model=state.spec,
@@ -108,8 +104,8 @@ def patching_job(state, data: dict):
     def run(model):
         task = _load_task(model, spec, n)
         r = activation_patching(model, task)
-        py = recipes.python(state.spec, ["from lmscope.circuits import activation_patching, load_task"], [
-            f"task = load_task(model, {shown!r}, n={n})", "r = activation_patching(model, task)",
+        py = recipes.python(state.spec, ["from lmscope.circuits import activation_patching, load_circuit_task"], [
+            f"task = load_circuit_task(model, {shown!r}, n={n})", "r = activation_patching(model, task)",
             "print(r.summary())", "r.figure('z').show()"])
         builtin = not spec.endswith(".jsonl")
         cli = recipes.cli("patch", *([spec] if builtin else []), model=state.spec, n=n if builtin else None,

@@ -6,8 +6,9 @@ from __future__ import annotations
 from lmscope.lab import recipes, runs_index
 from lmscope.lab.http import FieldError, blame, choice, integer, number, text
 from lmscope.lab.views.neurons import corpora
+from lmscope.results import to_plain
 from lmscope.sae import feature_stats, load_sae
-from lmscope.sae import steer as sae_steer
+from lmscope.sae import sae_steer
 from lmscope.sae.dashboard import density_figure, feature_histogram
 
 
@@ -40,7 +41,7 @@ def open_sae_job(state, data: dict):
         py = recipes.python(state.spec, ["from lmscope.sae import feature_stats, load_sae"], [
             f"sae = load_sae({str(entry.path)!r}, model=model)",
             f"stats = feature_stats(model, sae, {corpus!r}, n_tokens={n_tokens})",
-            "print(stats.live()[:20])", "print(stats.feature(stats.live()[0]).to_json())"])
+            "print(stats.live()[:20])", "print(stats.feature(stats.live()[0]))"])
         cli = recipes.cli("sae", "features", str(entry.path), model=state.spec, corpus=corpus, tokens=n_tokens,
                           html="sae_pages")
         return recipes.payload({"sae": entry.to_json(), "architecture": cfg.architecture, "site": cfg.site_in,
@@ -65,9 +66,9 @@ def sae_feature_view(state, data: dict) -> dict:
     py = recipes.python(state.spec, ["from lmscope.sae import feature_stats, load_sae"], [
         f"sae = load_sae({str(entry.path)!r}, model=model)",
         f"stats = feature_stats(model, sae, {stats.texts!r}, n_tokens={stats.n_tokens})",
-        f"print(stats.feature({index}).to_json())"])
+        f"print(stats.feature({index}))"])
     cli = recipes.cli("sae", "features", str(entry.path), model=state.spec, latents=[index], html="sae_pages")
-    return recipes.payload(f.to_json(), [feature_histogram(f)], py, cli)
+    return recipes.payload(to_plain(f), [feature_histogram(f)], py, cli)
 
 
 def sae_steer_view(state, data: dict) -> dict:
@@ -80,9 +81,9 @@ def sae_steer_view(state, data: dict) -> dict:
     with blame("prompt"):
         r = sae_steer(state.model, stats.sae, prompt, index, value, mode=mode, max_new_tokens=max_new)
     entry = runs_index.lookup(state.runs, sae_id, "sae")
-    py = recipes.python(state.spec, ["from lmscope.sae import load_sae, steer"], [
+    py = recipes.python(state.spec, ["from lmscope.sae import load_sae, sae_steer"], [
         f"sae = load_sae({str(entry.path)!r}, model=model)",
-        f"print(steer(model, sae, {prompt!r}, {index}, {value!r}, mode={mode!r}, max_new_tokens={max_new})"
+        f"print(sae_steer(model, sae, {prompt!r}, {index}, {value!r}, mode={mode!r}, max_new_tokens={max_new})"
         ".summary())"])
     cli = recipes.cli("sae", "steer", str(entry.path), prompt, model=state.spec, latent=index, value=value,
                       mode=mode, max_new_tokens=max_new)
