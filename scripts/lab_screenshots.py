@@ -100,8 +100,7 @@ def circuits(page, out):
     page.wait_for_timeout(400)
     page.screenshot(path=str(out / "lab_circuits.png"), full_page=False)     # the graph; the page goes on
     print(f"wrote {out / 'lab_circuits.png'}", flush=True)
-    page.locator("#ci-patching").scroll_into_view_if_needed()
-    page.screenshot(path=str(out / "lab_circuits_patching.png"), full_page=False)
+    page.locator("#ci-patching .plot").first.screenshot(path=str(out / "lab_circuits_patching.png"))
     print(f"wrote {out / 'lab_circuits_patching.png'}", flush=True)
 
 
