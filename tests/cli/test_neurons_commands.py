@@ -21,8 +21,8 @@ COMMANDS = {
 def byte_sized_agreement(monkeypatch):
     """The bundled number-agreement set needs word tokens (' are', ' is'); random models have byte tokens, so the
     command runs on a small set whose two forms are one byte each."""
-    items = [AgreementPrompt(f"{w} dogs", "s", "x", "plural", "subject-verb", i) for i, w in enumerate("ab")]
-    items += [AgreementPrompt(f"{w} dog", "x", "s", "singular", "subject-verb", i) for i, w in enumerate("ab")]
+    items = [AgreementPrompt(f"{w} dogs", "s", "x", "plural", "subject-verb", i) for i, w in enumerate("abcd")]
+    items += [AgreementPrompt(f"{w} dog", "x", "s", "singular", "subject-verb", i) for i, w in enumerate("abcd")]
     monkeypatch.setattr(lmscope.neurons.knowledge, "load_number_agreement", lambda: items)
 
 
@@ -40,6 +40,7 @@ def test_knowledge_neurons_command(capsys):
     assert out["kind"] == "knowledge_neurons_agreement" and out["attribution_prompts"] == 2
     assert [row["k"] for row in out["sweep"]] == [1, 3]
     assert 0 <= out["accuracy_before"] <= 1 and out["n_prompts"] == 2
+    assert not set(out["attribution_pairs"]) & set(out["evaluated_pairs"])
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -6,9 +6,12 @@
     length_groups(model, prompts_or_rows)          batches of equal token length (no padding)
     last_logits(model, prompts_or_rows, edits)     [n, vocab] logits at each prompt's last token
     prefix_cache(model, ids)                       the key/value cache of a prefix
+    on_cache(model, cache, rows=1)                 forward kwargs that run on a fresh copy of that cache
 """
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Iterator, Sequence
 
 import torch
@@ -116,3 +119,15 @@ def prefix_cache(model, ids: torch.Tensor):
     """The KV cache of a forward over `ids`; only the cache is wanted, so only one position's logits are made."""
     out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
     return getattr(out, "cache", None) or out.past_key_values
+
+
+def on_cache(model, cache, rows: int = 1) -> dict:
+    """Keyword arguments for `model.hf(...)` that run the next tokens on top of a copy of `cache` (from
+    prefix_cache), each of its rows repeated `rows` times; the cache itself is left unchanged. None: no cache."""
+    if cache is None:
+        return {"use_cache": False}
+    fresh = copy.deepcopy(cache)
+    if rows > 1:
+        fresh.batch_repeat_interleave(rows)
+    name = "cache" if "cache" in inspect.signature(model.hf.forward).parameters else "past_key_values"
+    return {name: fresh, "use_cache": True}

@@ -3,6 +3,9 @@
 Integrated gradients of P(target | prompt) with respect to one layer's neuron activations at the last token:
     attr_i = a_i * mean_k dP/da_i (alpha_k * a),   alpha_k = (k - 0.5) / m, k = 1..m   (baseline 0, midpoint rule)
 Coarse neurons: attribution above `threshold` x the prompt's max. Refined: coarse for at least `share` of prompts.
+The number-agreement experiment finds the neurons on `attribution_prompts` plural prompts and evaluates every edit
+on the other prompts only (the plural prompts not used, and the singular control without their minimal-pair twins).
+Each IG step runs the last token alone from resid_pre.L on a cached prefix (see integrated_gradients).
 """
 from __future__ import annotations
 
@@ -15,28 +18,44 @@ from plotly.subplots import make_subplots
 from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers
 from lmscope.core.errors import InputError
+from lmscope.core.runs import on_cache, prefix_cache
 from lmscope.data.number_agreement import load_number_agreement
 from lmscope.results import Result
 
 
-def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps: int = 20) -> torch.Tensor:
+def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps: int = 20,
+                         resume: bool = True) -> torch.Tensor:
     """Attribution of every neuron of `layers` (default: all) to P(target) at the prompt's last token.
-    Returns [len(layers), d_mlp] (float32)."""
+    Returns [len(layers), d_mlp] (float32).
+
+    The edit is at the last token and at layer L, so nothing before it changes: the tokens before the last are run
+    once into a key/value cache, resid_pre.L of the last token is read once, and every IG step runs the last token
+    alone from resid_pre.L (`model.run`'s resume) on that cache. resume=False runs every step over the whole prompt
+    from the embedding (the plain path: the same numbers to float round-off, kept for checks and benchmarks)."""
     layers = check_layers(model, layers)
     check_count("steps", steps)
     target_id = model.token_id(target)
     ids, _ = model.encode(prompt)
     last = ids.shape[1] - 1
-    clean = model.run(ids, read=[f"neurons.{layer}" for layer in layers], stop_early=True).acts
+    reads = [f"neurons.{layer}" for layer in layers] + ([f"resid_pre.{layer}" for layer in layers] if resume else [])
+    clean = model.run(ids, read=reads, stop_early=True).acts
     alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(model.device, model.dtype)
-    batch = ids.expand(steps, -1)
+    with torch.no_grad():
+        cache = prefix_cache(model, ids[:, :last]) if resume and last > 0 else None
     out = []
     for layer in layers:
         a = clean[f"neurons.{layer}"][0, last]                                   # [d_mlp]
         scaled = (alphas[:, None] * a[None]).detach().requires_grad_(True)       # [steps, d_mlp]
         edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
-        run = model.run(batch, edits=[edit], grad=True, forward_kwargs={"logits_to_keep": 1})
-        prob = torch.softmax(run.logits[:, -1].float(), -1)[:, target_id]
+        if resume:
+            start = clean[f"resid_pre.{layer}"][:, last:].expand(steps, -1, -1)
+            with torch.enable_grad(), model.trace(edits=[edit], grad=True, resume=(layer, start)):
+                logits = model.hf(input_ids=ids[:, last:].expand(steps, -1), logits_to_keep=1,
+                                  **on_cache(model, cache, steps)).logits
+        else:
+            logits = model.run(ids.expand(steps, -1), edits=[edit], grad=True,
+                               forward_kwargs={"logits_to_keep": 1}).logits
+        prob = torch.softmax(logits[:, -1].float(), -1)[:, target_id]
         (grad,) = torch.autograd.grad(prob.sum(), scaled)
         out.append((a * grad.mean(0)).float().detach())
     return torch.stack(out)
@@ -118,7 +137,7 @@ class AgreementExperiment(Result, kind="knowledge_neurons_agreement"):
     model: str
     attribution_prompts: int
     neurons: list[tuple[int, int]]        # refined "plural" neurons, suppressed
-    n_prompts: int                        # plural prompts evaluated
+    n_prompts: int                        # plural prompts evaluated (none of them used for attribution)
     margin_before: float
     margin_after: float
     flip_fraction: float                  # prompts whose preferred form flips (margin changes sign)
@@ -128,6 +147,8 @@ class AgreementExperiment(Result, kind="knowledge_neurons_agreement"):
     singular_margin_before: float         # control: singular prompts
     singular_margin_after: float
     sweep: list[dict]   # top-k neurons by attribution suppressed: k, margin, flip fraction, and the same for k random
+    attribution_pairs: list[int] = field(default_factory=list)   # pair ids of the attribution prompts
+    evaluated_pairs: list[int] = field(default_factory=list)     # pair ids of the evaluated prompts (disjoint)
 
     def title(self) -> str:
         return "Knowledge neurons: number agreement"
@@ -138,11 +159,11 @@ class AgreementExperiment(Result, kind="knowledge_neurons_agreement"):
     def summary(self) -> str:
         lines = [f"number agreement | {self.model} | {len(self.neurons)} refined plural neurons from "
                  f"{self.attribution_prompts} prompts: {self.neurons[:10]}{' ...' if len(self.neurons) > 10 else ''}",
-                 f"plural prompts: {self.n_prompts}; margin log P(correct) - log P(wrong): {self.margin_before:.3f} "
+                 f"held-out plural prompts (not used for attribution): {self.n_prompts}; margin log P(correct) - log P(wrong): {self.margin_before:.3f} "
                  f"-> {self.margin_after:.3f} suppressed ({self.amplified_margin:.3f} amplified)",
                  f"accuracy {self.accuracy_before:.1%} -> {self.accuracy_after:.1%}; preferred form flips on "
                  f"{self.flip_fraction:.1%}",
-                 f"control, singular prompts: margin {self.singular_margin_before:.3f} -> "
+                 f"control, held-out singular prompts: margin {self.singular_margin_before:.3f} -> "
                  f"{self.singular_margin_after:.3f}",
                  "suppressing the top-k neurons by attribution:"]
         lines += [f"  k={s['k']:>4}: margin {s['margin']:.3f}, flips {s['flip_fraction']:.1%}   (k random neurons: "
@@ -175,10 +196,16 @@ def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: 
     sweep = [check_count("sweep k", k) for k in sweep]
     items = load_number_agreement()
     plural = [it for it in items if it.number == "plural"]
-    singular = [it for it in items if it.number == "singular"]
-    # attribution on an evenly spaced subset of plural prompts (deterministic), evaluation on all of them
+    if attribution_prompts >= len(plural):
+        raise InputError(f"attribution_prompts {attribution_prompts} leaves no plural prompt to evaluate "
+                         f"(there are {len(plural)}); use fewer")
+    # attribution on an evenly spaced subset of plural prompts (deterministic); evaluation on the other plural
+    # prompts, and the singular control on the pairs whose plural item was not used for attribution
     stride = max(1, len(plural) // attribution_prompts)
     chosen = plural[::stride][:attribution_prompts]
+    used = {it.pair for it in chosen}
+    plural = [it for it in plural if it.pair not in used]
+    singular = [it for it in items if it.number == "singular" and it.pair not in used]
     kn = find_knowledge_neurons(model, [it.prompt for it in chosen], [it.correct for it in chosen], layers=layers,
                                 steps=steps, threshold=threshold, share=share)
     before = agreement_margins(model, plural)
@@ -200,4 +227,5 @@ def number_agreement_experiment(model, *, attribution_prompts: int = 16, steps: 
     return AgreementExperiment(model.spec, len(chosen), kn.neurons, len(plural), float(before.mean()),
                                float(after.mean()), float(((after > 0) != (before > 0)).float().mean()),
                                float((before > 0).float().mean()), float((after > 0).float().mean()),
-                               float(amplified.mean()), float(s_before.mean()), float(s_after.mean()), rows)
+                               float(amplified.mean()), float(s_before.mean()), float(s_after.mean()), rows,
+                               sorted(used), sorted({it.pair for it in plural + singular}))
