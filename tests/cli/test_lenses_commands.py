@@ -75,7 +75,7 @@ def test_lre(capsys):
     assert out["kind"] == "lre" and out["relation"] == "country_capital" and out["layer"] == 1
     assert out["config"] == {"layers": [1], "betas": [1.0, 2.0], "ranks": [4], "n_train": 2, "n_demo": 3,
                              "seed": 0}
-    assert list(out["layers"][0]["faithfulness"]) == ["1", "2"] and out["rank"] == 4
+    assert list(out["layers"][0]["loo_faithfulness"]) == ["1", "2"] and out["rank"] == 4
 
 
 def test_tuned_lens_train_then_eval(tmp_path, capsys):

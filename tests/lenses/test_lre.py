@@ -63,9 +63,9 @@ def test_last_layer_is_identity_faithful_and_causal(monkeypatch):
     rel = _self_consistent(m, monkeypatch)
     r = lre(m, rel, layers=[m.n_layers - 1], betas=[1.0, 3.0], ranks=[1, m.d_model], n_train=2, n_demo=0)
     assert r.n_test == 4 and r.n_train == 2 and r.n_causal_pairs >= 1
-    assert r.layers[0].faithfulness["1"] == 1.0 and r.beta == 1.0 and r.faithfulness == 1.0
-    assert r.layers[0].causality[str(m.d_model)] == 1.0 and r.rank == m.d_model and r.causality == 1.0
-    assert r.layers[0].causality["1"] < 1.0          # a rank-1 inverse cannot move s all the way
+    assert r.layers[0].loo_faithfulness["1"] == 1.0 and r.beta == 1.0 and r.faithfulness == 1.0
+    assert r.layers[0].loo_causality[str(m.d_model)] == 1.0 and r.rank == m.d_model and r.causality == 1.0
+    assert r.layers[0].loo_causality["1"] < 1.0          # a rank-1 inverse cannot move s all the way
     json.dumps(r.to_json())
     assert "faithfulness 100.0%" in r.summary()
 

@@ -5,8 +5,7 @@ prompt is few-shot: `n_demo` demonstrations "template(subject) object" (one per 
 the query "template(subject)". At layer l:
 
     s = resid_post.l at the query subject's last token       o = resid_post of the last layer at the last position
-    W_i = d o / d s (the Jacobian, d_model x d_model, float32; d_model backward passes batched through a replace-edit
-          whose value requires grad, the shared prefix before the subject run once and cached)
+    W_i = d o / d s (the Jacobian, d_model x d_model, float32)
     b_i = o_i - W_i s_i          W, b = means over the training examples (float64)
     LRE(s) = beta * W s + b, decoded through the model's own final norm + unembedding (model.unembed)
 
@@ -14,13 +13,24 @@ Faithfulness: among held-out subjects the model gets right (its greedy next toke
 ' ' + object), the fraction where the LRE's top-1 token equals the model's top-1 token.
 Causality: for held-out pairs (s, s') with different objects, replace s by s + W_r^+ (o' - o) (o, o': the model's
 outputs for the two prompts; W_r^+: pseudo-inverse of W through its top-r singular vectors) and count how often the
-edited model's top-1 is the first token of the other subject's object. The rank r is chosen per layer among
-`ranks` on those same pairs (reported per rank too; the best is an optimistic choice).
+edited model's top-1 is the first token of the other subject's object.
+Majority baseline: always predict the relation's most common object (its first token); the share of held-out
+subjects it gets right is what a constant map reaches, shown beside faithfulness.
+
+Selection never sees the held-out subjects: the layer, beta and rank are chosen by leave-one-out on the training
+pairs (W, b fitted on the other training pairs; the layer and beta by faithfulness on the left-out pair, ties to
+the earlier layer and smaller beta; the rank, at the chosen layer, by causality between training pairs, each sent
+to the next training pair with another object and edited with the W of the pairs other than itself, ties broken by
+the mean probability of the other object, then the smaller rank). Held-out
+faithfulness and causality are then measured once, at that choice.
+
+Speed: resid_post.l is resid_pre.(l+1), so every pass that edits s resumes there (model.run's resume) from the
+cached clean stream; the Jacobian is one such pass on a cached prefix (the tokens before the subject) and its
+d_model rows are vector-Jacobian products in batched backward passes. resume=False runs the plain path instead
+(every pass from the embedding, d_model copies of the prompt for the Jacobian): same numbers to float round-off.
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,7 +45,7 @@ from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers, check_numbers
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
-from lmscope.core.runs import prefix_cache
+from lmscope.core.runs import on_cache, prefix_cache
 from lmscope.lenses.patchscope import configured
 from lmscope.results import Result
 
@@ -47,7 +57,8 @@ class LreConfig:
                                         flag="--layer")
     betas: list[float] = option([1.0, 2.0, 4.0, 8.0], "scales of W s, comma-separated", flag="--beta")
     ranks: list[int] = option([32, 96, 256], "ranks of the pseudo-inverse for causality, comma-separated")
-    n_train: int = option(5, "pairs to fit W and b on", flag="--train")
+    n_train: int = option(5, "pairs to fit W and b on (and to choose layer, beta, rank by leave-one-out)",
+                          flag="--train")
     n_demo: int = option(3, "few-shot demonstrations per prompt")
     seed: int = option(0, "train / test split")
 
@@ -127,48 +138,69 @@ def object_token(model, obj: str) -> int:
     return model.tokenizer(" " + obj, add_special_tokens=False)["input_ids"][0]
 
 
-def _cache_kwarg(model) -> str:
-    params = inspect.signature(model.hf.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int = 192):
+def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int | None = None, resume: bool = True):
     """W = d o / d s at one prompt: s = resid_post.layer at `pos`, o = last layer's resid_post at the last position.
-    Returns (W [d, d], s [d], o [d]) in float32. Row i of W is the gradient of o_i; `chunk` rows per backward."""
+    Returns (W [d, d], s [d], o [d]) in float32. Row i of W is the gradient of o_i.
+    resume=True: one forward from resid_pre.(layer + 1) over the tokens from `pos` on (those before it cached), then
+    the rows as batched backward passes, `chunk` rows each (None: all). resume=False: the plain path, d_model copies
+    of the prompt through every layer, `chunk` (default 192) rows per forward and backward."""
+    if not resume:
+        return _jacobian_plain(model, ids, pos, layer, chunk=chunk or 192)
+    last = model.n_layers - 1
+    site_o = f"resid_post.{last}"
+    site_s = f"resid_pre.{layer + 1}" if layer < last else site_o        # the same tensor as resid_post.layer
+    run = model.run(ids, read=[site_s, site_o], stop_early=True)
+    s, o = run.acts[site_s][0, pos], run.acts[site_o][0, -1]
+    with torch.no_grad():
+        prefix = prefix_cache(model, ids[:, :pos]) if pos > 0 else None
+    value = s.detach()[None].clone().requires_grad_(True)
+    edit = edits.replace(site_s, value[:, None], positions=[pos])
+    start = {} if layer == last else {"resume": (layer + 1, run.acts[site_s])}    # read from the cache offset on
+    with torch.enable_grad(), model.trace(read=[site_o], edits=[edit], grad=True, stop_early=True, **start) as tr:
+        model.hf(input_ids=ids[:, pos:], **on_cache(model, prefix))
+    out = tr[site_o][0, -1]
+    d = model.d_model
+    step = min(chunk or d, d)
+    n_chunks = -(-d // step)
+    # every batch has `step` rows (the last padded with zeros): autograd's batched backward wants one batch size
+    eye = torch.eye(n_chunks * step, d, dtype=out.dtype, device=out.device)
+    rows = []
+    for c in range(n_chunks):
+        (g,) = torch.autograd.grad(out, value, eye[c * step:(c + 1) * step], retain_graph=c + 1 < n_chunks,
+                                   is_grads_batched=True)
+        rows.append(g[:, 0].float())
+    return torch.cat(rows)[:d], s.detach().float(), o.detach().float()
+
+
+def _jacobian_plain(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int):
+    """jacobian(resume=False): d_model copies of the prompt (`chunk` per pass) through every layer."""
     last = model.n_layers - 1
     site_s, site_o = f"resid_post.{layer}", f"resid_post.{last}"
     run = model.run(ids, read=[site_s, site_o], stop_early=True)
     s, o = run.acts[site_s][0, pos], run.acts[site_o][0, -1]
     d = model.d_model
-    prefix = None
-    if pos > 0:  # the tokens before the subject do not depend on s: run them once, reuse their KV cache
-        with torch.no_grad():
-            prefix = prefix_cache(model, ids[:, :pos])
+    with torch.no_grad():
+        prefix = prefix_cache(model, ids[:, :pos]) if pos > 0 else None
     rows = []
     eye = torch.eye(d, dtype=s.dtype, device=s.device)
-    for start in range(0, d, chunk):
-        n = min(chunk, d - start)
-        kwargs = {}
-        if prefix is not None:
-            cache_n = copy.deepcopy(prefix)
-            cache_n.batch_repeat_interleave(n)
-            kwargs[_cache_kwarg(model)] = cache_n
+    for first in range(0, d, chunk):
+        n = min(chunk, d - first)
         value = s.detach().expand(n, d).clone().requires_grad_(True)
         edit = edits.replace(site_s, value[:, None], positions=[pos])
         with torch.enable_grad(), model.trace(read=[site_o], edits=[edit], grad=True, stop_early=True) as tr:
-            model.hf(input_ids=(ids[:, pos:] if prefix is not None else ids).expand(n, -1),
-                     use_cache=prefix is not None, **kwargs)
-        out = tr[site_o][:, -1]
-        (g,) = torch.autograd.grad(out, value, eye[start:start + n])
+            model.hf(input_ids=ids[:, pos:].expand(n, -1), **on_cache(model, prefix, n))
+        (g,) = torch.autograd.grad(tr[site_o][:, -1], value, eye[first:first + n])
         rows.append(g.float())
     return torch.cat(rows), s.detach().float(), o.detach().float()
 
 
 @dataclass
 class LayerFit:
+    """Leave-one-out scores on the training pairs at one layer (what the layer, beta and rank are chosen by)."""
     layer: int
-    faithfulness: dict[str, float]      # beta -> fraction
-    causality: dict[str, float]         # rank -> fraction
+    loo_faithfulness: dict[str, float]    # beta -> fraction of training pairs
+    loo_causality: dict[str, float]       # rank -> fraction of training pairs (i -> j, different objects)
+    loo_object_prob: dict[str, float]     # rank -> mean P(other object) after the edit (the tie-break)
     best_rank: int
 
 
@@ -177,18 +209,21 @@ class LreResult(Result, kind="lre"):
     model: str
     relation: str
     template: str
-    layer: int
+    layer: int                  # chosen by leave-one-out on the training pairs, as are beta and rank
     beta: float
-    faithfulness: float
-    causality: float
+    faithfulness: float         # held-out, at (layer, beta): measured once
+    causality: float            # held-out, at (layer, rank): measured once
     rank: int
     n_test: int
     n_train: int
     n_pairs: int
     n_causal_pairs: int
     train: list[str]
+    majority_baseline: float = 0.0     # held-out share whose object is the relation's most common one
+    majority_object: str = ""
+    n_loo_causal_pairs: int = 0
     layers: list[LayerFit] = field(default_factory=list)
-    test: list[dict] = field(default_factory=list)   # subject, object, model top-1, LRE top-1 (best layer, beta)
+    test: list[dict] = field(default_factory=list)   # subject, object, model top-1, LRE top-1 (chosen layer, beta)
     config: LreConfig = field(default_factory=LreConfig)
 
     def title(self) -> str:
@@ -200,130 +235,194 @@ class LreResult(Result, kind="lre"):
     def summary(self) -> str:
         lines = [f"LRE | {self.model} | {self.relation}: {self.template!r} | {self.n_pairs} pairs, "
                  f"{self.n_train} to fit, {self.n_test} held-out subjects the model gets right",
-                 f"best layer {self.layer}, beta {self.beta:g}: faithfulness {self.faithfulness:.1%} "
-                 f"({self.n_test} subjects), causality {self.causality:.1%} at rank {self.rank} "
+                 f"chosen by leave-one-out on the {self.n_train} training pairs: layer {self.layer}, beta "
+                 f"{self.beta:g}, rank {self.rank}",
+                 f"held-out (measured once): faithfulness {self.faithfulness:.1%} ({self.n_test} subjects; majority "
+                 f"object {self.majority_object!r}: {self.majority_baseline:.1%}), causality {self.causality:.1%} "
                  f"({self.n_causal_pairs} pairs)"]
         if self.layers:
-            betas = list(self.layers[0].faithfulness)
-            ranks = list(self.layers[0].causality)
+            betas = list(self.layers[0].loo_faithfulness)
+            ranks = list(self.layers[0].loo_causality)
+            lines.append(f"leave-one-out on training pairs ({self.n_loo_causal_pairs} causal pairs):")
             lines.append("layer  " + "".join(f"faith b={b:<4}" for b in betas) + "".join(
                 f"caus r={r:<5}" for r in ranks))
             for f in self.layers:
-                lines.append(f"{f.layer:>5}  " + "".join(f"{v:>10.1%}  " for v in f.faithfulness.values())
-                             + "".join(f"{v:>10.1%}  " for v in f.causality.values()))
+                lines.append(f"{f.layer:>5}  " + "".join(f"{v:>10.1%}  " for v in f.loo_faithfulness.values())
+                             + "".join(f"{v:>10.1%}  " for v in f.loo_causality.values()))
         return "\n".join(lines)
 
     def figure(self):
         fig = go.Figure()
         layers = [f.layer for f in self.layers]
-        for b in (self.layers[0].faithfulness if self.layers else {}):
-            fig.add_trace(go.Scatter(x=layers, y=[f.faithfulness[b] for f in self.layers],
-                                     name=f"faithfulness, beta={b}", mode="lines+markers"))
-        fig.add_trace(go.Scatter(x=layers, y=[max(f.causality.values()) for f in self.layers],
-                                 name="causality (best rank)", mode="lines+markers", line_dash="dot"))
+        for b in (self.layers[0].loo_faithfulness if self.layers else {}):
+            fig.add_trace(go.Scatter(x=layers, y=[f.loo_faithfulness[b] for f in self.layers],
+                                     name=f"leave-one-out faithfulness, beta={b}", mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=layers, y=[f.loo_causality[str(f.best_rank)] for f in self.layers],
+                                 name="leave-one-out causality (best rank)", mode="lines+markers", line_dash="dot"))
+        fig.add_trace(go.Scatter(x=[self.layer, self.layer], y=[self.faithfulness, self.causality],
+                                 mode="markers+text", text=["held-out faithfulness", "held-out causality"],
+                                 textposition="top center", marker={"size": 12, "symbol": "star"},
+                                 name="held-out, at the chosen layer"))
+        fig.add_hline(y=self.majority_baseline, line_dash="dash", annotation_text="majority object (held-out)")
         fig.update_layout(title=f"Linear relational embedding: {self.relation} ({self.model})",
-                          xaxis_title="layer of s", yaxis={"range": [0, 1], "title": "fraction of held-out subjects"},
+                          xaxis_title="layer of s", yaxis={"range": [0, 1.05], "title": "fraction"},
                           height=420, width=800)
         return fig
 
 
-def _top1(model, resid: torch.Tensor) -> torch.Tensor:
-    return model.unembed(resid.to(model.dtype)).argmax(-1)
+@dataclass
+class _Clean:
+    """One prompt's clean run: its ids, the subject position, the stream at every layer's s, o and the top-1."""
+    ids: torch.Tensor
+    pos: int
+    states: dict[int, torch.Tensor]     # layer -> resid_post.layer [1, seq, d] (= resid_pre.layer+1)
+    o: torch.Tensor                     # [d] float32
+    top: int
 
 
 @torch.no_grad()
-def _outputs(model, prompts, layer: int, edit_values=None):
-    """Per prompt (ids, pos): s at `layer`, o (last layer, last position), model top-1; optional replace of s."""
+def _clean_runs(model, prompts: dict, layers) -> dict:
     last = model.n_layers - 1
-    out = []
-    for i, (ids, pos) in enumerate(prompts):
-        ed = [] if edit_values is None else [edits.replace(f"resid_post.{layer}", edit_values[i].to(model.dtype),
-                                                            positions=[pos])]
-        run = model.run(ids, read=[f"resid_post.{layer}", f"resid_post.{last}"], edits=ed,
-                        forward_kwargs={"logits_to_keep": 1})
-        out.append((run.acts[f"resid_post.{layer}"][0, pos].float(), run.acts[f"resid_post.{last}"][0, -1].float(),
-                    int(run.logits[0, -1].argmax())))
+    reads = sorted({f"resid_post.{layer}" for layer in layers} | {f"resid_post.{last}"})
+    out = {}
+    for key, (ids, pos) in prompts.items():
+        run = model.run(ids, read=reads, forward_kwargs={"logits_to_keep": 1})
+        out[key] = _Clean(ids, pos, {layer: run.acts[f"resid_post.{layer}"] for layer in layers},
+                          run.acts[f"resid_post.{last}"][0, -1].float(), int(run.logits[0, -1].argmax()))
     return out
 
 
-def lre(model, relation: Relation, config: LreConfig | None = None, *, progress: bool = False,
+@torch.no_grad()
+def _edited_logits(model, clean: _Clean, layer: int, s_new: torch.Tensor, resume: bool) -> torch.Tensor:
+    """Last-position logits (float32) with s replaced by s_new; resumed from resid_pre.(layer + 1) if allowed."""
+    last = model.n_layers - 1
+    value = s_new.to(model.dtype)
+    if resume and layer < last:
+        edit = edits.replace(f"resid_pre.{layer + 1}", value, positions=[clean.pos])
+        run = model.run(clean.ids, edits=[edit], resume=(layer + 1, clean.states[layer]),
+                        forward_kwargs={"logits_to_keep": 1})
+    else:
+        edit = edits.replace(f"resid_post.{layer}", value, positions=[clean.pos])
+        run = model.run(clean.ids, edits=[edit], forward_kwargs={"logits_to_keep": 1})
+    return run.logits[0, -1].float()
+
+
+def _pinv(W: torch.Tensor, rank: int) -> torch.Tensor:
+    U, sig, Vh = torch.linalg.svd(W.double())
+    return Vh[:rank].T @ torch.diag(1 / sig[:rank]) @ U[:, :rank].T
+
+
+def _causal_pairs(subjects, target) -> list[tuple[int, int]]:
+    """Each subject is sent to the next one (cyclically) with a different object token."""
+    out = []
+    for i, s in enumerate(subjects):
+        for j in list(range(i + 1, len(subjects))) + list(range(i)):
+            if target[subjects[j]] != target[s]:
+                out.append((i, j))
+                break
+    return out
+
+
+def _affine(jacs) -> tuple[torch.Tensor, torch.Tensor]:
+    """W, b = float64 means of J_i and o_i - J_i s_i over (J, s, o) triples, returned as float32."""
+    W = torch.stack([J.double() for J, _, _ in jacs]).mean(0)
+    b = torch.stack([o.double() - J.double() @ s.double() for J, s, o in jacs]).mean(0)
+    return W.float(), b.float()
+
+
+def _leave_one_out(model, layer, fit, jacs, clean, target, betas, ranks, resume) -> LayerFit:
+    """Faithfulness per beta and causality per rank on the training pairs, each pair scored by W, b fitted on the
+    other training pairs."""
+    k = len(fit)
+    loo = [_affine([jacs[j] for j in range(k) if j != i]) for i in range(k)]
+    faith = {}
+    for beta in betas:
+        hits = 0
+        for i, name in enumerate(fit):
+            W, b = loo[i]
+            with torch.no_grad():
+                hits += int(model.unembed((beta * W @ jacs[i][1] + b).to(model.dtype)).argmax()) == clean[name].top
+        faith[f"{beta:g}"] = hits / k
+    cpairs = _causal_pairs(fit, target)
+    caus, prob = {}, {}
+    pinvs = {i: {r: _pinv(loo[i][0], r) for r in ranks} for i in {i for i, _ in cpairs}}
+    for r in ranks:
+        hits, p = 0, 0.0
+        for i, j in cpairs:
+            a, other = clean[fit[i]], clean[fit[j]]
+            s_new = jacs[i][1] + (pinvs[i][r] @ (other.o - a.o).double()).float()
+            logits = _edited_logits(model, a, layer, s_new, resume)
+            hits += int(logits.argmax()) == target[fit[j]]
+            p += float(torch.softmax(logits.double(), -1)[target[fit[j]]])
+        caus[str(r)], prob[str(r)] = hits / max(1, len(cpairs)), p / max(1, len(cpairs))
+    best = max(ranks, key=lambda r: (caus[str(r)], prob[str(r)], -r))
+    return LayerFit(layer, faith, caus, prob, best)
+
+
+def lre(model, relation: Relation, config: LreConfig | None = None, *, progress: bool = False, resume: bool = True,
         **overrides) -> LreResult:
-    """Fit an LRE per layer on `n_train` pairs, measure faithfulness (per beta) and causality (per rank) on the
-    held-out subjects the model gets right; the best layer and beta are those of the highest faithfulness.
-    `config` holds the options (LreConfig); keyword arguments override its fields (e.g. layers=[6], n_train=4)."""
+    """Fit an LRE per layer on `n_train` pairs, choose the layer, beta and rank by leave-one-out on them, then
+    measure faithfulness and causality once on the held-out subjects the model gets right (module docstring).
+    `config` holds the options (LreConfig); keyword arguments override its fields (e.g. layers=[6], n_train=4).
+    resume=False runs the plain path (no resumed passes): the same numbers, slower (for checks and benchmarks)."""
     if not isinstance(relation, Relation):
         raise InputError("give a Relation (load_relation(name) or relation_from_pairs(path, template))")
     config = configured(LreConfig, config, overrides)
     n_train, n_demo, seed = config.n_train, config.n_demo, config.seed
-    check_count("n_train", n_train)
+    check_count("n_train", n_train, minimum=2)
     check_count("n_demo", n_demo, minimum=0)
     layers = (list(range(0, model.n_layers - 1, 3)) if config.layers is None
               else check_layers(model, config.layers, what="layers"))
     betas = check_numbers("betas", config.betas)
     ranks = [min(check_count("ranks", r), model.d_model) for r in list(config.ranks) or [0]]
     pairs = list(relation.pairs)
+    if len(pairs) < 3:
+        raise InputError(f"{relation.name} has {len(pairs)} pairs; leave-one-out needs 2 to fit and 1 to test")
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
     pairs = [pairs[i] for i in order]
     k = min(n_train, len(pairs) - 1)
     train, held = pairs[:k], pairs[k:]
     demos_for = lambda subj: [p for p in train if p[0] != subj][:n_demo]  # noqa: E731
-    prompt = {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
     target = {s: object_token(model, o) for s, o in pairs}
-    base = _outputs(model, [prompt[s] for s, _ in pairs], layers[0])
-    known = {s for (s, _), (_, _, top) in zip(pairs, base) if top == target[s]}
-    fit = [p for p in train if p[0] in known]
-    fit = fit if len(fit) >= 2 else train      # fit on pairs the model knows, where there are at least two
-    test = [p for p in held if p[0] in known]
-    # causal pairs: each test subject is sent to the next one with a different object token
-    cpairs = []
-    for i, (s, _) in enumerate(test):
-        for j in list(range(i + 1, len(test))) + list(range(i)):
-            if target[test[j][0]] != target[s]:
-                cpairs.append((i, j))
-                break
-    fits, per_test = [], {}
-    iterator = layers
-    if progress:
-        iterator = tqdm(layers, desc=f"LRE {relation.name}", unit="layer")
+    clean = _clean_runs(model, {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}, layers)
+    known = {s for s, _ in pairs if clean[s].top == target[s]}
+    fit = [s for s, _ in train if s in known]
+    fit = fit if len(fit) >= 2 else [s for s, _ in train]   # fit on pairs the model knows, where there are two
+    test = [s for s, _ in held if s in known]
+    fits, affine = [], {}
+    iterator = tqdm(layers, desc=f"LRE {relation.name}", unit="layer") if progress else layers
     for layer in iterator:
-        W = torch.zeros(model.d_model, model.d_model, dtype=torch.float64)
-        b = torch.zeros(model.d_model, dtype=torch.float64)
-        for s_name, _ in fit:
-            ids, pos = prompt[s_name]
-            J, s, o = jacobian(model, ids, pos, layer)
-            W += J.double()
-            b += o.double() - J.double() @ s.double()
-        W, b = (W / len(fit)).float(), (b / len(fit)).float()
-        outs = _outputs(model, [prompt[s] for s, _ in test], layer) if test else []
-        faith, preds = {}, {}
-        for beta in betas:
-            if not test:
-                faith[f"{beta:g}"] = 0.0
-                continue
-            S = torch.stack([x[0] for x in outs])
-            lre_top = _top1(model, beta * S @ W.T + b).tolist()
-            preds[beta] = lre_top
-            faith[f"{beta:g}"] = sum(a == x[2] for a, x in zip(lre_top, outs)) / len(test)
-        caus = {}
-        if cpairs:
-            U, sig, Vh = torch.linalg.svd(W.double())
-            for r in ranks:
-                pinv = Vh[:r].T @ torch.diag(1 / sig[:r]) @ U[:, :r].T
-                new = [outs[i][0] + (pinv @ (outs[j][1] - outs[i][1]).double()).float() for i, j in cpairs]
-                edited = _outputs(model, [prompt[test[i][0]] for i, _ in cpairs], layer, new)
-                caus[str(r)] = sum(e[2] == target[test[j][0]] for e, (_, j) in zip(edited, cpairs)) / len(cpairs)
-        else:
-            caus = {str(r): 0.0 for r in ranks}
-        best_rank = int(max(caus, key=lambda r: (caus[r], -int(r))))
-        fits.append(LayerFit(layer, faith, caus, best_rank))
-        per_test[layer] = (outs, preds)
-    best = max(((f, bt) for f in fits for bt in betas),
-               key=lambda fb: (fb[0].faithfulness[f"{fb[1]:g}"], -fb[0].layer, -fb[1]))
-    f, beta = best
-    outs, preds = per_test[f.layer]
-    rows = [{"subject": s, "object": o, "model_top1": model.tokenizer.decode([x[2]]),
-             "lre_top1": model.tokenizer.decode([preds[beta][i]]) if preds else None}
-            for i, ((s, o), x) in enumerate(zip(test, outs))]
-    return LreResult(model.spec, relation.name, relation.template, f.layer, beta, f.faithfulness[f"{beta:g}"],
-                     f.causality[str(f.best_rank)], f.best_rank, len(test), len(fit), len(pairs), len(cpairs),
-                     [s for s, _ in fit], fits, rows, config)
+        jacs = [jacobian(model, clean[s].ids, clean[s].pos, layer, resume=resume) for s in fit]
+        affine[layer] = _affine(jacs)
+        fits.append(_leave_one_out(model, layer, fit, jacs, clean, target, betas, ranks, resume))
+    best, beta = max(((f, bt) for f in fits for bt in betas),
+                     key=lambda fb: (fb[0].loo_faithfulness[f"{fb[1]:g}"], -fb[0].layer, -fb[1]))
+    layer, rank = best.layer, best.best_rank
+    faith, rows, caus, cpairs = _held_out(model, layer, beta, rank, affine[layer], test, clean, target, resume)
+    objects = [target[s] for s, _ in pairs]
+    top_object = max(objects, key=lambda t: (objects.count(t), -objects.index(t)))
+    baseline = sum(target[s] == top_object for s in test) / len(test) if test else 0.0
+    obj = dict(pairs)
+    rows = [{"subject": s, "object": obj[s], "model_top1": model.tokenizer.decode([clean[s].top]),
+             "lre_top1": model.tokenizer.decode([t])} for s, t in zip(test, rows)]
+    return LreResult(model.spec, relation.name, relation.template, layer, beta, faith, caus, rank, len(test),
+                     len(fit), len(pairs), cpairs, list(fit), baseline, model.tokenizer.decode([top_object]),
+                     len(_causal_pairs(fit, target)), fits, rows, config)
+
+
+def _held_out(model, layer, beta, rank, affine, test, clean, target, resume):
+    """Faithfulness and causality on the held-out subjects at the chosen layer, beta and rank (measured once)."""
+    if not test:
+        return 0.0, [], 0.0, 0
+    W, b = affine
+    S = torch.stack([clean[s].states[layer][0, clean[s].pos].float() for s in test])
+    preds = model.unembed((beta * S @ W.T + b).to(model.dtype)).argmax(-1).tolist()
+    faith = sum(p == clean[s].top for p, s in zip(preds, test)) / len(test)
+    cpairs = _causal_pairs(test, target)
+    pinv = _pinv(W, rank)
+    hits = 0
+    for i, j in cpairs:
+        a, other = clean[test[i]], clean[test[j]]
+        s_new = S[i] + (pinv @ (other.o - a.o).double()).float()
+        hits += int(_edited_logits(model, a, layer, s_new, resume).argmax()) == target[test[j]]
+    return faith, preds, hits / len(cpairs) if cpairs else 0.0, len(cpairs)

@@ -48,7 +48,7 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
         scaled = (alphas[:, None] * a[None]).detach().requires_grad_(True)       # [steps, d_mlp]
         edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
         if resume:
-            start = clean[f"resid_pre.{layer}"][:, last:].expand(steps, -1, -1)
+            start = clean[f"resid_pre.{layer}"].expand(steps, -1, -1)     # indexed from the cache offset on
             with torch.enable_grad(), model.trace(edits=[edit], grad=True, resume=(layer, start)):
                 logits = model.hf(input_ids=ids[:, last:].expand(steps, -1), logits_to_keep=1,
                                   **on_cache(model, cache, steps)).logits
