@@ -135,3 +135,61 @@ def test_default_model_capital_prompt(smollm2):
     ids, pos = relation_prompt(smollm2, rel, rel.pairs[:3], "Germany")
     assert smollm2.to_str_tokens(ids[0, pos: pos + 2]) == [" Germany", " is"]
     assert smollm2.to_str_tokens(smollm2.run(ids).logits[0, -1].argmax()) == [" Berlin"]
+
+
+@pytest.mark.parametrize("layer", [0, -2, -1])
+def test_resumed_jacobian_equals_the_plain_path(model, layer):
+    ids, pos = relation_prompt(model, REL, REL.pairs[:2], "Germany")
+    layer %= model.n_layers
+    fast = jacobian(model, ids, pos, layer, chunk=24)
+    plain = jacobian(model, ids, pos, layer, resume=False)
+    # at the last layer s (the subject's token) cannot reach o (the last position): W = 0 there
+    assert (plain[0].abs().max() > 0) == (layer < model.n_layers - 1)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def _toy_relation(m, monkeypatch, n=8):
+    subjects = ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op"][:n]
+    tops = [int(m.run(f"Q {s}").logits[0, -1].argmax()) for s in subjects]
+    monkeypatch.setattr(lre_mod, "object_token", lambda model, obj: int(obj) % model.vocab_size)
+    return Relation("self", "Q {}", tuple((s, str(t)) for s, t in zip(subjects, tops)))
+
+
+def test_resumed_lre_gives_the_plain_paths_result(monkeypatch):
+    m = random_model("llama")
+    rel = _toy_relation(m, monkeypatch)
+    opts = dict(layers=[0, 1, m.n_layers - 1], betas=[1.0, 2.0], ranks=[2, 16, m.d_model], n_train=4, n_demo=1)
+    fast, plain = lre(m, rel, **opts).to_json(), lre(m, rel, resume=False, **opts).to_json()
+    probs = [[f.pop("loo_object_prob") for f in r["layers"]] for r in (fast, plain)]   # floats: to round-off
+    assert fast == plain and fast["n_test"] > 0
+    for a, b in zip(*probs):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_choice_does_not_depend_on_the_held_out_pairs(monkeypatch):
+    m = random_model("llama")
+    rel = _toy_relation(m, monkeypatch)
+    opts = dict(layers=[0, 1, m.n_layers - 1], betas=[0.5, 1.0, 4.0], ranks=[1, 8, m.d_model], n_train=4, n_demo=1)
+    r = lre(m, rel, **opts)
+    order = torch.randperm(len(rel.pairs), generator=torch.Generator().manual_seed(0)).tolist()
+    held = {rel.pairs[i][0] for i in order[4:]}
+    # other held-out subjects and objects (some the model gets wrong): only the held-out numbers may change
+    altered = Relation("self", "Q {}", tuple((s.upper(), str(int(o) + 1) if s in ("ab", "ef") else o) if s in held
+                                             else (s, o) for s, o in rel.pairs))
+    r2 = lre(m, altered, **opts)
+    assert (r2.layer, r2.beta, r2.rank, r2.train) == (r.layer, r.beta, r.rank, r.train)
+    assert [f.__dict__ for f in r2.layers] == [f.__dict__ for f in r.layers]
+    assert r2.test != r.test
+
+
+def test_majority_baseline(monkeypatch):
+    m = random_model("llama")
+    rel = _toy_relation(m, monkeypatch)
+    objects = [o for _, o in rel.pairs]
+    common = max(objects, key=objects.count)
+    r = lre(m, rel, layers=[m.n_layers - 1], betas=[1.0], ranks=[m.d_model], n_train=3, n_demo=0)
+    held = {row["subject"]: row["object"] for row in r.test}
+    assert r.majority_object == m.tokenizer.decode([int(common)])
+    assert r.majority_baseline == sum(o == common for o in held.values()) / len(held)
+    assert "majority" in r.summary()
