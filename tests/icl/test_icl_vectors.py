@@ -1,4 +1,6 @@
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from lmscope.icl.function_vectors import causal_indirect_effects, function_vecto
 from lmscope.icl.prompts import (answer_id, at_last, few_shot_prompt,
                                  last_logits_many, make_prompts, split_pairs, sweep_layers, zero_shot_prompt)
 from lmscope.icl.task_vectors import task_vector
+from lmscope.results import Result
 
 # letters only: the random models' byte tokenizer makes every answer start with the space byte
 PAIRS = [(f"w{a}{b}", f"{b}{a}x") for a in "abcdefg" for b in "hij"]   # 21 pairs
@@ -235,3 +238,51 @@ def test_default_model_icl_reference(smollm2):
     r = task_vector(smollm2, load_icl_task("present_past"), n_shots=5, n_mean_prompts=4, layers=[15])
     assert r.acc_few_shot >= 0.6 > r.acc_zero_shot
     assert r.n_heldout == 21 and r.token_check["n_multi_token"] <= 2
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_resumed_cie_equals_the_plain_path(family):
+    m = random_model(family)
+    prompts = ["ab -> c\nde -> f\ng ->", "xy -> z\nq ->", "hello -> w\nab ->"]
+    answers = [answer_id(m, "h"), 65, 66]
+    mean_z = torch.randn(m.n_layers, m.n_heads, m.d_head, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+    fast = causal_indirect_effects(m, prompts, answers, mean_z)
+    plain = causal_indirect_effects(m, prompts, answers, mean_z, resume=False)
+    assert plain.abs().max() > 1e-5
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-9)
+
+
+def test_filtered_figure_uses_exactly_the_queries_answered_correctly_few_shot(monkeypatch):
+    import dataclasses
+    import lmscope.icl.function_vectors as fv_mod
+    m = random_model("llama")
+    make = fv_mod.make_prompts
+
+    def rigged(model, split, **kw):
+        # held-out queries 0 and 2 get the model's own few-shot top-1 as their answer: those two are the filter
+        p = make(model, split, **kw)
+        top = last_logits(model, p.few_heldout).argmax(-1).tolist()
+        answers = [top[i] if i in (0, 2) else (top[i] + 1) % model.vocab_size for i in range(len(top))]
+        return dataclasses.replace(p, heldout_answers=answers)
+    monkeypatch.setattr(fv_mod, "make_prompts", rigged)
+    r = function_vector(m, PAIRS, n_shots=3, n_heads=3, n_mean_prompts=5, n_cie_prompts=4, seed=3,
+                        with_task_vector=False)
+    p = rigged(m, split_pairs(PAIRS, n_shots=3, seed=3), n_shots=3, n_clean=5, n_shuffled=4, seed=3)
+    assert r.heldout_correct_few_shot == [0, 2] and r.acc_few_shot == pytest.approx(2 / 6)
+    kept = [p.heldout_answers[i] for i in (0, 2)]
+    zero = [p.zero_heldout[i] for i in (0, 2)]
+    assert r.acc_zero_shot_filtered == accuracy(last_logits(m, zero), kept)
+    site = f"resid_post.{r.layer}"
+    assert r.acc_with_fv_filtered == accuracy(last_logits(m, zero, at_last(site, r.vector)), kept)
+    assert "answered correctly 3-shot" in r.summary()
+    assert Result.load(r.save(Path(tempfile.mkdtemp()) / "fv.json")).to_json() == r.to_json()
+
+
+def test_filtered_figure_is_null_without_correct_queries():
+    m = random_model("llama")
+    r = function_vector(m, PAIRS, n_shots=3, n_heads=2, n_mean_prompts=3, n_cie_prompts=2, seed=0,
+                        with_task_vector=False)
+    assert r.acc_few_shot == 0 and r.heldout_correct_few_shot == []
+    assert r.acc_with_fv_filtered is None and r.to_json()["acc_with_fv_filtered"] is None
+    assert "none answered correctly" in r.summary()

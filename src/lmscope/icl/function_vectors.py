@@ -14,7 +14,9 @@ prompt; the sum of their outputs, added to a zero-shot prompt, makes the model d
    the residual stream, without the projection's bias).
 4. The FV is added to resid_post.L at the last token of zero-shot prompts "query ->"; L is swept, chosen on build
    queries (accuracy, ties broken by the mean probability of the answer), and accuracy is reported on held-out
-   queries (icl_vectors: the first-token rule). References on the same held-out queries: zero-shot, few-shot
+   queries (icl_vectors: the first-token rule), on all of them and, as in the reference code of Todd et al., on
+   those the model answers correctly n_shots-shot (zero-shot and + FV there). References on the same held-out
+   queries: zero-shot, few-shot
    (n_shots build demonstrations), a random vector of the FV's norm at the chosen layer, and few-shot prompts with
    shuffled outputs without and with the FV (the paper's other test: does the FV restore the task?).
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 import torch
@@ -36,7 +38,7 @@ from lmscope.core.checks import check_count, check_layers
 from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import accuracy
-from lmscope.core.runs import last_logits, length_groups, mean_activations, prefix_cache
+from lmscope.core.runs import last_logits, length_groups, mean_activations, on_cache, prefix_cache
 from lmscope.icl.prompts import (LayerSweep, at_last, make_prompts, resolve_task, split_pairs, sweep_layers,
                                  token_check)
 from lmscope.icl.task_vectors import layer_figure, sweep_task_vectors
@@ -83,6 +85,11 @@ class FunctionVectorResult(Result, kind="function_vector"):
     task_vector: "LayerSweep | None" = None
     vector: "torch.Tensor | None" = None   # the FV itself [d_model], model dtype
     config: "FvConfig | None" = None
+    # Todd et al.'s filter: held-out queries the model answers correctly n_shots-shot (indices into the held-out
+    # queries); the accuracies on them are null when there is none
+    heldout_correct_few_shot: list[int] = field(default_factory=list)
+    acc_zero_shot_filtered: "float | None" = None
+    acc_with_fv_filtered: "float | None" = None
 
     @property
     def layer(self) -> int:
@@ -135,7 +142,14 @@ class FunctionVectorResult(Result, kind="function_vector"):
             rows.insert(2, [f"zero-shot, task vector at resid_post.{self.task_vector.layer}",
                             f"{self.task_vector.acc_heldout:.3f}"])
         heads = table(["layer", "head", "CIE"], [[la, h, f"{self.cie[la][h]:+.4f}"] for la, h in self.top_heads])
+        rows.append([f"zero-shot / + FV on the {len(self.heldout_correct_few_shot)} held-out queries answered "
+                     f"correctly {self.n_shots}-shot (Todd et al.'s filter)", self._filtered_text()])
         return table([f"held-out first-token accuracy ({self.n_heldout} queries)", "accuracy"], rows) + heads
+
+    def _filtered_text(self) -> str:
+        if self.acc_with_fv_filtered is None:
+            return f"none answered correctly {self.n_shots}-shot"
+        return f"{self.acc_zero_shot_filtered:.3f} -> {self.acc_with_fv_filtered:.3f}"
 
     def summary(self) -> str:
         heads = " ".join(f"{la}.{h}" for la, h in self.top_heads)
@@ -146,6 +160,8 @@ class FunctionVectorResult(Result, kind="function_vector"):
                  f"held-out first-token accuracy: zero-shot {self.acc_zero_shot:.3f} | + FV at resid_post."
                  f"{self.layer} {self.acc_with_fv:.3f} (layer chosen on build queries, there {build:.3f}) "
                  f"| + random vector {self.acc_random_vector:.3f} | {self.n_shots}-shot {self.acc_few_shot:.3f}",
+                 f"on the {len(self.heldout_correct_few_shot)} held-out queries answered correctly {self.n_shots}-shot "
+                 f"(Todd et al.'s filter): zero-shot -> + FV {self._filtered_text()}",
                  f"{self.n_shots}-shot with shuffled outputs: {self.acc_shuffled:.3f}, "
                  f"+ FV {self.acc_shuffled_with_fv:.3f}"]
         if self.task_vector is not None:
@@ -168,12 +184,14 @@ def head_writes(model, layer: int, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_z: torch.Tensor, *,
-                            progress: bool = False) -> torch.Tensor:
+                            progress: bool = False, resume: bool = True) -> torch.Tensor:
     """[layers, heads] float64 mean over prompts of P(answer | head's z at the last token := mean_z[layer, head]) -
     P(answer | unpatched); mean_z is [layers, heads, d_head].
 
     One forward pass per layer and length group: the batch holds every prompt once per head of the layer, and row
     (prompt, h) patches head h only (rows of a batch never see each other, so this is one forward per head, batched).
+    A patch at layer L changes nothing below it, so that pass resumes from the last token's clean resid_pre.L
+    (read once in the unpatched pass); resume=False runs it through every layer (the same numbers, slower).
     """
     n_layers, n_heads = model.n_layers, model.n_heads
     total = torch.zeros(n_layers, n_heads, dtype=torch.float64)
@@ -187,7 +205,7 @@ def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_
             n, length = ids.shape
             answer = torch.tensor([answers[i] for i in idx], device=model.device)
             cache = prefix_cache(model, ids[:, :-1])
-            base = _last_token_probs(model, ids[:, -1:], cache, answer, ())
+            base, starts = _last_token_probs(model, ids[:, -1:], cache, answer, (), read=resume)
             wide = copy.deepcopy(cache)
             wide.batch_repeat_interleave(n_heads)               # row p * n_heads + h: prompt p, head h
             last = ids[:, -1:].repeat_interleave(n_heads, dim=0)
@@ -200,7 +218,9 @@ def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_
             for layer in range(n_layers):
                 patch = [edits.replace(f"z.{layer}", mean_z[layer, h].to(model.dtype), heads=[h], positions=masks[h])
                          for h in range(n_heads)]
-                probs = _last_token_probs(model, last, wide, answer.repeat_interleave(n_heads), patch)
+                start = (layer, starts[layer].repeat_interleave(n_heads, dim=0)) if resume else None
+                probs, _ = _last_token_probs(model, last, wide, answer.repeat_interleave(n_heads), patch,
+                                             resume=start)
                 total[layer] += (probs.view(n, n_heads) - base[:, None]).sum(0).cpu()
                 bar.update(n * n_heads)
     finally:
@@ -208,12 +228,14 @@ def causal_indirect_effects(model, prompts: list[str], answers: list[int], mean_
     return total / len(prompts)
 
 
-def _last_token_probs(model, last_ids, cache, answer, patch) -> torch.Tensor:
+def _last_token_probs(model, last_ids, cache, answer, patch, *, read: bool = False, resume=None):
     """P(answer) after running the last token on top of a cached prefix (the cache itself is left unchanged: the
-    layers append to the copy they are given)."""
-    with model.trace(edits=patch):
-        out = model.hf(input_ids=last_ids, cache=copy.deepcopy(cache), use_cache=True)
-    return out.logits[:, -1].double().softmax(-1)[torch.arange(len(answer), device=answer.device), answer]
+    layers append to the copy they are given), and with read=True the last token's resid_pre at every layer."""
+    sites = [f"resid_pre.{layer}" for layer in range(model.n_layers)] if read else []
+    with model.trace(read=sites, edits=patch, resume=resume) as tr:
+        out = model.hf(input_ids=last_ids, **on_cache(model, cache))
+    probs = out.logits[:, -1].double().softmax(-1)[torch.arange(len(answer), device=answer.device), answer]
+    return probs, [tr[site] for site in sites]
 
 
 @torch.no_grad()
@@ -262,7 +284,8 @@ def function_vector(model, task, config: "FvConfig | None" = None, *, progress: 
     zero_logits = last_logits(model, prompts.zero_heldout)
     zero = accuracy(zero_logits, prompts.heldout_answers)
     zero_build = accuracy(last_logits(model, prompts.zero_build), prompts.zero_build_answers)
-    few = accuracy(last_logits(model, prompts.few_heldout), prompts.heldout_answers)
+    few_logits = last_logits(model, prompts.few_heldout)
+    few = accuracy(few_logits, prompts.heldout_answers)
     g = torch.Generator().manual_seed(seed)
     rand = torch.randn(model.d_model, generator=g, dtype=torch.float64)
     rand = (rand * fv.norm() / rand.norm()).to(model.dtype)
@@ -271,6 +294,7 @@ def function_vector(model, task, config: "FvConfig | None" = None, *, progress: 
     acc_shuffled = accuracy(last_logits(model, prompts.shuffled_heldout), prompts.heldout_answers)
     acc_shuffled_fv = accuracy(last_logits(model, prompts.shuffled_heldout, at_last(site, vector)),
                                prompts.heldout_answers)
+    correct, zero_f, fv_f = _few_shot_filtered(model, prompts, few_logits, zero_logits, site, vector)
     seconds["fv_sweep"] = time.perf_counter() - t
 
     tv = None
@@ -282,4 +306,17 @@ def function_vector(model, task, config: "FvConfig | None" = None, *, progress: 
                                 n_mean_prompts, n_cie_prompts, seed, cie.tolist(), top, float(fv.norm()), sweep,
                                 zero, zero_build, few, acc_rand, acc_shuffled, acc_shuffled_fv,
                                 token_check(model, task.pairs), seconds, tv,
-                                vector, config)
+                                vector, config, correct, zero_f, fv_f)
+
+
+def _few_shot_filtered(model, prompts, few_logits, zero_logits, site, vector):
+    """Todd et al.'s filter: the held-out queries whose few-shot prediction is right; zero-shot and + FV accuracy on
+    exactly those (None, None where there is none)."""
+    answers = prompts.heldout_answers
+    correct = [i for i, (top, a) in enumerate(zip(few_logits.argmax(-1).tolist(), answers)) if top == a]
+    if not correct:
+        return correct, None, None
+    kept = [answers[i] for i in correct]
+    zero = accuracy(zero_logits[correct], kept)
+    with_fv = accuracy(last_logits(model, [prompts.zero_heldout[i] for i in correct], at_last(site, vector)), kept)
+    return correct, zero, with_fv
