@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from lmscope.data.icl_tasks import load_icl_task
 from lmscope.core.metrics import accuracy, answer_prob
 from lmscope.core.runs import last_logits, mean_activations
 from lmscope.core.errors import InputError
+import lmscope.icl.function_vectors as fv_mod
 from lmscope.icl.function_vectors import causal_indirect_effects, function_vector, head_writes
 from lmscope.icl.prompts import (answer_id, at_last, few_shot_prompt,
                                  last_logits_many, make_prompts, split_pairs, sweep_layers, zero_shot_prompt)
@@ -254,8 +256,6 @@ def test_resumed_cie_equals_the_plain_path(family):
 
 
 def test_filtered_figure_uses_exactly_the_queries_answered_correctly_few_shot(monkeypatch):
-    import dataclasses
-    import lmscope.icl.function_vectors as fv_mod
     m = random_model("llama")
     make = fv_mod.make_prompts
 
