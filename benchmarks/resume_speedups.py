@@ -19,7 +19,7 @@ import lmscope
 from lmscope.data.number_agreement import load_number_agreement
 from lmscope.icl.function_vectors import causal_indirect_effects
 from lmscope.icl.prompts import make_prompts, resolve_task, split_pairs
-from lmscope.lenses.lre import jacobian, load_relation, lre, relation_prompt
+from lmscope.lenses.lre import jacobians, load_relation, lre, relation_prompt
 from lmscope.neurons import integrated_gradients
 
 
@@ -62,8 +62,8 @@ def lre_jacobians(model, rounds):
     prompts = [relation_prompt(model, rel, rel.pairs[:3], s) for s, _ in rel.pairs[3:5]]
 
     def run(resume):
-        return torch.stack([jacobian(model, ids, pos, layer, resume=resume)[0] for ids, pos in prompts
-                            for layer in (6, 12)])
+        return torch.stack([j[0] for ids, pos in prompts for j in jacobians(model, ids, pos, (6, 12),
+                                                                            resume=resume).values()])
 
     def diff(a, b):
         return {"max_abs_diff": float((a - b).abs().max()), "max_abs_jacobian": float(a.abs().max())}

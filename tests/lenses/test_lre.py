@@ -7,7 +7,8 @@ from conftest import random_model
 
 import lmscope
 from lmscope.core.errors import InputError
-from lmscope.lenses.lre import Relation, jacobian, load_relation, lre, relation_from_pairs, relation_prompt
+from lmscope.lenses.lre import (Relation, jacobian, jacobians, load_relation, lre, relation_from_pairs,
+                               relation_prompt)
 
 lre_mod = importlib.import_module("lmscope.lenses.lre")   # the module (lmscope.lenses.lre is the function)
 
@@ -147,6 +148,17 @@ def test_resumed_jacobian_equals_the_plain_path(model, layer):
     assert (plain[0].abs().max() > 0) == (layer < model.n_layers - 1)
     for a, b in zip(fast, plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_one_backward_gives_every_layers_jacobian(model):
+    # the zeros added at the higher layers must not cut the paths through them: each W equals its own plain run
+    ids, pos = relation_prompt(model, REL, REL.pairs[:2], "Germany")
+    layers = list(range(model.n_layers))
+    together = jacobians(model, ids, pos, layers, chunk=40)
+    for layer in layers:
+        plain = jacobian(model, ids, pos, layer, resume=False)
+        for a, b in zip(together[layer], plain):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1e-3, float(b.abs().max())))
 
 
 def _toy_relation(m, monkeypatch, n=8):

@@ -25,8 +25,9 @@ the mean probability of the other object, then the smaller rank). Held-out
 faithfulness and causality are then measured once, at that choice.
 
 Speed: resid_post.l is resid_pre.(l+1), so every pass that edits s resumes there (model.run's resume) from the
-cached clean stream; the Jacobian is one such pass on a cached prefix (the tokens before the subject) and its
-d_model rows are vector-Jacobian products in batched backward passes. resume=False runs the plain path instead
+cached clean stream; the Jacobians of all layers of a prompt come from one such pass on a cached prefix (the
+tokens before the subject) with a zero added to s at every layer, and one backward pass whose d_model rows are
+batched vector-Jacobian products. resume=False runs the plain path instead
 (every pass from the embedding, d_model copies of the prompt for the Jacobian): same numbers to float round-off.
 """
 from __future__ import annotations
@@ -140,23 +141,31 @@ def object_token(model, obj: str) -> int:
 
 def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int | None = None, resume: bool = True):
     """W = d o / d s at one prompt: s = resid_post.layer at `pos`, o = last layer's resid_post at the last position.
-    Returns (W [d, d], s [d], o [d]) in float32. Row i of W is the gradient of o_i.
-    resume=True: one forward from resid_pre.(layer + 1) over the tokens from `pos` on (those before it cached), then
-    the rows as batched backward passes, `chunk` rows each (None: all). resume=False: the plain path, d_model copies
-    of the prompt through every layer, `chunk` (default 192) rows per forward and backward."""
+    Returns (W [d, d], s [d], o [d]) in float32. Row i of W is the gradient of o_i. See `jacobians`."""
+    return jacobians(model, ids, pos, [layer], chunk=chunk, resume=resume)[layer]
+
+
+def jacobians(model, ids: torch.Tensor, pos: int, layers, *, chunk: int | None = None, resume: bool = True) -> dict:
+    """{layer: (W, s, o)} for several layers of one prompt (see `jacobian`).
+    resume=True: a zero that requires grad is added to s at every layer, in one forward from resid_pre.(l + 1) of
+    the lowest layer l over the tokens from `pos` on (those before it cached); one backward pass then gives every
+    layer's W (d o / d s counts every path, through the higher layers' s too), its rows as batched vector-Jacobian
+    products, `chunk` rows each (None: all). resume=False: the plain path, per layer d_model copies of the prompt
+    through every layer, `chunk` (default 192) rows per forward and backward."""
+    layers = sorted(set(layers))
     if not resume:
-        return _jacobian_plain(model, ids, pos, layer, chunk=chunk or 192)
+        return {layer: _jacobian_plain(model, ids, pos, layer, chunk=chunk or 192) for layer in layers}
     last = model.n_layers - 1
     site_o = f"resid_post.{last}"
-    site_s = f"resid_pre.{layer + 1}" if layer < last else site_o        # the same tensor as resid_post.layer
-    run = model.run(ids, read=[site_s, site_o], stop_early=True)
-    s, o = run.acts[site_s][0, pos], run.acts[site_o][0, -1]
+    sites = {layer: f"resid_pre.{layer + 1}" if layer < last else site_o for layer in layers}   # = resid_post.layer
+    run = model.run(ids, read=sorted(set(sites.values()) | {site_o}), stop_early=True)
     with torch.no_grad():
         prefix = prefix_cache(model, ids[:, :pos]) if pos > 0 else None
-    value = s.detach()[None].clone().requires_grad_(True)
-    edit = edits.replace(site_s, value[:, None], positions=[pos])
-    start = {} if layer == last else {"resume": (layer + 1, run.acts[site_s])}    # read from the cache offset on
-    with torch.enable_grad(), model.trace(read=[site_o], edits=[edit], grad=True, stop_early=True, **start) as tr:
+    zeros = {layer: torch.zeros(1, 1, model.d_model, dtype=model.dtype, device=model.device, requires_grad=True)
+             for layer in layers}
+    adds = [edits.add(sites[layer], zeros[layer], positions=[pos]) for layer in layers]
+    start = {} if layers[0] == last else {"resume": (layers[0] + 1, run.acts[sites[layers[0]]])}  # from the offset
+    with torch.enable_grad(), model.trace(read=[site_o], edits=adds, grad=True, stop_early=True, **start) as tr:
         model.hf(input_ids=ids[:, pos:], **on_cache(model, prefix))
     out = tr[site_o][0, -1]
     d = model.d_model
@@ -164,12 +173,14 @@ def jacobian(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int | Non
     n_chunks = -(-d // step)
     # every batch has `step` rows (the last padded with zeros): autograd's batched backward wants one batch size
     eye = torch.eye(n_chunks * step, d, dtype=out.dtype, device=out.device)
-    rows = []
+    rows = {layer: [] for layer in layers}
     for c in range(n_chunks):
-        (g,) = torch.autograd.grad(out, value, eye[c * step:(c + 1) * step], retain_graph=c + 1 < n_chunks,
-                                   is_grads_batched=True)
-        rows.append(g[:, 0].float())
-    return torch.cat(rows)[:d], s.detach().float(), o.detach().float()
+        grads = torch.autograd.grad(out, [zeros[layer] for layer in layers], eye[c * step:(c + 1) * step],
+                                    retain_graph=c + 1 < n_chunks, is_grads_batched=True, allow_unused=True)
+        for layer, g in zip(layers, grads):
+            rows[layer].append(torch.zeros(step, d) if g is None else g[:, 0, 0].float())
+    o = run.acts[site_o][0, -1].float()
+    return {layer: (torch.cat(rows[layer])[:d], run.acts[sites[layer]][0, pos].float(), o) for layer in layers}
 
 
 def _jacobian_plain(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int):
@@ -390,9 +401,10 @@ def lre(model, relation: Relation, config: LreConfig | None = None, *, progress:
     fit = fit if len(fit) >= 2 else [s for s, _ in train]   # fit on pairs the model knows, where there are two
     test = [s for s, _ in held if s in known]
     fits, affine = [], {}
-    iterator = tqdm(layers, desc=f"LRE {relation.name}", unit="layer") if progress else layers
-    for layer in iterator:
-        jacs = [jacobian(model, clean[s].ids, clean[s].pos, layer, resume=resume) for s in fit]
+    subjects = tqdm(fit, desc=f"LRE {relation.name} Jacobians", unit="prompt") if progress else fit
+    per_subject = {s: jacobians(model, clean[s].ids, clean[s].pos, layers, resume=resume) for s in subjects}
+    for layer in layers:
+        jacs = [per_subject[s][layer] for s in fit]
         affine[layer] = _affine(jacs)
         fits.append(_leave_one_out(model, layer, fit, jacs, clean, target, betas, ranks, resume))
     best, beta = max(((f, bt) for f in fits for bt in betas),
