@@ -80,6 +80,7 @@ def project_out(site, direction, *, positions=None, heads=None) -> Edit:
 
 def interpolate(site, value, weight, *, positions=None, heads=None, neurons=None) -> Edit:
     """weight * act + (1 - weight) * value. `weight` is a number or a tensor with one entry per unit of the site
-    ([n_heads] on z, [d_mlp] on neurons, [d_model] elsewhere); it may require grad, so a mask over heads or neurons
+    ([n_heads] on z, [d_mlp] on neurons, [d_model] elsewhere) or one per feature (the site's feature shape, e.g.
+    [heads, d_head] on q); it may require grad, so a mask over heads or neurons
     can be learned. Weight exactly 1 keeps the activation bit for bit, exactly 0 gives the value bit for bit."""
     return Edit(site, "interpolate", value, positions, heads, neurons, weight)

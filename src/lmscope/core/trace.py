@@ -100,17 +100,22 @@ def check_supported(model, site: Site) -> None:
         raise SiteError(f"'{site}': {model.adapter.family} has a mixture-of-experts MLP whose experts' weights are "
                         f"fused, so there is no neurons site; read or edit mlp_out.{site.layer} (the experts' "
                         f"weighted sum) instead")
+    if site.kind in ("q", "k", "v") and not model.adapter.qkv:
+        raise SiteError(f"'{site}': the {model.adapter.family} adapter names no q/k/v projections (no q/k/v sites)")
+    if site.kind == "attn_in" and not model.adapter.attn_in_norm:
+        raise SiteError(f"'{site}': the {model.adapter.family} adapter names no attention input (no attn_in site)")
 
 
 def _check_weight(model, site, weight, shape):
-    """interpolate's weight: a number, or one entry per unit ([n_heads] on z, else the last feature dim)."""
+    """interpolate's weight: a number, one entry per unit ([n_heads] on z, else the last feature dim), or one entry
+    per feature (the site's full feature shape, e.g. [heads, d_head] on q: one weight per q channel)."""
     if isinstance(weight, (int, float)) and not isinstance(weight, bool):
         return float(weight)
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.dtype != model.dtype:
         raise EditError(f"interpolate on '{site}': weight must be a number or a {model.dtype} tensor, got "
                         f"{getattr(weight, 'dtype', type(weight).__name__)}")
     units = shape[0] if site.kind == "z" else shape[-1]
-    if weight.dim() == 0:
+    if weight.dim() == 0 or tuple(weight.shape) == tuple(shape):   # one weight per feature, e.g. q channels
         return weight
     if tuple(weight.shape) != (units,):
         raise EditError(f"interpolate on '{site}': weight of shape {tuple(weight.shape)} does not fit; give a "
@@ -329,6 +334,44 @@ def set_attention(hf, implementation: str) -> None:
         hf.config._attn_implementation = implementation
 
 
+def _qkv_location(model, site: Site) -> _Location:
+    """q.L / k.L / v.L at the output of the projection(s) named by the adapter (see Adapter.qkv_layout), viewed as
+    [..., heads, d_head]; setting one rebuilds the fused output around it (no in-place write, so gradients flow)."""
+    a, which = model.adapter, "qkv".index(site.kind)
+    if not a.qkv:
+        raise SiteError(f"'{site}': the {a.family} adapter names no q/k/v projections")
+    dh, heads = model.d_head, (model.n_heads, model.n_kv_heads, model.n_kv_heads)
+    if a.qkv_layout == "separate":
+        n = heads[which]
+        return _Location(model.block_module(site.layer, a.qkv[which]), "post",
+                         lambda out: out.reshape(*out.shape[:-1], n, dh),
+                         lambda out, new: new.reshape(*new.shape[:-2], n * dh))
+    module = model.block_module(site.layer, a.qkv[0])
+    if a.qkv_layout == "concat":
+        widths = [h * dh for h in heads]
+        start, n = sum(widths[:which]), heads[which]
+
+        def get(out):
+            return out[..., start:start + widths[which]].reshape(*out.shape[:-1], n, dh)
+
+        def put(out, new):
+            return torch.cat([out[..., :start], new.reshape(*new.shape[:-2], n * dh),
+                              out[..., start + widths[which]:]], -1)
+        return _Location(module, "post", get, put)
+    if a.qkv_layout == "per_head":
+        h = model.n_heads
+
+        def get(out):
+            return out.reshape(*out.shape[:-1], h, 3 * dh)[..., which * dh:(which + 1) * dh]
+
+        def put(out, new):
+            per_head = out.reshape(*out.shape[:-1], h, 3 * dh)
+            parts = [per_head[..., i * dh:(i + 1) * dh] if i != which else new.to(out.dtype) for i in range(3)]
+            return torch.cat(parts, -1).reshape(out.shape)
+        return _Location(module, "post", get, put)
+    raise SiteError(f"unknown qkv_layout {a.qkv_layout!r} in the {a.family} adapter")
+
+
 class Trace:
     """Context manager that reads and edits sites while the block runs. See the module docstring."""
 
@@ -509,6 +552,14 @@ class Trace:
                                    fresh=a.mlp_out_reused)
         if kind == "neurons":
             return _pre_location(model.block_module(layer, a.down_proj))
+        if kind == "attn_in":
+            if not a.attn_in_norm:
+                raise SiteError(f"'{site}': the {a.family} adapter names no attention input norm")
+            return _pre_location(model.block_module(layer, a.attn_in_norm))
+        if kind == "mlp_in":
+            return _pre_location(model.block_module(layer, a.mlp_in_norm))
+        if kind in ("q", "k", "v"):
+            return _qkv_location(model, site)
         if kind == "z":
             heads, d_head = model.n_heads, model.d_head
             return _pre_location(model.block_module(layer, a.o_proj),

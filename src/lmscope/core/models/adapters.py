@@ -39,6 +39,12 @@ class Adapter:
     down_proj: str         # its input is the neurons site
     o_proj: str            # its input is the z site (heads merged)
     parallel_attr: str | None = None  # config flag that makes attention and MLP read the same resid_pre
+    # q/k/v sites: the projection module(s) and how their output is laid out:
+    #   "separate": three modules (q, k, v); "concat": one module whose output is [q | k | v] (k, v with the KV-head
+    #   count); "per_head": one module whose output is [heads, 3 * d_head] per token, split q, k, v per head (NeoX)
+    qkv: tuple[str, ...] = ()
+    qkv_layout: str = "separate"
+    attn_in_norm: str | None = None   # norm whose input is what attention reads (the attn_in site)
     notes: str = field(default="", compare=False)
     # --- families added for issue 14 (all optional) ---
     parallel_attrs: tuple[str, ...] = ()    # more such flags (any of them set: parallel)
@@ -63,7 +69,8 @@ class Adapter:
 
 _LLAMA_LIKE = dict(layers="model.layers", embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
                    attn="self_attn", attn_out="self_attn", mlp_out="mlp", mlp_in_norm="post_attention_layernorm",
-                   down_proj="mlp.down_proj", o_proj="self_attn.o_proj")
+                   down_proj="mlp.down_proj", o_proj="self_attn.o_proj",
+                   qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), attn_in_norm="input_layernorm")
 # Gemma 2/3 normalise each sublayer's output before adding it: what is added is the post-norm's output.
 _GEMMA_LIKE = dict(_LLAMA_LIKE, attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm",
                    mlp_in_norm="pre_feedforward_layernorm")
@@ -71,23 +78,28 @@ _GEMMA_LIKE = dict(_LLAMA_LIKE, attn_out="post_attention_layernorm", mlp_out="po
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter("gpt2", ("gpt2",), layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
             lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp", mlp_in_norm="ln_2",
-            down_proj="mlp.c_proj", o_proj="attn.c_proj",
+            down_proj="mlp.c_proj", o_proj="attn.c_proj", qkv=("attn.c_attn",), qkv_layout="concat",
+            attn_in_norm="ln_1",
             notes="resid_pre.0 = token + position embedding; embed is the token embedding alone"),
     Adapter("gpt_neox", ("gpt_neox",), layers="gpt_neox.layers", embed="gpt_neox.embed_in",
             final_norm="gpt_neox.final_layer_norm", lm_head="lm_head", attn="attention",
             attn_out="post_attention_dropout", mlp_out="post_mlp_dropout", mlp_in_norm="post_attention_layernorm",
             down_proj="mlp.dense_4h_to_h", o_proj="attention.dense", parallel_attr="use_parallel_residual",
+            qkv=("attention.query_key_value",), qkv_layout="per_head", attn_in_norm="input_layernorm",
             notes="Pythia uses parallel attention: resid_post = resid_pre + attn_out + mlp_out"),
     Adapter("llama", ("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
     Adapter("gemma", ("gemma2", "gemma3_text"), **_GEMMA_LIKE),
     Adapter("sparse_gpt", ("lmscope_sparse_gpt",), layers="transformer.h", embed="transformer.wte",
             final_norm="transformer.ln_f", lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp",
             mlp_in_norm="ln_2", down_proj="mlp.c_proj", o_proj="attn.c_proj",
+            qkv=("attn.q_act", "attn.k_act", "attn.v_act"), attn_in_norm="ln_1",
             notes="lmscope's weight-sparse GPT (papers/weight_sparse): resid_pre.0 = embed + wpe; neurons are "
-                  "after AbsTopK; attention has sinks, so a pattern row sums to less than 1"),
-    Adapter("phi3", ("phi3",), **dict(_LLAMA_LIKE, attn_out="resid_attn_dropout", mlp_out="resid_mlp_dropout")),
+                  "after AbsTopK; attention has sinks, so a pattern row sums to less than 1; q/k/v are after "
+                  "their AbsTopK"),
+    Adapter("phi3", ("phi3",), **dict(_LLAMA_LIKE, attn_out="resid_attn_dropout", mlp_out="resid_mlp_dropout",
+                                      qkv=("self_attn.qkv_proj",), qkv_layout="concat")),
     # --- added for issue 14 ---
-    Adapter("olmo2", ("olmo2",), **dict(_GEMMA_LIKE, mlp_in_norm="mlp"),
+    Adapter("olmo2", ("olmo2",), **dict(_GEMMA_LIKE, mlp_in_norm="mlp", attn_in_norm="self_attn"),
             notes="no pre-norms: attention reads resid_pre and the MLP reads resid_mid directly; each sublayer's "
                   "output is normalised before it is added (attn_out / mlp_out are those norms' outputs)"),
     Adapter("granite", ("granite",), **_LLAMA_LIKE, residual_scale="residual_multiplier",
@@ -108,6 +120,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter("gptj", ("gptj",), layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
             lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp", mlp_in_norm="ln_1",
             down_proj="mlp.fc_out", o_proj="attn.out_proj", always_parallel=True,
+            qkv=("attn.q_proj", "attn.k_proj", "attn.v_proj"), attn_in_norm="ln_1",
             notes="parallel attention: resid_post = resid_pre + attn_out + mlp_out; the unembedding has a bias"),
     Adapter("cohere", ("cohere",), **dict(_LLAMA_LIKE, mlp_in_norm="input_layernorm"), always_parallel=True,
             logits_scale="logit_scale",

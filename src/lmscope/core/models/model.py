@@ -64,6 +64,11 @@ class Model:
         return getattr(cfg, "num_attention_heads", None) or cfg.n_head
 
     @cached_property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (fewer than n_heads with grouped-query attention); the head count of the k and v sites."""
+        return getattr(self.hf.config, "num_key_value_heads", None) or self.n_heads
+
+    @cached_property
     def d_head(self) -> int:
         return in_features(self.block_module(0, self.adapter.o_proj)) // self.n_heads
 
@@ -107,15 +112,19 @@ class Model:
     def sites(self, names=None) -> list[Site]:
         """Parse names ('resid_post.*' expands); with no names, every site of the model."""
         if names is None:
-            kinds = [k for k in LAYER_KINDS if k != "neurons" or self.adapter.has_neurons]
+            a = self.adapter
+            missing = (() if a.has_neurons else ("neurons",)) + (() if a.qkv else ("q", "k", "v")) + \
+                (() if a.attn_in_norm else ("attn_in",))
+            kinds = [k for k in LAYER_KINDS if k not in missing]
             names = ["embed"] + [f"{k}.*" for k in kinds] + ["final_norm", "logits"]
         return sorted(expand_sites(names, self.n_layers), key=lambda s: s.order_key(self.n_layers))
 
     def site_shape(self, site) -> "tuple[int, ...] | None":
         """Trailing (feature) shape of a site's activation; None for pattern, whose key length varies."""
         kind = self.site(site).kind
-        return {"neurons": (self.d_mlp,), "z": (self.n_heads, self.d_head), "logits": (self.vocab_size,),
-                "pattern": None}.get(kind, (self.d_model,))
+        kv = (self.n_kv_heads, self.d_head)
+        return {"neurons": (self.d_mlp,), "z": (self.n_heads, self.d_head), "q": (self.n_heads, self.d_head),
+                "k": kv, "v": kv, "logits": (self.vocab_size,), "pattern": None}.get(kind, (self.d_model,))
 
     # -- tokens -------------------------------------------------------------------------------------------------------
     def encode(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,10 +4,16 @@ A site is a place on the forward pass whose activation can be read or edited:
 
     embed                 token embedding (output of the embedding module)
     resid_pre.L           residual stream entering layer L
+    attn_in.L             what attention reads: the input of its norm (= resid_pre.L); an edit here changes only
+                          attention's read, not the residual stream (a "read channel")
+    q.L, k.L, v.L         the query / key / value projections' outputs, [..., heads, d_head], before rotary embedding
+                          and any q/k norm; k and v have the KV-head count (grouped-query attention: fewer heads)
     z.L                   per-head attention outputs before the output projection, [..., heads, d_head]
     pattern.L             attention probabilities, [batch, heads, query, key] (read only)
     attn_out.L            exactly what attention adds to the residual stream
     resid_mid.L           resid_pre.L + attn_out.L (the residual stream between attention and MLP)
+    mlp_in.L              what the MLP reads: the input of its norm (= resid_mid.L, or resid_pre.L with parallel
+                          attention); an edit here changes only the MLP's read
     neurons.L             MLP hidden activation after the nonlinearity / gating = input of the down projection
     mlp_out.L             exactly what the MLP adds to the residual stream
     resid_post.L          residual stream leaving layer L
@@ -23,10 +29,12 @@ from dataclasses import dataclass
 
 from lmscope.core.errors import InputError, SiteError
 
-LAYER_KINDS = ("resid_pre", "z", "pattern", "attn_out", "resid_mid", "neurons", "mlp_out", "resid_post")
+LAYER_KINDS = ("resid_pre", "attn_in", "q", "k", "v", "z", "pattern", "attn_out", "resid_mid", "mlp_in", "neurons",
+               "mlp_out", "resid_post")
 GLOBAL_KINDS = ("embed", "final_norm", "logits")
 # Execution order inside a layer; used to stop the forward pass right after the last site needed.
-_STAGE = {"resid_pre": 0, "z": 1, "pattern": 1, "attn_out": 2, "resid_mid": 3, "neurons": 4, "mlp_out": 5, "resid_post": 6}
+_STAGE = {"resid_pre": 0, "attn_in": 1, "q": 2, "k": 2, "v": 2, "z": 3, "pattern": 3, "attn_out": 4, "resid_mid": 5,
+          "mlp_in": 6, "neurons": 7, "mlp_out": 8, "resid_post": 9}
 
 _TL_LAYER = {
     "hook_resid_pre": "resid_pre",
@@ -37,6 +45,9 @@ _TL_LAYER = {
     "mlp.hook_post": "neurons",
     "attn.hook_z": "z",
     "attn.hook_pattern": "pattern",
+    "attn.hook_q": "q",
+    "attn.hook_k": "k",
+    "attn.hook_v": "v",
 }
 _TL_GLOBAL = {"hook_embed": "embed", "ln_final.hook_normalized": "final_norm"}
 
