@@ -55,7 +55,7 @@ def test_bad_inputs(llama, inputs, message):
 
 def test_bad_read_site(llama, ids):
     with pytest.raises(SiteError, match="unknown site"):
-        llama.run(ids, read=["resid_post.0", "mlp_in.0"])
+        llama.run(ids, read=["resid_post.0", "mlp_hidden.0"])
 
 
 @pytest.mark.parametrize("spec, message", [("gpt5", "unknown model spec"), ("random:transformerxl", "no random model"),
