@@ -607,3 +607,9 @@ class Trace:
         if self._offset == 0:  # a new sequence starts
             calls.clear()
         calls.append(act)
+
+
+def qkv_view(model, site, output: torch.Tensor) -> torch.Tensor:
+    """The q.L / k.L / v.L part of a tensor laid out like the q/k/v projection's output (last dim), as
+    [..., heads, d_head]: e.g. the projection's weight transposed, [d_in, out] -> [d_in, heads, d_head]."""
+    return _qkv_location(model, parse_site(site, model.n_layers)).get(output)
