@@ -101,7 +101,8 @@ def test_pruning_meets_the_loss_target_on_train_and_binarises():
     model = lmscope.load("random:llama")
     task = signal_task("llama")
     config = C.NodePruneConfig(steps=6, batch_size=8, kinds=("neurons", "v"), target_loss=0.3)
-    masks, ev, info, theta = C.prune_nodes(model, task, windows(), config)
+    out = C.prune_nodes(model, task, windows(), config)
+    masks, ev, info = out.masks, out.evaluation, out.info
     for m in masks.masks.values():
         assert bool(((m == 0) | (m == 1)).all())
     assert ev.n_nodes == masks.n_kept() and len(info["history"]) >= 6
@@ -152,3 +153,26 @@ def test_edges_count_nonzero_weights_between_kept_nodes():
     assert len(e["listed"]) == e["edges"]
     dense = E.count_edges(model, C.NodeMasks.full(model, sites))
     assert dense["by_kind"]["mlp_in->neurons"] == model.n_layers * model.d_model * model.d_mlp - 0
+
+
+def test_circuit_page_activations_are_the_circuit_runs(tmp_path):
+    from lmscope.papers.weight_sparse.compare import find_node_circuit
+    from lmscope.papers.weight_sparse.reading import node_activations
+    model = lmscope.load("random:llama")
+    task = signal_task("llama")
+    sites = C.node_sites(model, ("neurons",))
+    means = C.reference_means(model, windows(), sites)
+    masks = C.NodeMasks.full(model, sites, 0.0)
+    masks.masks["neurons.1"][[3, 9]] = 1
+    rows = node_activations(model, task, means, masks)
+    assert [r["node"] for r in rows] == ["neurons.1[3]", "neurons.1[9]"]
+    run = model.run(task.clean, read=["neurons.1"], edits=C.mask_edits(model, means, masks))
+    last = run.at_last(run["neurons.1"])
+    assert rows[0]["clean_last"] == pytest.approx(float(last[:, 3].double().mean()), abs=1e-5)
+    circuit = find_node_circuit(model, task, windows(), C.NodePruneConfig(steps=3, batch_size=8, kinds=("neurons",),
+                                                                         target_loss=0.5))
+    assert circuit.n_nodes == circuit.evaluation["n_nodes"]
+    assert circuit.masks(model).n_kept() == circuit.n_nodes
+    page = circuit.save(tmp_path / "circuit.html").read_text()
+    assert "Node circuit" in page and page.count("plotly") > 3
+    assert circuit.save(tmp_path / "circuit.json").exists()

@@ -318,10 +318,20 @@ def removal_curve(model, task, means, masks: NodeMasks, theta: dict, batch_size:
     return out
 
 
+@dataclass
+class PruneOutput:
+    masks: NodeMasks
+    evaluation: NodeEvaluation     # on the held-out prompts
+    info: dict                     # training: sizes, loss history, seconds, whether the target was reached
+    theta: dict                    # gate logits per site (the node ranking)
+    means: dict                    # what an ablated node is replaced with (reference means, or zeros)
+    train: object                  # the task's train split ...
+    heldout: object                # ... and its held-out split
+
+
 def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig = NodePruneConfig(), *,
-                progress: bool = False):
-    """Learn a node circuit on a train split of `task` and evaluate it on the held-out split.
-    Returns (NodeMasks, NodeEvaluation, training info)."""
+                progress: bool = False) -> PruneOutput:
+    """Learn a node circuit on a train split of `task` and evaluate it on the held-out split."""
     if config.ablation not in ("mean", "zero"):
         raise InputError(f"ablation must be 'mean' or 'zero', got {config.ablation!r}")
     if len(task) < 4:
@@ -331,9 +341,8 @@ def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig
     started = time.time()
     train, held = task.split(config.n_train or len(task) // 2, seed=config.seed)
     sites = node_sites(model, config.kinds)
-    mean = reference_means(model, reference, sites)
     zero = zero_means(model, sites)
-    means = mean if config.ablation == "mean" else zero
+    means = reference_means(model, reference, sites) if config.ablation == "mean" else zero
     theta, history = train_gates(model, train, means, config, progress)
     masks, train_loss, reached = smallest_circuit(model, train, means, theta, config.target_loss, config.batch_size)
     evaluation = evaluate_nodes(model, held, means, masks, zero_means_=zero if config.ablation == "mean" else None,
@@ -344,7 +353,7 @@ def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig
             "history": history[:: max(1, len(history) // 50)] + history[-1:], "target_loss": config.target_loss,
             "steps": config.steps, "ablation": config.ablation, "kinds": list(config.kinds),
             "n_reference_windows": len(reference)}
-    return masks, evaluation, info, theta
+    return PruneOutput(masks, evaluation, info, theta, means, train, held)
 
 
 def nonsense_task(task, seed: int = 0):

@@ -1,0 +1,218 @@
+"""Reading a node circuit (Gao et al. 2025 read their quote circuit node by node): a typed result per circuit and
+its self-contained page.
+
+    node_activations   for each kept node, its activation on the task's clean and corrupt prompts (in the circuit,
+                       every other node mean-ablated): at the last token, and the token where clean and corrupt
+                       differ most (e.g. the opening quote for a quote detector)
+    NodeCircuit        the circuit (kept nodes, edges with weights, held-out evaluation, training), .to_json(),
+                       .summary(), .figure() (the graph), .save(path) (.html: the page; else JSON)
+
+The page: the graph (nodes by layer and kind, edges with their weights), per-node activations on the contrasting
+inputs, and the task metric as nodes are removed one by one.
+"""
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...report import save_result, write_page
+from ...report.html import table
+from .circuit import NODE_KINDS, NodeMasks, mask_edits
+
+
+@torch.no_grad()
+def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int = 64, batch_size: int = 16) -> list:
+    """One row per kept node: mean activation at the last token on clean and corrupt prompts, their separation
+    (difference over the pooled standard deviation), and the clean-prompt token where |clean - corrupt| peaks most
+    often (with how often)."""
+    kept = masks.kept()
+    if not kept:
+        return []
+    sites = sorted({s for s, _ in kept})
+    rows = list(range(min(len(task), max_prompts)))
+    edits = mask_edits(model, means, masks)
+    last_c, last_k, peak_tokens = {}, {}, {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        runs = [model.run([side[r] for r in chunk], read=sites, edits=edits) for side in (task.clean, task.corrupt)]
+        lengths = runs[0].attention_mask.sum(1) - 1
+        for site, idx in kept:
+            c = runs[0][site][(slice(None), slice(None)) + idx]      # [b, s]
+            k = runs[1][site][(slice(None), slice(None)) + idx]
+            ar = torch.arange(len(chunk))
+            last_c.setdefault((site, idx), []).append(c[ar, lengths])
+            last_k.setdefault((site, idx), []).append(k[ar, lengths])
+            diff = (c - k).abs() * runs[0].attention_mask
+            for b, pos in enumerate(diff.argmax(1).tolist()):
+                token = model.to_str_tokens([task.clean[chunk[b]][pos]])[0] if diff[b].max() > 0 else "(none)"
+                peak_tokens.setdefault((site, idx), Counter())[token] += 1
+    out = []
+    for site, idx in kept:
+        c, k = torch.cat(last_c[(site, idx)]).double(), torch.cat(last_k[(site, idx)]).double()
+        pooled = float(torch.cat([c - c.mean(), k - k.mean()]).std()) if len(c) > 1 else 0.0
+        token, count = peak_tokens[(site, idx)].most_common(1)[0]
+        out.append({"node": _node_name(site, idx), "site": site, "index": list(idx), "kind": site.split(".")[0],
+                    "layer": int(site.split(".")[1]), "clean_last": float(c.mean()), "corrupt_last": float(k.mean()),
+                    "separation": float((c.mean() - k.mean()) / pooled) if pooled > 0 else 0.0,
+                    "peak_token": token, "peak_share": count / len(rows)})
+    return out
+
+
+def _node_name(site: str, idx) -> str:
+    return f"{site}[{','.join(str(i) for i in idx)}]"
+
+
+@dataclass
+class NodeCircuit:
+    model: str
+    task: str
+    n_prompts_heldout: int
+    nodes: dict                  # site -> [[index...], ...] kept
+    evaluation: dict             # circuit.NodeEvaluation as a dict (held-out)
+    edges: dict                  # edges.count_edges: count, by kind, qk pairs, residual links, listed edges
+    activations: list = field(default_factory=list)
+    training: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def n_nodes(self) -> int:
+        return sum(len(v) for v in self.nodes.values())
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def masks(self, model) -> NodeMasks:
+        out = {}
+        for site, idxs in self.nodes.items():
+            m = torch.zeros(model.site_shape(site), dtype=model.dtype)
+            for idx in idxs:
+                m[tuple(idx)] = 1
+            out[site] = m
+        return NodeMasks(out)
+
+    def summary(self) -> str:
+        e = self.evaluation
+        lines = [f"node circuit | {self.model} | task {self.task} | {self.n_prompts_heldout} held-out prompts",
+                 f"nodes {e['n_nodes']} of {e['n_nodes_total']} ({_by_kind(e['nodes_by_kind'])}); edges "
+                 f"{self.edges['edges']} (nonzero weights between kept nodes; also {self.edges['qk_pairs']} q.k "
+                 f"pairs, {self.edges['residual_links']} residual links)",
+                 f"task loss (nats): model {e['loss_full']:.3f}  circuit {e['loss_circuit']:.3f}  empty "
+                 f"{e['loss_empty']:.3f}  model without circuit {e['loss_without_circuit']:.3f}",
+                 f"faithfulness {e['faithfulness']:.3f} (random circuits, same count per site: "
+                 f"{_mean(e['random_faithfulness']):.3f}), necessity drop {e['necessity_drop']:.3f}, accuracy "
+                 f"model {e['accuracy_full']:.3f} circuit {e['accuracy_circuit']:.3f}"]
+        if e.get("zero_ablation"):
+            lines.append(f"zero ablation of the same circuit: faithfulness {e['zero_ablation']['faithfulness']:.3f}, "
+                         f"loss {e['zero_ablation']['loss_circuit']:.3f}")
+        if self.training:
+            t = self.training
+            lines.append(f"found on {t.get('n_train')} train prompts in {t.get('seconds')} s; train loss "
+                         f"{t.get('train_loss_circuit', float('nan')):.3f} (target {t.get('target_loss')}, reached: "
+                         f"{t.get('target_reached_on_train')})")
+        for a in sorted(self.activations, key=lambda a: -abs(a["separation"]))[:12]:
+            lines.append(f"  {a['node']:<22} last token: clean {a['clean_last']:+.3f} corrupt {a['corrupt_last']:+.3f}"
+                         f" (separation {a['separation']:+.2f}); differs most at {a['peak_token']!r} "
+                         f"({a['peak_share']:.0%})")
+        return "\n".join(lines + self.notes)
+
+    def figure(self):
+        """The graph: x = layer and kind, y = node; edges coloured by sign, width by |weight|."""
+        import plotly.graph_objects as go
+        pos = {}
+        columns: dict = {}
+        for site in sorted(self.nodes, key=_site_order):
+            for idx in self.nodes[site]:
+                name = _node_name(site, idx)
+                col = _site_order(site)
+                columns[col] = columns.get(col, 0) + 1
+                pos[name] = (col, columns[col])
+        fig = go.Figure()
+        listed = self.edges.get("listed", [])
+        top = max((abs(w) for _, _, w in listed), default=1.0) or 1.0
+        for src, dst, w in listed[:400]:
+            if src in pos and dst in pos:
+                fig.add_trace(go.Scatter(x=[pos[src][0], pos[dst][0]], y=[pos[src][1], pos[dst][1]], mode="lines",
+                                         line={"width": 0.5 + 3 * abs(w) / top,
+                                               "color": "rgba(200,50,50,0.5)" if w > 0 else "rgba(50,50,200,0.5)"},
+                                         hoverinfo="text", text=f"{src} -> {dst}: {w:+.3f}", showlegend=False))
+        act = {a["node"]: a for a in self.activations}
+        names = list(pos)
+        fig.add_trace(go.Scatter(
+            x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
+            text=[n.split("[")[0].split(".")[0] + "[" + n.split("[")[1] for n in names], textposition="middle right",
+            marker={"size": 12, "color": [act.get(n, {}).get("separation", 0) for n in names], "colorscale": "RdBu",
+                    "showscale": True, "colorbar": {"title": "separation"}},
+            hovertext=[_hover(n, act.get(n)) for n in names], hoverinfo="text", showlegend=False))
+        ticks = sorted({_site_order(s) for s in self.nodes})
+        fig.update_xaxes(tickvals=ticks, ticktext=[_column_label(t) for t in ticks])
+        fig.update_layout(title=f"Circuit graph - {self.task} ({self.n_nodes} nodes, {self.edges['edges']} edges)",
+                          yaxis_title="node", width=1100, height=600)
+        return fig
+
+    def activations_figure(self):
+        import plotly.graph_objects as go
+        rows = sorted(self.activations, key=lambda a: -abs(a["separation"]))[:40]
+        fig = go.Figure([go.Bar(name="clean", x=[a["node"] for a in rows], y=[a["clean_last"] for a in rows]),
+                         go.Bar(name="corrupt", x=[a["node"] for a in rows], y=[a["corrupt_last"] for a in rows])])
+        fig.update_layout(title="Node activation at the last token: clean vs corrupt prompts (in the circuit)",
+                          barmode="group", width=1100, height=450)
+        return fig
+
+    def curve_figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        curve = self.evaluation.get("curve", [])
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        fig.add_trace(go.Scatter(x=[p["kept"] for p in curve], y=[p["loss"] for p in curve], name="task loss"))
+        fig.add_trace(go.Scatter(x=[p["kept"] for p in curve], y=[p["metric"] for p in curve], name="logit diff"),
+                      secondary_y=True)
+        fig.update_xaxes(title_text="nodes kept (removed lowest gate logit first)", autorange="reversed")
+        fig.update_layout(title="Held-out task metric as nodes are removed one by one", width=900, height=420)
+        return fig
+
+    def save(self, path) -> Path:
+        return save_result(path, self.to_json, self._write_html)
+
+    def _write_html(self, path: Path) -> Path:
+        rows = [[a["node"], f"{a['clean_last']:+.3f}", f"{a['corrupt_last']:+.3f}", f"{a['separation']:+.2f}",
+                 a["peak_token"], f"{a['peak_share']:.0%}"]
+                for a in sorted(self.activations, key=lambda a: (a["layer"], _site_order(a["site"])))]
+        edges = [[s, d, f"{w:+.4f}"] for s, d, w in self.edges.get("listed", [])[:300]]
+        body = (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
+                + table(["node", "clean (last token)", "corrupt (last token)", "separation",
+                         "token where clean and corrupt differ most", "share of prompts"], rows)
+                + f"<h3>Edges (largest |weight| first, {len(edges)} of {self.edges['edges']})</h3>"
+                + table(["from", "to", "weight"], edges))
+        return write_page(path, [self.figure(), self.activations_figure(), self.curve_figure()],
+                          f"Node circuit - {self.task} - {self.model}",
+                          "Gao et al. 2025-style node circuit: kept nodes, nonzero weights between them, activations "
+                          "on the task's contrasting prompts, and the metric as nodes are removed.", body)
+
+
+def _site_order(site: str) -> int:
+    kind, layer = site.split(".")
+    return int(layer) * len(NODE_KINDS) + NODE_KINDS.index(kind)
+
+
+def _column_label(col: int) -> str:
+    layer, kind = divmod(col, len(NODE_KINDS))
+    return f"L{layer} {NODE_KINDS[kind]}"
+
+
+def _hover(name, a) -> str:
+    if not a:
+        return name
+    return (f"{name}<br>clean {a['clean_last']:+.3f} corrupt {a['corrupt_last']:+.3f}<br>differs most at "
+            f"{a['peak_token']!r} ({a['peak_share']:.0%})")
+
+
+def _by_kind(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items() if v)
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
