@@ -1,0 +1,277 @@
+"""`lmscope sparse prune | circuit | bridge | compare`: node circuits, bridges and the sparse-vs-dense comparison
+(Gao et al. 2025). `register_circuit_commands(actions)` adds them to the `sparse` command group's subparsers
+(`lmscope sparse train` lives in this folder's cli.py).
+
+    lmscope sparse prune   --model hf:runs/sparse --task single_double_quote --html quote.html --out quote.json
+    lmscope sparse circuit quote.json --model hf:runs/sparse --task single_double_quote --seed 1 --html page.html
+    lmscope sparse bridge  --dense hf:runs/dense --sparse hf:runs/sparse --circuit quote.json --html bridges.html
+    lmscope sparse compare --sparse runs/sparse --dense runs/dense --tasks single_double_quote,bracket_counting
+
+Reference text (ablation means) is the validation split of the Python corpus, held-out text (losses, bridges) its
+test split, bridge training text its train split (the split of this folder's data.py when present).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ...errors import InputError
+
+
+def _common(q, model: bool = True) -> None:
+    if model:
+        q.add_argument("--model", required=True, help="hf:<folder> (a sparse or dense model) or random:<family>")
+    q.add_argument("--n", type=int, default=200, help="prompts per task (default 200)")
+    q.add_argument("--steps", type=int, default=200, help="mask-training steps (default 200)")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--lr", type=float, default=0.1, help="learning rate of the gate logits (default 0.1)")
+    q.add_argument("--target", type=float, default=0.15, help="task loss target in nats (default 0.15, the paper's)")
+    q.add_argument("--kinds", default="", help="node kinds, comma-separated (default: all of attn_in,q,k,v,"
+                                               "attn_out,mlp_in,neurons,mlp_out)")
+    q.add_argument("--ablation", choices=("mean", "zero"), default="mean")
+    q.add_argument("--reference", type=int, default=64, help="reference windows for the means (default 64)")
+    q.add_argument("--ctx", type=int, default=64, help="tokens per reference / held-out window (default 64)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    q.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
+    q.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def register_circuit_commands(actions) -> None:
+    p = actions.add_parser("prune", help="the smallest node circuit with task loss under a target (held-out numbers)")
+    _common(p)
+    p.add_argument("--task", required=True, help="a task name")
+    p.add_argument("--out", metavar="FILE.json", help="write the circuit (its kept nodes) as JSON")
+    p.set_defaults(func=cmd_prune)
+
+    c = actions.add_parser("circuit", help="evaluate and read a saved node circuit on a task's prompts")
+    c.add_argument("circuit", help="a circuit file written by lmscope sparse prune --out")
+    _common(c)
+    c.add_argument("--task", required=True)
+    c.set_defaults(func=cmd_circuit)
+
+    b = actions.add_parser("bridge", help="train per-layer bridges between a dense and a sparse model")
+    b.add_argument("--dense", required=True, help="hf:<folder> of the dense model")
+    b.add_argument("--sparse", required=True, help="hf:<folder> of the sparse model (same tokenizer)")
+    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--batch-size", type=int, default=8)
+    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--train-windows", type=int, default=256)
+    b.add_argument("--heldout-windows", type=int, default=32)
+    b.add_argument("--ctx", type=int, default=64)
+    b.add_argument("--circuit", metavar="FILE.json", help="a sparse circuit: flip its most separating node and "
+                                                          "carry the flip into the dense model")
+    b.add_argument("--task", help="the circuit's task (with --circuit)")
+    b.add_argument("--n", type=int, default=64, help="prompts for the steering test")
+    b.add_argument("--save-bridges", metavar="FILE.safetensors")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--html", metavar="FILE")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=cmd_bridge)
+
+    k = actions.add_parser("compare", help="sparse vs dense circuits per task at matched pretraining loss")
+    k.add_argument("--sparse", required=True, help="the sparse model folder")
+    k.add_argument("--dense", required=True, help="the dense model folder (its checkpoints are candidates)")
+    k.add_argument("--tasks", required=True, help="comma-separated task names")
+    k.add_argument("--heldout-windows", type=int, default=64)
+    k.add_argument("--no-controls", action="store_true", help="skip the random-label and random-init controls")
+    _common(k, model=False)
+    k.set_defaults(func=cmd_compare)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _check_outputs(args, *names) -> None:
+    """Before any work: no existing file replaced without --overwrite, every output's folder exists."""
+    for name in names:
+        path = getattr(args, name, None)
+        if not path:
+            continue
+        path = Path(path)
+        if path.exists() and not args.overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+        if not path.parent.exists():
+            raise InputError(f"folder {path.parent} does not exist")
+
+
+def _load(spec: str):
+    from ...models import load
+    return load(spec)
+
+
+def task_builder(name: str, n: int, seed: int):
+    """model -> TaskSet: this folder's Python tasks when it has one of that name, else lmscope's built-in tasks."""
+    try:
+        from . import tasks as ws_tasks
+    except ImportError:
+        ws_tasks = None
+    build = getattr(ws_tasks, "build_task", None)
+    if build is not None and name in getattr(ws_tasks, "TASKS", ()):
+        return lambda model: build(model, name, n=n, seed=seed)
+    from ...circuits.tasks import load_task
+    return lambda model: load_task(model, name, n=n, seed=seed)
+
+
+def code_windows(model, split: str, n: int, ctx: int, seed: int = 0) -> list[list[int]]:
+    """n windows of ctx tokens of Python source of one split (this folder's data.py split by file hash; without
+    it, the python corpus in a seeded document order)."""
+    if model.tokenizer is None:
+        raise InputError(f"{model.spec} has no tokenizer")
+    try:
+        from .data import split_texts, token_windows
+    except ImportError:
+        from ...data.corpora import iter_token_windows
+        offset = {"train": 0, "validation": 1, "test": 2}[split]
+        rows = [w.input_ids for w in iter_token_windows(model.tokenizer, "python", n_tokens=(n + 1) * ctx * 3,
+                                                        window=ctx, seed=seed)]
+        rows = [r for r in rows if len(r) == ctx][offset::3]
+        return rows[:n]
+    texts = split_texts(split, max_chars=max(200_000, n * ctx * 8))
+    windows = token_windows(model.tokenizer, texts, ctx)
+    if len(windows) < n:
+        raise InputError(f"the {split} split gives {len(windows)} windows of {ctx} tokens, fewer than {n}")
+    return windows[:n].tolist()
+
+
+def _config(args):
+    from .circuit import NODE_KINDS, NodePruneConfig
+    kinds = tuple(k for k in args.kinds.replace(",", " ").split()) or NODE_KINDS
+    return NodePruneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, target_loss=args.target,
+                           kinds=kinds, ablation=args.ablation, seed=args.seed)
+
+
+def _emit(args, result) -> None:
+    if getattr(args, "html", None):
+        print(f"lmscope: wrote {result.save(args.html)}", file=sys.stderr)
+    print(json.dumps(result.to_json()) if args.json else result.summary())
+
+
+def cmd_prune(args) -> None:
+    _check_outputs(args, "html", "out")
+    config = _config(args)
+    model = _load(args.model)
+    task = task_builder(args.task, args.n, args.seed)(model)
+    from ...report import write_atomic
+    from .compare import find_node_circuit
+    circuit = find_node_circuit(model, task, code_windows(model, "validation", args.reference, args.ctx), config,
+                                progress=not args.json)
+    if args.out:
+        saved = {"format": "lmscope node circuit", "model": circuit.model, "task": circuit.task,
+                 "nodes": circuit.nodes, "training": {k: v for k, v in circuit.training.items() if k != "history"}}
+        print(f"lmscope: wrote {write_atomic(args.out, json.dumps(saved, indent=1))}", file=sys.stderr)
+    _emit(args, circuit)
+
+
+def load_circuit_nodes(path, model) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read circuit file {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != "lmscope node circuit":
+        raise InputError(f"{path} is not a node circuit file (written by lmscope sparse prune --out)")
+    for site, idxs in data["nodes"].items():
+        shape = model.site_shape(site)
+        if any(len(i) != len(shape) or not all(0 <= v < s for v, s in zip(i, shape)) for i in idxs):
+            raise InputError(f"{path}: node indices of {site} do not fit {model.spec} (shape {shape})")
+    return data
+
+
+def cmd_circuit(args) -> None:
+    _check_outputs(args, "html")
+    model = _load(args.model)
+    data = load_circuit_nodes(args.circuit, model)
+    task = task_builder(args.task, args.n, args.seed)(model)
+    from .circuit import evaluate_nodes, reference_means, zero_means
+    from .edges import count_edges
+    from .reading import NodeCircuit, node_activations
+    shell = NodeCircuit(model.spec, task.name, len(task), data["nodes"], {}, {})
+    masks = shell.masks(model)
+    sites = list(masks.masks)
+    zero = zero_means(model, sites)
+    means = zero if args.ablation == "zero" else reference_means(
+        model, code_windows(model, "validation", args.reference, args.ctx), sites)
+    from dataclasses import asdict
+    ev = evaluate_nodes(model, task, means, masks, zero_means_=None if args.ablation == "zero" else zero,
+                        seed=args.seed, batch_size=args.batch_size)
+    circuit = NodeCircuit(model.spec, task.name, len(task), data["nodes"], asdict(ev),
+                          count_edges(model, masks, list_limit=2000), node_activations(model, task, means, masks),
+                          data.get("training", {}), [f"circuit found on {data.get('task')}; evaluated on "
+                                                     f"{len(task)} prompts of seed {args.seed}"])
+    _emit(args, circuit)
+
+
+def _top_node(circuit_data: dict, model, task, means) -> tuple[str, tuple]:
+    """The circuit node whose last-token activation separates clean from corrupt prompts most."""
+    from .reading import NodeCircuit, node_activations
+    masks = NodeCircuit(model.spec, "", 0, circuit_data["nodes"], {}, {}).masks(model)
+    rows = node_activations(model, task, means, masks)
+    if not rows:
+        raise InputError("the circuit has no nodes to flip")
+    best = max(rows, key=lambda r: abs(r["separation"]))
+    return best["site"], tuple(best["index"])
+
+
+def cmd_bridge(args) -> None:
+    _check_outputs(args, "html", "save_bridges")
+    if bool(args.circuit) != bool(args.task):
+        raise InputError("--circuit and --task go together")
+    from .bridges import BridgeConfig, bridge_steering, save_bridges, train_bridges
+    dense, sparse = _load(args.dense), _load(args.sparse)
+    from .bridges import check_pair
+    check_pair(dense, sparse)
+    train = code_windows(sparse, "train", args.train_windows, args.ctx, args.seed)
+    held = code_windows(sparse, "test", args.heldout_windows, args.ctx, args.seed)
+    config = BridgeConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    bridges, result = train_bridges(dense, sparse, train, held, config, progress=not args.json)
+    if args.circuit:
+        data = load_circuit_nodes(args.circuit, sparse)
+        task = task_builder(args.task, args.n, args.seed + 1)(sparse)     # prompts not used to find the circuit
+        task = task.subset(task.largest_group())                          # one token length: positions align
+        from .circuit import node_sites, reference_means
+        means = reference_means(sparse, code_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
+        site, index = _top_node(data, sparse, task, means)
+        layer = int(site.split(".")[1])
+        pair = result.pairs[layer]
+        result.steering = bridge_steering(dense, sparse, bridges[layer], tuple(pair), task, site, index,
+                                          seed=args.seed)
+    if args.save_bridges:
+        print(f"lmscope: wrote {save_bridges(bridges, args.save_bridges)}", file=sys.stderr)
+    _emit(args, result)
+
+
+def cmd_compare(args) -> None:
+    _check_outputs(args, "html")
+    from .compare import candidate_folders, compare
+    for folder in (args.sparse, args.dense):
+        candidate_folders(folder)                       # one clear error before any work
+    names = [t for t in args.tasks.replace(",", " ").split()]
+    sparse = _load(f"hf:{args.sparse}")
+    tasks = {name: task_builder(name, args.n, args.seed) for name in names}
+    result = compare(sparse, args.dense, lambda p: _load(f"hf:{p}"), tasks,
+                     code_windows(sparse, "validation", args.reference, args.ctx),
+                     code_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),
+                     progress=not args.json, controls=not args.no_controls, seed=args.seed)
+    _emit(args, result)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry until the `sparse` group is wired into lmscope.cli: python -m
+    lmscope.papers.weight_sparse.cli_circuits prune ... (errors: one line, exit code 2)."""
+    import argparse
+
+    from ...errors import LmscopeError
+    parser = argparse.ArgumentParser(prog="lmscope sparse")
+    register_circuit_commands(parser.add_subparsers(dest="action", required=True))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except LmscopeError as exc:
+        print(f"lmscope: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
