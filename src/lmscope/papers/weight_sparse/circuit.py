@@ -170,12 +170,12 @@ def train_gates(model, train, means, config: NodePruneConfig, progress: bool = F
             opt.zero_grad()
             loss.backward()
             opt.step()
-            lam = (lam + config.lr_lagrange * (float(loss_task.detach()) - config.target_loss)).clamp(min=0)
-            history.append({"step": step, "task_loss": float(loss_task.detach()), "expected_kept": float(kept.detach()) * n_nodes,
-                            "lagrange": float(lam)})
+            value, expected = float(loss_task.detach()), float(kept.detach()) * n_nodes
+            lam = (lam + config.lr_lagrange * (value - config.target_loss)).clamp(min=0)
+            history.append({"step": step, "task_loss": value, "expected_kept": expected, "lagrange": float(lam)})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss_task.detach()):.3f}", kept=f"{float(kept.detach()) * n_nodes:.0f}")
+                bar.set_postfix(loss=f"{value:.3f}", kept=f"{expected:.0f}")
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)

@@ -176,7 +176,8 @@ def compare(sparse, dense_folder, load, tasks: dict, reference, heldout_windows,
         init = find_node_circuit(random_init(sparse, seed), first(sparse), reference, config)
         ctl["random_labels_sparse"] = {**_row(labels), "task": first_name}
         ctl["random_init_sparse"] = {**_row(init), "task": first_name}
-    return CompareResult({"spec": sparse.spec, "heldout_loss": s_loss, "nonzero_parameters": nonzero_parameters(sparse)},
+    return CompareResult({"spec": sparse.spec, "heldout_loss": s_loss,
+                          "nonzero_parameters": nonzero_parameters(sparse)},
                          {"spec": dense.spec, "heldout_loss": d_loss, "nonzero_parameters": nonzero_parameters(dense),
                           "candidates": candidates},
                          out, ctl, {**asdict(config), "n_reference_windows": len(reference),
