@@ -176,3 +176,24 @@ def test_circuit_page_activations_are_the_circuit_runs(tmp_path):
     page = circuit.save(tmp_path / "circuit.html").read_text()
     assert "Node circuit" in page and page.count("plotly") > 3
     assert circuit.save(tmp_path / "circuit.json").exists()
+
+
+def test_head_attention_reads_the_pattern_at_the_differing_positions():
+    from lmscope.papers.weight_sparse.reading import head_attention
+    model = lmscope.load("random:llama")
+    base = signal_task("llama").subset(range(4))
+    corrupt = [row[:2] + [(row[2] + 1) % 256] + row[3:] for row in base.clean]   # only position 2 differs
+    task = TaskSet("one-diff", base.clean, corrupt, base.answer, base.wrong, "logit_diff", 0, {}, base.templates)
+    sites = C.node_sites(model, ("q", "k"))
+    masks = C.NodeMasks.full(model, sites, 0.0)
+    masks.masks["q.1"][2, 0] = 1          # query head 2
+    masks.masks["k.0"][1, 5] = 1          # KV head 1 -> query heads 2 and 3 (4 heads, 2 KV heads)
+    means = C.zero_means(model, sites)
+    rows = head_attention(model, task, means, masks)
+    assert [(r["layer"], r["head"]) for r in rows] == [(0, "0.2"), (0, "0.3"), (1, "1.2")]
+    assert all(r["differing_positions"] == 1 for r in rows)
+    edits = C.mask_edits(model, means, masks)
+    expected = sum(float(model.run([task.clean[r]], read=["pattern.1"], edits=edits)["pattern.1"][0, 2, -1, 2])
+                   for r in range(4)) / 4
+    assert rows[2]["attention_to_difference"] == pytest.approx(expected, abs=1e-5)
+    assert 0 < expected < 1

@@ -185,7 +185,7 @@ def cmd_circuit(args) -> None:
     task = task_builder(args.task, args.n, args.seed)(model)
     from .circuit import evaluate_nodes, reference_means, zero_means
     from .edges import count_edges
-    from .reading import NodeCircuit, node_activations
+    from .reading import NodeCircuit, head_attention, node_activations
     shell = NodeCircuit(model.spec, task.name, len(task), data["nodes"], {}, {})
     masks = shell.masks(model)
     sites = list(masks.masks)
@@ -197,7 +197,7 @@ def cmd_circuit(args) -> None:
                         seed=args.seed, batch_size=args.batch_size)
     circuit = NodeCircuit(model.spec, task.name, len(task), data["nodes"], asdict(ev),
                           count_edges(model, masks, list_limit=2000), node_activations(model, task, means, masks),
-                          data.get("training", {}), [f"circuit found on {data.get('task')}; evaluated on "
+                          head_attention(model, task, means, masks), data.get("training", {}), [f"circuit found on {data.get('task')}; evaluated on "
                                                      f"{len(task)} prompts of seed {args.seed}"])
     _emit(args, circuit)
 

@@ -23,7 +23,7 @@ from ...report import save_result, write_page
 from ...report.html import table
 from .circuit import NodePruneConfig, nonsense_task, prune_nodes
 from .edges import count_edges
-from .reading import NodeCircuit, node_activations
+from .reading import NodeCircuit, head_attention, node_activations
 
 
 def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePruneConfig(), *,
@@ -35,8 +35,9 @@ def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePrun
     if not out.info["target_reached_on_train"]:
         notes.append(f"the task loss target {config.target_loss} nats was not reached even with every node kept "
                      f"(train loss {out.info['train_loss_circuit']:.3f}): the circuit is the whole model")
+    heads = head_attention(model, out.heldout, out.means, out.masks)
     return NodeCircuit(model.spec, task.name, len(out.heldout), out.masks.to_json(), asdict(out.evaluation), edges,
-                       acts, out.info, notes)
+                       acts, heads, out.info, notes)
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ its self-contained page.
     node_activations   for each kept node, its activation on the task's clean and corrupt prompts (in the circuit,
                        every other node mean-ablated): at the last token, and the token where clean and corrupt
                        differ most (e.g. the opening quote for a quote detector)
+    head_attention     for each head with kept q/k/v nodes, how much its last-token query attends to the tokens where
+                       clean and corrupt prompts differ (a head that copies, e.g., the quote type reads there)
     NodeCircuit        the circuit (kept nodes, edges with weights, held-out evaluation, training), .to_json(),
                        .summary(), .figure() (the graph), .save(path) (.html: the page; else JSON)
 
@@ -62,6 +64,38 @@ def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int =
     return out
 
 
+@torch.no_grad()
+def head_attention(model, task, means, masks: NodeMasks, *, max_prompts: int = 64, batch_size: int = 16) -> list:
+    """Per head with kept q, k or v nodes: mean attention (in the circuit) from the last token to the positions
+    where the clean and corrupt prompts differ, on clean prompts, and the mean number of such positions."""
+    heads = sorted({(int(s.split(".")[1]), s.split(".")[0], idx[0]) for s, idx in masks.kept()
+                    if s.split(".")[0] in "qkv"})
+    if not heads:
+        return []
+    group = model.n_heads // model.n_kv_heads
+    wanted: dict = {}
+    for layer, kind, h in heads:      # a kept k or v channel of KV head g serves query heads g*group ...
+        for q in ([h] if kind == "q" else range(h * group, (h + 1) * group)):
+            wanted.setdefault((layer, q), set()).add(kind)
+    layers = sorted({layer for layer, _ in wanted})
+    rows = list(range(min(len(task), max_prompts)))
+    edits = mask_edits(model, means, masks)
+    sums = {key: 0.0 for key in wanted}
+    n_diff = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        run = model.run([task.clean[r] for r in chunk], read=[f"pattern.{l}" for l in layers], edits=edits)
+        last = run.attention_mask.sum(1) - 1
+        for b, r in enumerate(chunk):
+            diff = [i for i, (x, y) in enumerate(zip(task.clean[r], task.corrupt[r])) if x != y]
+            n_diff += len(diff)
+            for (layer, q) in wanted:
+                sums[(layer, q)] += float(run[f"pattern.{layer}"][b, q, last[b], diff].sum()) if diff else 0.0
+    return [{"head": f"{layer}.{q}", "layer": layer, "kept": sorted(kinds),
+             "attention_to_difference": sums[(layer, q)] / len(rows), "differing_positions": n_diff / len(rows)}
+            for (layer, q), kinds in sorted(wanted.items())]
+
+
 def _node_name(site: str, idx) -> str:
     return f"{site}[{','.join(str(i) for i in idx)}]"
 
@@ -75,6 +109,7 @@ class NodeCircuit:
     evaluation: dict             # circuit.NodeEvaluation as a dict (held-out)
     edges: dict                  # edges.count_edges: count, by kind, qk pairs, residual links, listed edges
     activations: list = field(default_factory=list)
+    heads: list = field(default_factory=list)        # head_attention rows
     training: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -117,6 +152,10 @@ class NodeCircuit:
             lines.append(f"  {a['node']:<22} last token: clean {a['clean_last']:+.3f} corrupt {a['corrupt_last']:+.3f}"
                          f" (separation {a['separation']:+.2f}); differs most at {a['peak_token']!r} "
                          f"({a['peak_share']:.0%})")
+        for h in sorted(self.heads, key=lambda h: -h["attention_to_difference"])[:6]:
+            lines.append(f"  head {h['head']:<6} (kept {','.join(h['kept'])}): last token attends "
+                         f"{h['attention_to_difference']:.2f} to the {h['differing_positions']:.1f} position(s) where "
+                         f"clean and corrupt differ")
         return "\n".join(lines + self.notes)
 
     def figure(self):
@@ -185,6 +224,9 @@ class NodeCircuit:
         body = (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
                 + table(["node", "clean (last token)", "corrupt (last token)", "separation",
                          "token where clean and corrupt differ most", "share of prompts"], rows)
+                + "<h3>Heads with kept q/k/v nodes</h3>"
+                + table(["head", "kept", "attention from the last token to the differing positions"],
+                        [[h["head"], ",".join(h["kept"]), f"{h['attention_to_difference']:.3f}"] for h in self.heads])
                 + f"<h3>Edges (largest |weight| first, {len(edges)} of {self.edges['edges']})</h3>"
                 + table(["from", "to", "weight"], edges))
         return write_page(path, [self.figure(), self.activations_figure(), self.curve_figure()],
