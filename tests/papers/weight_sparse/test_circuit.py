@@ -197,3 +197,11 @@ def test_head_attention_reads_the_pattern_at_the_differing_positions():
                    for r in range(4)) / 4
     assert rows[2]["attention_to_difference"] == pytest.approx(expected, abs=1e-5)
     assert 0 < expected < 1
+
+
+def test_target_above_the_model_is_its_train_loss_plus_delta():
+    model = lmscope.load("random:llama")
+    config = C.NodePruneConfig(steps=2, batch_size=8, kinds=("neurons",), above_model=0.05)
+    out = C.prune_nodes(model, signal_task("llama"), windows(), config)
+    assert out.info["target_loss"] == pytest.approx(out.info["model_train_loss"] + 0.05)
+    assert out.info["target_reached_on_train"] and out.info["train_loss_circuit"] <= out.info["target_loss"]

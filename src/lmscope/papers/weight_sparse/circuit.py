@@ -134,6 +134,7 @@ class NodePruneConfig:
     batch_size: int = 32
     lr: float = 0.1
     target_loss: float = TARGET_LOSS   # nats of task loss the circuit must stay under (paper: 0.15)
+    above_model: "float | None" = None  # if set, the target is instead the model's own train loss + this many nats
     init: float = 3.0                  # initial gate logit (start from the full model)
     lr_lagrange: float = 1.0
     kinds: tuple = NODE_KINDS
@@ -146,7 +147,8 @@ def _flat_logits(theta: dict) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in theta.values()])
 
 
-def train_gates(model, train, means, config: NodePruneConfig, progress: bool = False) -> tuple[dict, list]:
+def train_gates(model, train, means, config: NodePruneConfig, target: float, progress: bool = False
+                ) -> tuple[dict, list]:
     """Hard-concrete gate logits per site minimising E[kept] / n subject to task loss <= target (Lagrangian)."""
     sites = node_sites(model, config.kinds)
     theta = {s: torch.full(node_shape(model, s), float(config.init), requires_grad=True) for s in sites}
@@ -166,12 +168,12 @@ def train_gates(model, train, means, config: NodePruneConfig, progress: bool = F
             loss_task = task_loss(batch, masked_logits(model, batch, means, gates, batch_size=len(rows),
                                                        grad=True)).mean()
             kept = sum(expected_kept(t) for t in theta.values()) / n_nodes
-            loss = kept + lam.float() * (loss_task - config.target_loss)
+            loss = kept + lam.float() * (loss_task - target)
             opt.zero_grad()
             loss.backward()
             opt.step()
             value, expected = float(loss_task.detach()), float(kept.detach()) * n_nodes
-            lam = (lam + config.lr_lagrange * (value - config.target_loss)).clamp(min=0)
+            lam = (lam + config.lr_lagrange * (value - target)).clamp(min=0)
             history.append({"step": step, "task_loss": value, "expected_kept": expected, "lagrange": float(lam)})
             if bar is not None:
                 bar.update(1)
@@ -338,19 +340,27 @@ def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig
         raise InputError(f"pruning needs at least 4 prompts (train and held-out), got {len(task)}")
     if config.steps < 1 or config.batch_size < 1 or not config.target_loss > 0:
         raise InputError("steps, batch_size and target_loss must be positive")
+    if config.above_model is not None and not config.above_model > 0:
+        raise InputError("above_model must be a positive number of nats")
     started = time.time()
     train, held = task.split(config.n_train or len(task) // 2, seed=config.seed)
     sites = node_sites(model, config.kinds)
     zero = zero_means(model, sites)
     means = reference_means(model, reference, sites) if config.ablation == "mean" else zero
-    theta, history = train_gates(model, train, means, config, progress)
-    masks, train_loss, reached = smallest_circuit(model, train, means, theta, config.target_loss, config.batch_size)
+    with torch.no_grad():
+        model_loss = float(task_loss(train, masked_logits(model, train, means, NodeMasks.full(model, sites),
+                                                          batch_size=config.batch_size)).mean())
+    target = config.target_loss if config.above_model is None else model_loss + config.above_model
+    theta, history = train_gates(model, train, means, config, target, progress)
+    masks, train_loss, reached = smallest_circuit(model, train, means, theta, target, config.batch_size)
     evaluation = evaluate_nodes(model, held, means, masks, zero_means_=zero if config.ablation == "mean" else None,
                                 seed=config.seed, batch_size=config.batch_size, theta=theta)
     gates_on = int(sum(int((deterministic_gates(t) > 0.5).sum()) for t in theta.values()))
     info = {"n_train": len(train), "n_heldout": len(held), "train_loss_circuit": train_loss,
             "target_reached_on_train": reached, "gates_on": gates_on, "seconds": round(time.time() - started, 1),
-            "history": history[:: max(1, len(history) // 50)] + history[-1:], "target_loss": config.target_loss,
+            "history": history[:: max(1, len(history) // 50)] + history[-1:], "target_loss": target,
+            "target_rule": ("absolute" if config.above_model is None else f"model's train loss + {config.above_model}"),
+            "model_train_loss": model_loss,
             "steps": config.steps, "ablation": config.ablation, "kinds": list(config.kinds),
             "n_reference_windows": len(reference)}
     return PruneOutput(masks, evaluation, info, theta, means, train, held)

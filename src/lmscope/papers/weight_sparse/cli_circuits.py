@@ -27,6 +27,9 @@ def _common(q, model: bool = True) -> None:
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--lr", type=float, default=0.1, help="learning rate of the gate logits (default 0.1)")
     q.add_argument("--target", type=float, default=0.15, help="task loss target in nats (default 0.15, the paper's)")
+    q.add_argument("--above-model", type=float, default=None, metavar="NATS",
+                   help="target = the model's own train task loss + NATS instead of --target (for models that do "
+                        "not reach --target themselves)")
     q.add_argument("--kinds", default="", help="node kinds, comma-separated (default: all of attn_in,q,k,v,"
                                                "attn_out,mlp_in,neurons,mlp_out)")
     q.add_argument("--ablation", choices=("mean", "zero"), default="mean")
@@ -139,7 +142,8 @@ def _config(args):
     from .circuit import NODE_KINDS, NodePruneConfig
     kinds = tuple(k for k in args.kinds.replace(",", " ").split()) or NODE_KINDS
     return NodePruneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, target_loss=args.target,
-                           kinds=kinds, ablation=args.ablation, seed=args.seed)
+                           kinds=kinds, ablation=args.ablation, seed=args.seed,
+                           above_model=args.above_model)
 
 
 def _emit(args, result) -> None:
@@ -197,8 +201,8 @@ def cmd_circuit(args) -> None:
                         seed=args.seed, batch_size=args.batch_size)
     circuit = NodeCircuit(model.spec, task.name, len(task), data["nodes"], asdict(ev),
                           count_edges(model, masks, list_limit=2000), node_activations(model, task, means, masks),
-                          head_attention(model, task, means, masks), data.get("training", {}), [f"circuit found on {data.get('task')}; evaluated on "
-                                                     f"{len(task)} prompts of seed {args.seed}"])
+                          head_attention(model, task, means, masks), data.get("training", {}),
+                          [f"circuit found on {data.get('task')}; evaluated on {len(task)} prompts of seed {args.seed}"])
     _emit(args, circuit)
 
 

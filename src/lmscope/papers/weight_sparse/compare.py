@@ -33,8 +33,8 @@ def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePrun
     acts = node_activations(model, out.heldout, out.means, out.masks)
     notes = []
     if not out.info["target_reached_on_train"]:
-        notes.append(f"the task loss target {config.target_loss} nats was not reached even with every node kept "
-                     f"(train loss {out.info['train_loss_circuit']:.3f}): the circuit is the whole model")
+        notes.append(f"the task loss target {out.info['target_loss']:.3f} nats was not reached even with every node "
+                     f"kept (train loss {out.info['train_loss_circuit']:.3f}): the circuit is the whole model")
     heads = head_attention(model, out.heldout, out.means, out.masks)
     return NodeCircuit(model.spec, task.name, len(out.heldout), out.masks.to_json(), asdict(out.evaluation), edges,
                        acts, heads, out.info, notes)

@@ -145,9 +145,11 @@ class NodeCircuit:
                          f"loss {e['zero_ablation']['loss_circuit']:.3f}")
         if self.training:
             t = self.training
+            nan = float("nan")
             lines.append(f"found on {t.get('n_train')} train prompts in {t.get('seconds')} s; train loss "
-                         f"{t.get('train_loss_circuit', float('nan')):.3f} (target {t.get('target_loss')}, reached: "
-                         f"{t.get('target_reached_on_train')})")
+                         f"{t.get('train_loss_circuit', nan):.3f} (target {t.get('target_loss', nan):.3f}, "
+                         f"{t.get('target_rule', 'absolute')}; model {t.get('model_train_loss', nan):.3f}; "
+                         f"reached: {t.get('target_reached_on_train')})")
         for a in sorted(self.activations, key=lambda a: -abs(a["separation"]))[:12]:
             lines.append(f"  {a['node']:<22} last token: clean {a['clean_last']:+.3f} corrupt {a['corrupt_last']:+.3f}"
                          f" (separation {a['separation']:+.2f}); differs most at {a['peak_token']!r} "
