@@ -15,12 +15,13 @@ from lmscope.circuits.circuit_file import CircuitFile, load_circuit
 from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit
 from lmscope.circuits.graph import CircuitGraph, circuit_graph
 from lmscope.circuits.patching import PatchResult, activation_patching, patch_metric
-from lmscope.circuits.prune import PruneConfig, prune
+from lmscope.circuits.prune import PruneConfig, deterministic_gates, expected_kept, prune, sample_gates
 from lmscope.circuits.run import evaluate_saved, find_circuit
 from lmscope.circuits.task_baseline import TaskBaseline, task_baseline
 from lmscope.circuits.tasks import TaskSet, load_circuit_task, task_last_logits, task_logits
 
 __all__ = ["AttributionResult", "CircuitFile", "CircuitGraph", "FaithfulnessResult", "PatchResult", "PruneConfig",
            "TaskBaseline", "TaskSet", "activation_patching", "attribute", "circuit_graph", "compare",
-           "evaluate_circuit", "evaluate_saved", "find_circuit", "load_circuit", "load_circuit_task", "patch_metric",
-           "prune", "task_baseline", "task_last_logits", "task_logits"]
+           "deterministic_gates", "evaluate_circuit", "evaluate_saved", "expected_kept", "find_circuit", "load_circuit",
+           "load_circuit_task", "patch_metric", "prune", "sample_gates", "task_baseline", "task_last_logits",
+           "task_logits"]

@@ -7,8 +7,8 @@ import transformers as tf
 
 import lmscope
 from lmscope.circuits.tasks import TaskSet
-from lmscope.errors import InputError
-from lmscope.models.random_models import byte_tokenizer
+from lmscope.core.errors import InputError
+from lmscope.core.models.random_models import byte_tokenizer
 from lmscope.papers.weight_sparse import bridges as B
 
 

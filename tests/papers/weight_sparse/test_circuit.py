@@ -7,7 +7,7 @@ import torch
 
 import lmscope
 from lmscope.circuits.tasks import TaskSet
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse import circuit as C
 from lmscope.papers.weight_sparse import edges as E
 

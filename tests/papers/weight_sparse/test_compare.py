@@ -5,7 +5,8 @@ import torch
 
 import lmscope
 from lmscope.circuits.tasks import TaskSet
-from lmscope.errors import InputError
+from lmscope.core.errors import InputError
+from lmscope.core.models.random_models import random_model
 from lmscope.papers.weight_sparse import circuit as C
 from lmscope.papers.weight_sparse import compare as K
 
@@ -32,7 +33,7 @@ def test_compare_on_tiny_models(tmp_path):
     sparse = lmscope.load("random:llama")
     save(lmscope.load("random:gpt2"), tmp_path / "dense")
     for seed in (1, 2):
-        hf, tok = __import__("lmscope.models.random_models", fromlist=["x"]).random_model("gpt2", seed=seed)
+        hf, tok = random_model("gpt2", seed=seed)
         hf.save_pretrained(tmp_path / "dense" / "checkpoints" / f"step{seed}")
         tok.save_pretrained(tmp_path / "dense" / "checkpoints" / f"step{seed}")
     held = windows(4, seed=3)

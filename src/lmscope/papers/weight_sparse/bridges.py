@@ -22,6 +22,7 @@ every layer (default: the sparse model's config `afrac`, else 1/4 of its width).
 """
 from __future__ import annotations
 
+import html
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...edits import add, interpolate, replace
-from ...errors import InputError
-from ...report import save_result, write_page
-from ...report.html import table
+from lmscope.core.edits import add, interpolate, replace
+from lmscope.core.errors import InputError
+from lmscope.core.metrics import kl_reference_edited
+from lmscope.results import Result, table
 
 PROBE = "def f(x):\n    return 'a' + \"b\"  # [1, 2]\n"
 
@@ -83,11 +84,10 @@ def nmse(x_hat: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def kl_model_to_hybrid(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per token, mean over real tokens; p = the model's own output, q = the hybrid's."""
-    logp, logq = p_logits.float().log_softmax(-1), q_logits.float().log_softmax(-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
+    """KL(P_model || P_hybrid) (lmscope.core.metrics.kl_reference_edited) per token, mean over real tokens."""
+    kl = kl_reference_edited(p_logits, q_logits)
     m = mask.to(kl.dtype)
-    return (kl * m).sum() / m.sum()
+    return ((kl * m).sum() / m.sum()).float()
 
 
 @dataclass
@@ -126,7 +126,7 @@ def bridge_losses(dense, sparse, bridges, pairs, ids, *, grad: bool) -> list[dic
 
 
 @dataclass
-class BridgeResult:
+class BridgeResult(Result, kind="sparse_bridges"):
     dense: str
     sparse: str
     pairs: list                      # [[dense layer, sparse layer], ...]
@@ -136,9 +136,6 @@ class BridgeResult:
     n_heldout_windows: int
     training: dict = field(default_factory=dict)
     steering: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def summary(self) -> str:
         lines = [f"bridges {self.sparse} <-> {self.dense} | AbsTopK k={self.k} | {self.n_train_windows} train, "
@@ -167,16 +164,20 @@ class BridgeResult:
         fig.update_layout(title=f"Bridges {self.sparse} <-> {self.dense}", width=1000, height=420)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure()] + ([steering_figure(self.steering)] if self.steering else [])
 
-    def _write_html(self, path: Path) -> Path:
-        figs = [self.figure()] + ([steering_figure(self.steering)] if self.steering else [])
+    def title(self) -> str:
+        return f"Bridges {self.sparse} <-> {self.dense}"
+
+    def page_intro(self) -> str:
+        return "Per-layer bridges (Gao et al. 2025), held-out code windows."
+
+    def page_body(self) -> str:
         rows = [[r["dense_layer"], r["sparse_layer"], f"{r['nmse_to_sparse']:.4f}", f"{r['nmse_to_dense']:.4f}",
                  f"{r['kl_dense_to_sparse']:.4f}", f"{r['kl_sparse_to_dense']:.4f}"] for r in self.per_layer]
         body = table(["dense layer", "sparse layer", "NMSE d->s", "NMSE s->d", "KL d->s", "KL s->d"], rows)
-        return write_page(path, figs, f"Bridges {self.sparse} <-> {self.dense}",
-                          "Per-layer bridges (Gao et al. 2025), held-out code windows.", body)
+        return body + (f"<p>{html.escape(steering_summary(self.steering))}</p>" if self.steering else "")
 
 
 def _batches(windows, batch_size, gen):
@@ -328,12 +329,12 @@ def steering_figure(s: dict):
     return fig
 
 
-def save_bridges(bridges: list[Bridge], path) -> Path:
+def save_bridges(bridges: list[Bridge], path, *, overwrite: bool = False) -> Path:
     """The bridges' weights as safetensors (atomic)."""
     from safetensors.torch import save_file
-    from ...report import atomic_path
+    from lmscope.results import atomic_path, check_output
     tensors = {f"{i}.{name}": p.detach().contiguous().cpu() for i, b in enumerate(bridges)
                for name, p in b.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with atomic_path(check_output(path, overwrite=overwrite, suffixes=(".safetensors",), what="bridges")) as tmp:
         save_file(tensors, str(tmp))
     return Path(path)

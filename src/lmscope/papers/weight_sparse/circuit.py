@@ -25,10 +25,10 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from ...circuits.prune import deterministic_gates, expected_kept, sample_gates
-from ...circuits.tasks import task_logits
-from ...edits import interpolate
-from ...errors import InputError
+from lmscope.circuits import deterministic_gates, expected_kept, sample_gates
+from lmscope.circuits import task_logits
+from lmscope.core.edits import interpolate
+from lmscope.core.errors import InputError
 
 NODE_KINDS = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "neurons", "mlp_out")
 TARGET_LOSS = 0.15

@@ -16,12 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-from ...errors import InputError
+from lmscope.cli.common import check_outputs, emit, load_model, model_options, output_options
+from lmscope.core.errors import InputError
+from lmscope.core.models import load
+from lmscope.results import check_output, write_atomic
 
 
 def _common(q, model: bool = True) -> None:
     if model:
-        q.add_argument("--model", required=True, help="hf:<folder> (a sparse or dense model) or random:<family>")
+        model_options(q)
     q.add_argument("--n", type=int, default=200, help="prompts per task (default 200)")
     q.add_argument("--steps", type=int, default=200, help="mask-training steps (default 200)")
     q.add_argument("--batch-size", type=int, default=32)
@@ -36,9 +39,7 @@ def _common(q, model: bool = True) -> None:
     q.add_argument("--reference", type=int, default=64, help="reference windows for the means (default 64)")
     q.add_argument("--ctx", type=int, default=64, help="tokens per reference / held-out window (default 64)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--json", action="store_true", help="print the result as JSON")
-    q.add_argument("--html", metavar="FILE", help="write a self-contained HTML page")
-    q.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    output_options(q)
 
 
 def register_circuit_commands(actions) -> None:
@@ -69,9 +70,9 @@ def register_circuit_commands(actions) -> None:
     b.add_argument("--n", type=int, default=64, help="prompts for the steering test")
     b.add_argument("--save-bridges", metavar="FILE.safetensors")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--html", metavar="FILE")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    b.add_argument("--device", default=None, help="cpu (default), cuda, ...")
+    output_options(b)
     b.set_defaults(func=cmd_bridge)
 
     k = actions.add_parser("compare", help="sparse vs dense circuits per task at matched pretraining loss")
@@ -80,40 +81,36 @@ def register_circuit_commands(actions) -> None:
     k.add_argument("--tasks", required=True, help="comma-separated task names")
     k.add_argument("--heldout-windows", type=int, default=64)
     k.add_argument("--no-controls", action="store_true", help="skip the random-label and random-init controls")
+    k.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    k.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     _common(k, model=False)
     k.set_defaults(func=cmd_compare)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
-def _check_outputs(args, *names) -> None:
-    """Before any work: no existing file replaced without --overwrite, every output's folder exists."""
-    for name in names:
-        path = getattr(args, name, None)
-        if not path:
-            continue
-        path = Path(path)
-        if path.exists() and not args.overwrite:
-            raise InputError(f"{path} exists; pass --overwrite to replace it")
-        if not path.parent.exists():
-            raise InputError(f"folder {path.parent} does not exist")
+def _check_outputs(args, **files) -> None:
+    """The output rule before any work: --html / --json FILE, and each extra output {dest: suffix}."""
+    check_outputs(args)
+    for dest, suffix in files.items():
+        if getattr(args, dest, None):
+            check_output(getattr(args, dest), overwrite=args.overwrite, suffixes=(suffix,), what=f"--{dest}")
 
 
-def _load(spec: str):
-    from ...models import load
-    return load(spec)
+def _load(spec: str, args):
+    return load(spec, dtype=args.dtype, device=args.device)
 
 
 def task_builder(name: str, n: int, seed: int):
     """model -> TaskSet: this folder's Python tasks when it has one of that name, else lmscope's built-in tasks."""
     try:
-        from . import tasks as ws_tasks
+        from lmscope.papers.weight_sparse import tasks as ws_tasks
     except ImportError:
         ws_tasks = None
     build = getattr(ws_tasks, "build_task", None)
     if build is not None and name in getattr(ws_tasks, "TASKS", ()):
         return lambda model: build(model, name, n=n, seed=seed)
-    from ...circuits.tasks import load_task
+    from lmscope.circuits import load_circuit_task
     return lambda model: load_task(model, name, n=n, seed=seed)
 
 
@@ -123,9 +120,9 @@ def code_windows(model, split: str, n: int, ctx: int, seed: int = 0) -> list[lis
     if model.tokenizer is None:
         raise InputError(f"{model.spec} has no tokenizer")
     try:
-        from .data import split_texts, token_windows
+        from lmscope.papers.weight_sparse.data import split_texts, token_windows
     except ImportError:
-        from ...data.corpora import iter_token_windows
+        from lmscope.data.corpora import iter_token_windows
         offset = {"train": 0, "validation": 1, "test": 2}[split]
         rows = [w.input_ids for w in iter_token_windows(model.tokenizer, "python", n_tokens=(n + 1) * ctx * 3,
                                                         window=ctx, seed=seed)]
@@ -139,33 +136,27 @@ def code_windows(model, split: str, n: int, ctx: int, seed: int = 0) -> list[lis
 
 
 def _config(args):
-    from .circuit import NODE_KINDS, NodePruneConfig
+    from lmscope.papers.weight_sparse.circuit import NODE_KINDS, NodePruneConfig
     kinds = tuple(k for k in args.kinds.replace(",", " ").split()) or NODE_KINDS
     return NodePruneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, target_loss=args.target,
                            kinds=kinds, ablation=args.ablation, seed=args.seed,
                            above_model=args.above_model)
 
 
-def _emit(args, result) -> None:
-    if getattr(args, "html", None):
-        print(f"lmscope: wrote {result.save(args.html)}", file=sys.stderr)
-    print(json.dumps(result.to_json()) if args.json else result.summary())
-
-
 def cmd_prune(args) -> None:
-    _check_outputs(args, "html", "out")
+    _check_outputs(args, out=".json")
     config = _config(args)
-    model = _load(args.model)
+    model = load_model(args)
     task = task_builder(args.task, args.n, args.seed)(model)
-    from ...report import write_atomic
-    from .compare import find_node_circuit
+    from lmscope.papers.weight_sparse.compare import find_node_circuit
     circuit = find_node_circuit(model, task, code_windows(model, "validation", args.reference, args.ctx), config,
                                 progress=not args.json)
     if args.out:
         saved = {"format": "lmscope node circuit", "model": circuit.model, "task": circuit.task,
                  "nodes": circuit.nodes, "training": {k: v for k, v in circuit.training.items() if k != "history"}}
-        print(f"lmscope: wrote {write_atomic(args.out, json.dumps(saved, indent=1))}", file=sys.stderr)
-    _emit(args, circuit)
+        print(f"lmscope: wrote {write_atomic(args.out, json.dumps(saved, indent=1, allow_nan=False))}",
+              file=sys.stderr)
+    emit(args, circuit)
 
 
 def load_circuit_nodes(path, model) -> dict:
@@ -183,13 +174,13 @@ def load_circuit_nodes(path, model) -> dict:
 
 
 def cmd_circuit(args) -> None:
-    _check_outputs(args, "html")
-    model = _load(args.model)
+    _check_outputs(args)
+    model = load_model(args)
     data = load_circuit_nodes(args.circuit, model)
     task = task_builder(args.task, args.n, args.seed)(model)
-    from .circuit import evaluate_nodes, reference_means, zero_means
-    from .edges import count_edges
-    from .reading import NodeCircuit, head_attention, node_activations
+    from lmscope.papers.weight_sparse.circuit import evaluate_nodes, reference_means, zero_means
+    from lmscope.papers.weight_sparse.edges import count_edges
+    from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
     shell = NodeCircuit(model.spec, task.name, len(task), data["nodes"], {}, {})
     masks = shell.masks(model)
     sites = list(masks.masks)
@@ -203,12 +194,12 @@ def cmd_circuit(args) -> None:
                           count_edges(model, masks, list_limit=2000), node_activations(model, task, means, masks),
                           head_attention(model, task, means, masks), data.get("training", {}),
                           [f"found on {data.get('task')}; evaluated on {len(task)} prompts of seed {args.seed}"])
-    _emit(args, circuit)
+    emit(args, circuit)
 
 
 def _top_node(circuit_data: dict, model, task, means) -> tuple[str, tuple]:
     """The circuit node whose last-token activation separates clean from corrupt prompts most."""
-    from .reading import NodeCircuit, node_activations
+    from lmscope.papers.weight_sparse.reading import NodeCircuit, node_activations
     masks = NodeCircuit(model.spec, "", 0, circuit_data["nodes"], {}, {}).masks(model)
     rows = node_activations(model, task, means, masks)
     if not rows:
@@ -218,12 +209,12 @@ def _top_node(circuit_data: dict, model, task, means) -> tuple[str, tuple]:
 
 
 def cmd_bridge(args) -> None:
-    _check_outputs(args, "html", "save_bridges")
+    _check_outputs(args, save_bridges=".safetensors")
     if bool(args.circuit) != bool(args.task):
         raise InputError("--circuit and --task go together")
-    from .bridges import BridgeConfig, bridge_steering, save_bridges, train_bridges
-    dense, sparse = _load(args.dense), _load(args.sparse)
-    from .bridges import check_pair
+    from lmscope.papers.weight_sparse.bridges import BridgeConfig, bridge_steering, save_bridges, train_bridges
+    dense, sparse = _load(args.dense, args), _load(args.sparse, args)
+    from lmscope.papers.weight_sparse.bridges import check_pair
     check_pair(dense, sparse)
     train = code_windows(sparse, "train", args.train_windows, args.ctx, args.seed)
     held = code_windows(sparse, "test", args.heldout_windows, args.ctx, args.seed)
@@ -233,7 +224,7 @@ def cmd_bridge(args) -> None:
         data = load_circuit_nodes(args.circuit, sparse)
         task = task_builder(args.task, args.n, args.seed + 1)(sparse)     # prompts not used to find the circuit
         task = task.subset(task.largest_group())                          # one token length: positions align
-        from .circuit import node_sites, reference_means
+        from lmscope.papers.weight_sparse.circuit import node_sites, reference_means
         means = reference_means(sparse, code_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
         site, index = _top_node(data, sparse, task, means)
         layer = int(site.split(".")[1])
@@ -241,23 +232,23 @@ def cmd_bridge(args) -> None:
         result.steering = bridge_steering(dense, sparse, bridges[layer], tuple(pair), task, site, index,
                                           seed=args.seed)
     if args.save_bridges:
-        print(f"lmscope: wrote {save_bridges(bridges, args.save_bridges)}", file=sys.stderr)
-    _emit(args, result)
+        print(f"lmscope: wrote {save_bridges(bridges, args.save_bridges, overwrite=args.overwrite)}", file=sys.stderr)
+    emit(args, result)
 
 
 def cmd_compare(args) -> None:
-    _check_outputs(args, "html")
-    from .compare import candidate_folders, compare
+    _check_outputs(args)
+    from lmscope.papers.weight_sparse.compare import candidate_folders, compare
     for folder in (args.sparse, args.dense):
         candidate_folders(folder)                       # one clear error before any work
     names = [t for t in args.tasks.replace(",", " ").split()]
-    sparse = _load(f"hf:{args.sparse}")
+    sparse = _load(f"hf:{args.sparse}", args)
     tasks = {name: task_builder(name, args.n, args.seed) for name in names}
-    result = compare(sparse, args.dense, lambda p: _load(f"hf:{p}"), tasks,
+    result = compare(sparse, args.dense, lambda p: _load(f"hf:{p}", args), tasks,
                      code_windows(sparse, "validation", args.reference, args.ctx),
                      code_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),
                      progress=not args.json, controls=not args.no_controls, seed=args.seed)
-    _emit(args, result)
+    emit(args, result)
 
 
 def main(argv=None) -> int:
@@ -265,7 +256,7 @@ def main(argv=None) -> int:
     lmscope.papers.weight_sparse.cli_circuits prune ... (errors: one line, exit code 2)."""
     import argparse
 
-    from ...errors import LmscopeError
+    from lmscope.core.errors import LmscopeError
     parser = argparse.ArgumentParser(prog="lmscope sparse")
     register_circuit_commands(parser.add_subparsers(dest="action", required=True))
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ pretraining loss).
 """
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +19,11 @@ from pathlib import Path
 import torch
 import transformers as tf
 
-from ...errors import InputError
-from ...report import save_result, write_page
-from ...report.html import table
-from .circuit import NodePruneConfig, nonsense_task, prune_nodes
-from .edges import count_edges
-from .reading import NodeCircuit, head_attention, node_activations
+from lmscope.core.errors import InputError
+from lmscope.results import Result, table
+from lmscope.papers.weight_sparse.circuit import NodePruneConfig, nonsense_task, prune_nodes
+from lmscope.papers.weight_sparse.edges import count_edges
+from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
 
 
 def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePruneConfig(), *,
@@ -82,7 +82,7 @@ def matched_checkpoint(load, folder, target_loss: float, windows) -> tuple[objec
 
 def random_init(model, seed: int = 0):
     """The same architecture and config, randomly initialised (the control a careful replication needs)."""
-    from ...models import Model
+    from lmscope.core.models import Model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = tf.AutoModelForCausalLM.from_config(model.hf.config).to(model.device, model.dtype).eval()
@@ -101,15 +101,12 @@ def _row(circuit: NodeCircuit) -> dict:
 
 
 @dataclass
-class CompareResult:
+class CompareResult(Result, kind="sparse_compare"):
     sparse: dict                   # {"spec", "heldout_loss", "nonzero_parameters"}
     dense: dict                    # the matched dense model, with every candidate's held-out loss
     tasks: dict                    # task -> {"sparse": row, "dense": row, "edge_ratio_dense_to_sparse": x}
     controls: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def summary(self) -> str:
         s, d = self.sparse, self.dense
@@ -140,15 +137,17 @@ class CompareResult:
                           width=900, height=450)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def title(self) -> str:
+        return "Sparse vs dense circuits"
 
-    def _write_html(self, path: Path) -> Path:
+    def page_intro(self) -> str:
+        return "Gao et al. 2025 comparison at matched pretraining loss; every circuit number on held-out prompts."
+
+    def page_body(self) -> str:
         rows = [[n, w, f"{t[w]['accuracy']:.2f}", t[w]["nodes"], t[w]["edges"], f"{t[w]['faithfulness']:.3f}",
                  f"{t[w]['necessity_drop']:.3f}"] for n, t in self.tasks.items() for w in ("sparse", "dense")]
-        body = f"<pre>{self.summary()}</pre>" + table(["task", "model", "accuracy", "nodes", "edges", "faithfulness",
-                                                       "necessity drop"], rows)
-        return write_page(path, [self.figure()], "Sparse vs dense circuits", "Gao et al. 2025 comparison.", body)
+        return f"<pre>{html.escape(self.summary())}</pre>" + table(
+            ["task", "model", "accuracy", "nodes", "edges", "faithfulness", "necessity drop"], rows)
 
 
 def _ratio(a: int, b: int) -> float:

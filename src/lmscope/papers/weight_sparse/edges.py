@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import ModelSpecError
-from ...trace import qkv_view
+from lmscope.core.errors import ModelSpecError
+from lmscope.core.trace import qkv_view
 
 # the weight-sparse GPT's q/k/v sites are the AbsTopK after each projection; its weight is the projection's
 _PROJECTION_OF = {"q_act": "q_proj", "k_act": "k_proj", "v_act": "v_proj"}

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import html
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
-from ...report import save_result, write_page
-from ...report.html import table
-from .circuit import NODE_KINDS, NodeMasks, mask_edits
+from lmscope.results import Result, table
+from lmscope.papers.weight_sparse.circuit import NODE_KINDS, NodeMasks, mask_edits
 
 
 @torch.no_grad()
@@ -101,7 +99,7 @@ def _node_name(site: str, idx) -> str:
 
 
 @dataclass
-class NodeCircuit:
+class NodeCircuit(Result, kind="node_circuit"):
     model: str
     task: str
     n_prompts_heldout: int
@@ -117,8 +115,8 @@ class NodeCircuit:
     def n_nodes(self) -> int:
         return sum(len(v) for v in self.nodes.values())
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def json_extras(self) -> dict:
+        return {"n_nodes": self.n_nodes}
 
     def masks(self, model) -> NodeMasks:
         out = {}
@@ -215,15 +213,22 @@ class NodeCircuit:
         fig.update_layout(title="Held-out task metric as nodes are removed one by one", width=900, height=420)
         return fig
 
-    def save(self, path) -> Path:
-        return save_result(path, self.to_json, self._write_html)
+    def figures(self) -> list:
+        return [self.figure(), self.activations_figure(), self.curve_figure()]
 
-    def _write_html(self, path: Path) -> Path:
+    def title(self) -> str:
+        return f"Node circuit - {self.task} - {self.model}"
+
+    def page_intro(self) -> str:
+        return ("Gao et al. 2025-style node circuit: kept nodes, nonzero weights between them, activations on the "
+                "task's contrasting prompts, and the metric as nodes are removed.")
+
+    def page_body(self) -> str:
         rows = [[a["node"], f"{a['clean_last']:+.3f}", f"{a['corrupt_last']:+.3f}", f"{a['separation']:+.2f}",
                  a["peak_token"], f"{a['peak_share']:.0%}"]
                 for a in sorted(self.activations, key=lambda a: (a["layer"], _site_order(a["site"])))]
         edges = [[s, d, f"{w:+.4f}"] for s, d, w in self.edges.get("listed", [])[:300]]
-        body = (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
+        return (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
                 + table(["node", "clean (last token)", "corrupt (last token)", "separation",
                          "token where clean and corrupt differ most", "share of prompts"], rows)
                 + "<h3>Heads with kept q/k/v nodes</h3>"
@@ -231,10 +236,6 @@ class NodeCircuit:
                         [[h["head"], ",".join(h["kept"]), f"{h['attention_to_difference']:.3f}"] for h in self.heads])
                 + f"<h3>Edges (largest |weight| first, {len(edges)} of {self.edges['edges']})</h3>"
                 + table(["from", "to", "weight"], edges))
-        return write_page(path, [self.figure(), self.activations_figure(), self.curve_figure()],
-                          f"Node circuit - {self.task} - {self.model}",
-                          "Gao et al. 2025-style node circuit: kept nodes, nonzero weights between them, activations "
-                          "on the task's contrasting prompts, and the metric as nodes are removed.", body)
 
 
 def _site_order(site: str) -> int:
