@@ -6,6 +6,7 @@ import torch
 import transformers as tf
 
 import lmscope
+import lmscope.results
 from lmscope.circuits.tasks import TaskSet
 from lmscope.core.errors import InputError
 from lmscope.core.models.random_models import byte_tokenizer
@@ -70,7 +71,9 @@ def test_training_between_two_families_lowers_the_loss_and_reports_every_layer(t
         assert row["nmse_to_sparse"] > 0 and row["kl_sparse_to_dense"] >= 0
     assert not dense.has_hooks() and not sparse.has_hooks()
     assert all(p.requires_grad for p in dense.hf.parameters())   # restored after training
-    assert result.save(tmp_path / "b.json").exists() and result.save(tmp_path / "b.html").exists()
+    assert result.save(tmp_path / "b.html").exists()
+    back = lmscope.results.Result.load(result.save(tmp_path / "b.json"))
+    assert back.per_layer == result.per_layer and back.pairs == result.pairs
     B.save_bridges(bridges, tmp_path / "bridges.safetensors")
     assert (tmp_path / "bridges.safetensors").stat().st_size > 0
 

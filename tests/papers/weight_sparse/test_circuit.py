@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lmscope
+import lmscope.results
 from lmscope.circuits.tasks import TaskSet
 from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse import circuit as C
@@ -175,7 +176,8 @@ def test_circuit_page_activations_are_the_circuit_runs(tmp_path):
     assert circuit.masks(model).n_kept() == circuit.n_nodes
     page = circuit.save(tmp_path / "circuit.html").read_text()
     assert "Node circuit" in page and page.count("plotly") > 3
-    assert circuit.save(tmp_path / "circuit.json").exists()
+    back = lmscope.results.Result.load(circuit.save(tmp_path / "circuit.json"))
+    assert type(back).__name__ == "NodeCircuit" and back.nodes == circuit.nodes and back.n_nodes == circuit.n_nodes
 
 
 def test_head_attention_reads_the_pattern_at_the_differing_positions():
