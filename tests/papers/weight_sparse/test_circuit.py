@@ -207,3 +207,13 @@ def test_target_above_the_model_is_its_train_loss_plus_delta():
     out = C.prune_nodes(model, signal_task("llama"), windows(), config)
     assert out.info["target_loss"] == pytest.approx(out.info["model_train_loss"] + 0.05)
     assert out.info["target_reached_on_train"] and out.info["train_loss_circuit"] <= out.info["target_loss"]
+
+
+def test_a_given_heldout_task_is_where_the_circuit_is_measured():
+    model = lmscope.load("random:llama")
+    task = signal_task("llama")
+    train, held = task.subset(range(10)), task.subset(range(10, 16))
+    out = C.prune_nodes(model, train, windows(), C.NodePruneConfig(steps=2, batch_size=8, kinds=("neurons",)),
+                        heldout=held)
+    assert out.info["n_train"] == 10 and out.info["n_heldout"] == 6
+    assert out.heldout.clean == held.clean

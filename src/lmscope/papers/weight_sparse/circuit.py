@@ -332,18 +332,20 @@ class PruneOutput:
 
 
 def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig = NodePruneConfig(), *,
-                progress: bool = False) -> PruneOutput:
-    """Learn a node circuit on a train split of `task` and evaluate it on the held-out split."""
+                heldout=None, progress: bool = False) -> PruneOutput:
+    """Learn a node circuit on a train split of `task` and evaluate it on the held-out split; with `heldout` (a
+    task of other prompts, e.g. built from other words) learn on all of `task` and evaluate on `heldout`."""
     if config.ablation not in ("mean", "zero"):
         raise InputError(f"ablation must be 'mean' or 'zero', got {config.ablation!r}")
-    if len(task) < 4:
+    if len(task) < (2 if heldout is not None else 4):
         raise InputError(f"pruning needs at least 4 prompts (train and held-out), got {len(task)}")
     if config.steps < 1 or config.batch_size < 1 or not config.target_loss > 0:
         raise InputError("steps, batch_size and target_loss must be positive")
     if config.above_model is not None and not config.above_model > 0:
         raise InputError("above_model must be a positive number of nats")
     started = time.time()
-    train, held = task.split(config.n_train or len(task) // 2, seed=config.seed)
+    train, held = (task, heldout) if heldout is not None else task.split(config.n_train or len(task) // 2,
+                                                                          seed=config.seed)
     sites = node_sites(model, config.kinds)
     zero = zero_means(model, sites)
     means = reference_means(model, reference, sites) if config.ablation == "mean" else zero

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from lmscope.circuits import load_task
 from lmscope.cli.common import check_outputs, emit, load_model, model_options, output_options
 from lmscope.core.errors import InputError
 from lmscope.core.models import load
@@ -102,16 +103,16 @@ def _load(spec: str, args):
 
 
 def task_builder(name: str, n: int, seed: int):
-    """model -> TaskSet: this folder's Python tasks when it has one of that name, else lmscope's built-in tasks."""
+    """model -> (task to prune on, held-out task or None). This folder's Python tasks (lmscope.papers.weight_sparse
+    .tasks) come as a train-words task and a test-words task; lmscope's built-in tasks as one task, split by prune."""
     try:
         from lmscope.papers.weight_sparse import tasks as ws_tasks
     except ImportError:
         ws_tasks = None
-    build = getattr(ws_tasks, "build_task", None)
-    if build is not None and name in getattr(ws_tasks, "TASKS", ()):
-        return lambda model: build(model, name, n=n, seed=seed)
-    from lmscope.circuits import load_circuit_task
-    return lambda model: load_task(model, name, n=n, seed=seed)
+    if ws_tasks is not None and name in getattr(ws_tasks, "TASKS", ()):
+        return lambda model: (ws_tasks.build_task(model.tokenizer, name, n=n, split="train", seed=seed),
+                              ws_tasks.build_task(model.tokenizer, name, n=n, split="test", seed=seed))
+    return lambda model: (load_circuit_task(model, name, n=n, seed=seed), None)
 
 
 def code_windows(model, split: str, n: int, ctx: int, seed: int = 0) -> list[list[int]]:
@@ -147,10 +148,10 @@ def cmd_prune(args) -> None:
     _check_outputs(args, out=".json")
     config = _config(args)
     model = load_model(args)
-    task = task_builder(args.task, args.n, args.seed)(model)
+    task, held = task_builder(args.task, args.n, args.seed)(model)
     from lmscope.papers.weight_sparse.compare import find_node_circuit
     circuit = find_node_circuit(model, task, code_windows(model, "validation", args.reference, args.ctx), config,
-                                progress=not args.json)
+                                heldout=held, progress=not args.json)
     if args.out:
         saved = {"format": "lmscope node circuit", "model": circuit.model, "task": circuit.task,
                  "nodes": circuit.nodes, "training": {k: v for k, v in circuit.training.items() if k != "history"}}
@@ -177,7 +178,8 @@ def cmd_circuit(args) -> None:
     _check_outputs(args)
     model = load_model(args)
     data = load_circuit_nodes(args.circuit, model)
-    task = task_builder(args.task, args.n, args.seed)(model)
+    task, held = task_builder(args.task, args.n, args.seed)(model)
+    task = held if held is not None else task      # the held-out words where the task has them
     from lmscope.papers.weight_sparse.circuit import evaluate_nodes, reference_means, zero_means
     from lmscope.papers.weight_sparse.edges import count_edges
     from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
@@ -222,8 +224,9 @@ def cmd_bridge(args) -> None:
     bridges, result = train_bridges(dense, sparse, train, held, config, progress=not args.json)
     if args.circuit:
         data = load_circuit_nodes(args.circuit, sparse)
-        task = task_builder(args.task, args.n, args.seed + 1)(sparse)     # prompts not used to find the circuit
-        task = task.subset(task.largest_group())                          # one token length: positions align
+        task, held = task_builder(args.task, args.n, args.seed + 1)(sparse)   # prompts not used to find it
+        task = held if held is not None else task
+        task = task.subset(task.largest_group())                              # one token length: positions align
         from lmscope.papers.weight_sparse.circuit import node_sites, reference_means
         means = reference_means(sparse, code_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
         site, index = _top_node(data, sparse, task, means)

@@ -26,9 +26,9 @@ from lmscope.papers.weight_sparse.edges import count_edges
 from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
 
 
-def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePruneConfig(), *,
+def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePruneConfig(), *, heldout=None,
                       progress: bool = False, list_edges: int = 2000) -> NodeCircuit:
-    out = prune_nodes(model, task, reference, config, progress=progress)
+    out = prune_nodes(model, task, reference, config, heldout=heldout, progress=progress)
     edges = count_edges(model, out.masks, list_limit=list_edges)
     acts = node_activations(model, out.heldout, out.means, out.masks)
     notes = []
@@ -157,8 +157,9 @@ def _ratio(a: int, b: int) -> float:
 def compare(sparse, dense_folder, load, tasks: dict, reference, heldout_windows,
             config: NodePruneConfig = NodePruneConfig(), *, progress: bool = False, controls: bool = True,
             seed: int = 0) -> CompareResult:
-    """`tasks`: name -> a function model -> TaskSet (built with that model's tokenizer). `load(path)` loads a
-    dense folder or checkpoint. `reference` windows give the ablation means; `heldout_windows` the losses."""
+    """`tasks`: name -> a function model -> (TaskSet to prune on, held-out TaskSet or None to split the first),
+    built with that model's tokenizer. `load(path)` loads a dense folder or checkpoint. `reference` windows give the
+    ablation means; `heldout_windows` the losses."""
     if not tasks:
         raise InputError("give at least one task")
     s_loss = heldout_loss(sparse, heldout_windows)
@@ -167,13 +168,16 @@ def compare(sparse, dense_folder, load, tasks: dict, reference, heldout_windows,
     for name, build in tasks.items():
         rows = {}
         for which, model in (("sparse", sparse), ("dense", dense)):
-            rows[which] = _row(find_node_circuit(model, build(model), reference, config, progress=progress))
+            task, held = build(model)
+            rows[which] = _row(find_node_circuit(model, task, reference, config, heldout=held, progress=progress))
         out[name] = {**rows, "edge_ratio_dense_to_sparse": _ratio(rows["dense"]["edges"], rows["sparse"]["edges"])}
     ctl = {}
     if controls:
         first_name, first = next(iter(tasks.items()))
-        labels = find_node_circuit(sparse, nonsense_task(first(sparse), seed), reference, config)
-        init = find_node_circuit(random_init(sparse, seed), first(sparse), reference, config)
+        task, held = first(sparse)
+        labels = find_node_circuit(sparse, nonsense_task(task, seed), reference, config,
+                                   heldout=None if held is None else nonsense_task(held, seed + 1))
+        init = find_node_circuit(random_init(sparse, seed), task, reference, config, heldout=held)
         ctl["random_labels_sparse"] = {**_row(labels), "task": first_name}
         ctl["random_init_sparse"] = {**_row(init), "task": first_name}
     return CompareResult({"spec": sparse.spec, "heldout_loss": s_loss,
