@@ -170,6 +170,8 @@ def test_circuit_page_activations_are_the_circuit_runs(tmp_path):
     run = model.run(task.clean, read=["neurons.1"], edits=C.mask_edits(model, means, masks))
     last = run.at_last(run["neurons.1"])
     assert rows[0]["clean_last"] == pytest.approx(float(last[:, 3].double().mean()), abs=1e-5)
+    # signal_task's corrupt prompts differ from the first token on
+    assert rows[1]["clean_change"] == pytest.approx(float(run["neurons.1"][:, 0, 9].double().mean()), abs=1e-5)
     circuit = find_node_circuit(model, task, windows(), C.NodePruneConfig(steps=3, batch_size=8, kinds=("neurons",),
                                                                          target_loss=0.5))
     assert circuit.n_nodes == circuit.evaluation["n_nodes"]

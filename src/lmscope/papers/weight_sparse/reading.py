@@ -26,26 +26,31 @@ from lmscope.papers.weight_sparse.circuit import NODE_KINDS, NodeMasks, mask_edi
 
 @torch.no_grad()
 def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int = 64, batch_size: int = 16) -> list:
-    """One row per kept node: mean activation at the last token on clean and corrupt prompts, their separation
-    (difference over the pooled standard deviation), and the clean-prompt token where |clean - corrupt| peaks most
-    often (with how often)."""
+    """One row per kept node: mean activation at the last token on clean and corrupt prompts and their separation
+    (difference of means over the pooled standard deviation); the same at the first token where the clean and
+    corrupt prompts differ (the opening quote of a quote task: where a quote-type classifier fires); and the
+    clean-prompt token where |clean - corrupt| peaks most often (with how often)."""
     kept = masks.kept()
     if not kept:
         return []
     sites = sorted({s for s, _ in kept})
     rows = list(range(min(len(task), max_prompts)))
     edits = mask_edits(model, means, masks)
-    last_c, last_k, peak_tokens = {}, {}, {}
+    last_c, last_k, change_c, change_k, peak_tokens = {}, {}, {}, {}, {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         runs = [model.run([side[r] for r in chunk], read=sites, edits=edits) for side in (task.clean, task.corrupt)]
         lengths = runs[0].attention_mask.sum(1) - 1
+        first = torch.tensor([next((i for i, (x, y) in enumerate(zip(task.clean[r], task.corrupt[r])) if x != y),
+                                   len(task.clean[r]) - 1) for r in chunk])
         for site, idx in kept:
             c = runs[0][site][(slice(None), slice(None)) + idx]      # [b, s]
             k = runs[1][site][(slice(None), slice(None)) + idx]
             ar = torch.arange(len(chunk))
             last_c.setdefault((site, idx), []).append(c[ar, lengths])
             last_k.setdefault((site, idx), []).append(k[ar, lengths])
+            change_c.setdefault((site, idx), []).append(c[ar, first])
+            change_k.setdefault((site, idx), []).append(k[ar, first])
             diff = (c - k).abs() * runs[0].attention_mask
             for b, pos in enumerate(diff.argmax(1).tolist()):
                 token = model.to_str_tokens([task.clean[chunk[b]][pos]])[0] if diff[b].max() > 0 else "(none)"
@@ -53,13 +58,20 @@ def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int =
     out = []
     for site, idx in kept:
         c, k = torch.cat(last_c[(site, idx)]).double(), torch.cat(last_k[(site, idx)]).double()
-        pooled = float(torch.cat([c - c.mean(), k - k.mean()]).std()) if len(c) > 1 else 0.0
+        cc, ck = torch.cat(change_c[(site, idx)]).double(), torch.cat(change_k[(site, idx)]).double()
         token, count = peak_tokens[(site, idx)].most_common(1)[0]
         out.append({"node": _node_name(site, idx), "site": site, "index": list(idx), "kind": site.split(".")[0],
                     "layer": int(site.split(".")[1]), "clean_last": float(c.mean()), "corrupt_last": float(k.mean()),
-                    "separation": float((c.mean() - k.mean()) / pooled) if pooled > 0 else 0.0,
+                    "separation": _separation(c, k), "clean_change": float(cc.mean()),
+                    "corrupt_change": float(ck.mean()), "change_separation": _separation(cc, ck),
                     "peak_token": token, "peak_share": count / len(rows)})
     return out
+
+
+def _separation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """(mean a - mean b) / pooled standard deviation; 0 when both are constant."""
+    pooled = float(torch.cat([a - a.mean(), b - b.mean()]).std()) if len(a) > 1 else 0.0
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
 
 
 @torch.no_grad()
@@ -148,10 +160,11 @@ class NodeCircuit(Result, kind="node_circuit"):
                          f"{t.get('train_loss_circuit', nan):.3f} (target {t.get('target_loss', nan):.3f}, "
                          f"{t.get('target_rule', 'absolute')}; model {t.get('model_train_loss', nan):.3f}; "
                          f"reached: {t.get('target_reached_on_train')})")
-        for a in sorted(self.activations, key=lambda a: -abs(a["separation"]))[:12]:
-            lines.append(f"  {a['node']:<22} last token: clean {a['clean_last']:+.3f} corrupt {a['corrupt_last']:+.3f}"
-                         f" (separation {a['separation']:+.2f}); differs most at {a['peak_token']!r} "
-                         f"({a['peak_share']:.0%})")
+        for a in sorted(self.activations, key=_strength)[:16]:
+            lines.append(f"  {a['node']:<18} at the changed token: clean {a.get('clean_change', 0):+.3f} corrupt "
+                         f"{a.get('corrupt_change', 0):+.3f} (sep {a.get('change_separation', 0):+.2f}); last "
+                         f"token: {a['clean_last']:+.3f} / {a['corrupt_last']:+.3f} (sep {a['separation']:+.2f}); "
+                         f"differs most at {a['peak_token']!r} ({a['peak_share']:.0%})")
         for h in sorted(self.heads, key=lambda h: -h["attention_to_difference"])[:6]:
             lines.append(f"  head {h['head']:<6} (kept {','.join(h['kept'])}): last token attends "
                          f"{h['attention_to_difference']:.2f} to the {h['differing_positions']:.1f} position(s) where "
@@ -224,18 +237,25 @@ class NodeCircuit(Result, kind="node_circuit"):
                 "task's contrasting prompts, and the metric as nodes are removed.")
 
     def page_body(self) -> str:
-        rows = [[a["node"], f"{a['clean_last']:+.3f}", f"{a['corrupt_last']:+.3f}", f"{a['separation']:+.2f}",
-                 a["peak_token"], f"{a['peak_share']:.0%}"]
+        rows = [[a["node"], f"{a.get('clean_change', 0):+.3f}", f"{a.get('corrupt_change', 0):+.3f}",
+                 f"{a.get('change_separation', 0):+.2f}", f"{a['clean_last']:+.3f}", f"{a['corrupt_last']:+.3f}",
+                 f"{a['separation']:+.2f}", a["peak_token"], f"{a['peak_share']:.0%}"]
                 for a in sorted(self.activations, key=lambda a: (a["layer"], _site_order(a["site"])))]
         edges = [[s, d, f"{w:+.4f}"] for s, d, w in self.edges.get("listed", [])[:300]]
         return (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
-                + table(["node", "clean (last token)", "corrupt (last token)", "separation",
+                + table(["node", "clean (changed token)", "corrupt (changed token)", "separation",
+                         "clean (last token)", "corrupt (last token)", "separation",
                          "token where clean and corrupt differ most", "share of prompts"], rows)
                 + "<h3>Heads with kept q/k/v nodes</h3>"
                 + table(["head", "kept", "attention from the last token to the differing positions"],
                         [[h["head"], ",".join(h["kept"]), f"{h['attention_to_difference']:.3f}"] for h in self.heads])
                 + f"<h3>Edges (largest |weight| first, {len(edges)} of {self.edges['edges']})</h3>"
                 + table(["from", "to", "weight"], edges))
+
+
+def _strength(a: dict) -> float:
+    """Order of the summary: the node's larger |separation| (changed token or last token), largest first."""
+    return -max(abs(a["separation"]), abs(a.get("change_separation", 0.0)))
 
 
 def _site_order(site: str) -> int:
