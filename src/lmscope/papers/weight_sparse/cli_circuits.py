@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from lmscope.circuits import load_task
+from lmscope.circuits import load_circuit_task
 from lmscope.cli.common import check_outputs, emit, load_model, model_options, output_options
 from lmscope.core.errors import InputError
 from lmscope.core.models import load
