@@ -219,3 +219,18 @@ def test_a_given_heldout_task_is_where_the_circuit_is_measured():
                         heldout=held)
     assert out.info["n_train"] == 10 and out.info["n_heldout"] == 6
     assert out.heldout.clean == held.clean
+
+
+def test_separation_by_answer_pools_clean_and_corrupt_by_their_label():
+    from lmscope.papers.weight_sparse.reading import node_activations
+    model = lmscope.load("random:llama")
+    base = signal_task("llama").subset(range(8))
+    # two classes: answer 1 on clean (wrong 2), so the corrupt prompts are the other class
+    task = TaskSet("two", base.clean, base.corrupt, [1] * 8, [2] * 8, "logit_diff", 0, {}, base.templates)
+    sites = C.node_sites(model, ("neurons",))
+    means = C.zero_means(model, sites)
+    masks = C.NodeMasks.full(model, sites, 0.0)
+    masks.masks["neurons.0"][4] = 1
+    row = node_activations(model, task, means, masks)[0]
+    assert row["label_separation_last"] == pytest.approx(row["separation"], abs=1e-9)
+    assert row["label_a"] != row["label_b"]

@@ -29,7 +29,9 @@ def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int =
     """One row per kept node: mean activation at the last token on clean and corrupt prompts and their separation
     (difference of means over the pooled standard deviation); the same at the first token where the clean and
     corrupt prompts differ (the opening quote of a quote task: where a quote-type classifier fires); and the
-    clean-prompt token where |clean - corrupt| peaks most often (with how often)."""
+    clean-prompt token where |clean - corrupt| peaks most often (with how often). A task's clean prompts may hold
+    both classes (quotes opened with ' and with "): `label_separation` pools clean and corrupt prompts and separates
+    them by their correct answer (the two most common answer tokens), at the changed token and at the last token."""
     kept = masks.kept()
     if not kept:
         return []
@@ -55,22 +57,33 @@ def node_activations(model, task, means, masks: NodeMasks, *, max_prompts: int =
             for b, pos in enumerate(diff.argmax(1).tolist()):
                 token = model.to_str_tokens([task.clean[chunk[b]][pos]])[0] if diff[b].max() > 0 else "(none)"
                 peak_tokens.setdefault((site, idx), Counter())[token] += 1
+    labels = torch.tensor([task.answer[r] for r in rows] + [task.wrong[r] for r in rows])
+    top = [t for t, _ in Counter(labels.tolist()).most_common(2)]
+    a_rows, b_rows = (labels == top[0], labels == top[-1]) if len(top) == 2 else (None, None)
     out = []
     for site, idx in kept:
         c, k = torch.cat(last_c[(site, idx)]).double(), torch.cat(last_k[(site, idx)]).double()
         cc, ck = torch.cat(change_c[(site, idx)]).double(), torch.cat(change_k[(site, idx)]).double()
         token, count = peak_tokens[(site, idx)].most_common(1)[0]
+        by_label = {}
+        if a_rows is not None:
+            last, change = torch.cat([c, k]), torch.cat([cc, ck])
+            by_label = {"label_a": model.to_str_tokens([top[0]])[0], "label_b": model.to_str_tokens([top[1]])[0],
+                        "label_separation": _separation(change[a_rows], change[b_rows]),
+                        "label_separation_last": _separation(last[a_rows], last[b_rows])}
         out.append({"node": _node_name(site, idx), "site": site, "index": list(idx), "kind": site.split(".")[0],
                     "layer": int(site.split(".")[1]), "clean_last": float(c.mean()), "corrupt_last": float(k.mean()),
                     "separation": _separation(c, k), "clean_change": float(cc.mean()),
                     "corrupt_change": float(ck.mean()), "change_separation": _separation(cc, ck),
-                    "peak_token": token, "peak_share": count / len(rows)})
+                    "peak_token": token, "peak_share": count / len(rows), **by_label})
     return out
 
 
 def _separation(a: torch.Tensor, b: torch.Tensor) -> float:
-    """(mean a - mean b) / pooled standard deviation; 0 when both are constant."""
-    pooled = float(torch.cat([a - a.mean(), b - b.mean()]).std()) if len(a) > 1 else 0.0
+    """(mean a - mean b) / pooled standard deviation; 0 when both are constant (or a class is empty)."""
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    pooled = float(torch.cat([a - a.mean(), b - b.mean()]).std()) if len(a) + len(b) > 2 else 0.0
     return float((a.mean() - b.mean()) / pooled) if pooled > 0 else 0.0
 
 
@@ -161,10 +174,11 @@ class NodeCircuit(Result, kind="node_circuit"):
                          f"{t.get('target_rule', 'absolute')}; model {t.get('model_train_loss', nan):.3f}; "
                          f"reached: {t.get('target_reached_on_train')})")
         for a in sorted(self.activations, key=_strength)[:16]:
-            lines.append(f"  {a['node']:<18} at the changed token: clean {a.get('clean_change', 0):+.3f} corrupt "
-                         f"{a.get('corrupt_change', 0):+.3f} (sep {a.get('change_separation', 0):+.2f}); last "
-                         f"token: {a['clean_last']:+.3f} / {a['corrupt_last']:+.3f} (sep {a['separation']:+.2f}); "
-                         f"differs most at {a['peak_token']!r} ({a['peak_share']:.0%})")
+            label = (f"answer {a['label_a']!r} vs {a['label_b']!r}: sep {a['label_separation']:+.2f} at the changed "
+                     f"token, {a['label_separation_last']:+.2f} at the last; " if "label_a" in a else "")
+            lines.append(f"  {a['node']:<18} {label}clean vs corrupt: sep {a.get('change_separation', 0):+.2f} at "
+                         f"the changed token, {a['separation']:+.2f} at the last; differs most at "
+                         f"{a['peak_token']!r} ({a['peak_share']:.0%})")
         for h in sorted(self.heads, key=lambda h: -h["attention_to_difference"])[:6]:
             lines.append(f"  head {h['head']:<6} (kept {','.join(h['kept'])}): last token attends "
                          f"{h['attention_to_difference']:.2f} to the {h['differing_positions']:.1f} position(s) where "
@@ -237,13 +251,15 @@ class NodeCircuit(Result, kind="node_circuit"):
                 "task's contrasting prompts, and the metric as nodes are removed.")
 
     def page_body(self) -> str:
-        rows = [[a["node"], f"{a.get('clean_change', 0):+.3f}", f"{a.get('corrupt_change', 0):+.3f}",
+        rows = [[a["node"], f"{a.get('label_separation', 0):+.2f}", f"{a.get('label_separation_last', 0):+.2f}",
+                 f"{a.get('clean_change', 0):+.3f}", f"{a.get('corrupt_change', 0):+.3f}",
                  f"{a.get('change_separation', 0):+.2f}", f"{a['clean_last']:+.3f}", f"{a['corrupt_last']:+.3f}",
                  f"{a['separation']:+.2f}", a["peak_token"], f"{a['peak_share']:.0%}"]
                 for a in sorted(self.activations, key=lambda a: (a["layer"], _site_order(a["site"])))]
         edges = [[s, d, f"{w:+.4f}"] for s, d, w in self.edges.get("listed", [])[:300]]
         return (f"<pre>{html.escape(self.summary())}</pre><h3>Nodes</h3>"
-                + table(["node", "clean (changed token)", "corrupt (changed token)", "separation",
+                + table(["node", "separation by answer (changed token)", "separation by answer (last token)",
+                         "clean (changed token)", "corrupt (changed token)", "separation",
                          "clean (last token)", "corrupt (last token)", "separation",
                          "token where clean and corrupt differ most", "share of prompts"], rows)
                 + "<h3>Heads with kept q/k/v nodes</h3>"
@@ -255,7 +271,8 @@ class NodeCircuit(Result, kind="node_circuit"):
 
 def _strength(a: dict) -> float:
     """Order of the summary: the node's larger |separation| (changed token or last token), largest first."""
-    return -max(abs(a["separation"]), abs(a.get("change_separation", 0.0)))
+    return -max(abs(a.get(k, 0.0)) for k in ("separation", "change_separation", "label_separation",
+                                              "label_separation_last"))
 
 
 def _site_order(site: str) -> int:
