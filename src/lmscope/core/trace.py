@@ -104,6 +104,9 @@ def check_supported(model, site: Site) -> None:
         raise SiteError(f"'{site}': the {model.adapter.family} adapter names no q/k/v projections (no q/k/v sites)")
     if site.kind == "attn_in" and not model.adapter.attn_in_norm:
         raise SiteError(f"'{site}': the {model.adapter.family} adapter names no attention input (no attn_in site)")
+    if site.kind == "mlp_in" and not model.has_block_module(model.adapter.mlp_in_norm):
+        raise SiteError(f"'{site}': this {model.adapter.family} model names no MLP input norm (no mlp_in site; with "
+                        f"parallel attention the MLP reads resid_pre)")
 
 
 def _check_weight(model, site, weight, shape):

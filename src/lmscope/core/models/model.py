@@ -103,6 +103,10 @@ class Model:
     def module(self, path: str) -> torch.nn.Module:
         return self._modules[path]
 
+    def has_block_module(self, rel: str) -> bool:
+        """Whether layer 0 has the module at `rel` (e.g. a parallel block may have no MLP input norm)."""
+        return f"{self.adapter.layers}.0.{rel}" in self._modules
+
     def block_module(self, layer: int, rel: str = "") -> torch.nn.Module:
         return self._modules[f"{self.adapter.layers}.{layer}" + (f".{rel}" if rel else "")]
 
@@ -114,7 +118,7 @@ class Model:
         if names is None:
             a = self.adapter
             missing = (() if a.has_neurons else ("neurons",)) + (() if a.qkv else ("q", "k", "v")) + \
-                (() if a.attn_in_norm else ("attn_in",))
+                (() if a.attn_in_norm else ("attn_in",)) + (() if self.has_block_module(a.mlp_in_norm) else ("mlp_in",))
             kinds = [k for k in LAYER_KINDS if k not in missing]
             names = ["embed"] + [f"{k}.*" for k in kinds] + ["final_norm", "logits"]
         return sorted(expand_sites(names, self.n_layers), key=lambda s: s.order_key(self.n_layers))

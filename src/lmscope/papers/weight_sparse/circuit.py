@@ -35,9 +35,17 @@ TARGET_LOSS = 0.15
 
 
 def node_sites(model, kinds=NODE_KINDS) -> list[str]:
+    """Node sites of every layer; with the default kinds, those the model's family has (e.g. a mixture-of-experts
+    MLP has no neurons, Falcon no q/k/v sites); a kind asked for by name that the model lacks is an error."""
     bad = [k for k in kinds if k not in NODE_KINDS]
     if bad:
         raise InputError(f"unknown node kind {bad[0]!r}: one of {', '.join(NODE_KINDS)}")
+    have = {s.kind for s in model.sites()}
+    if tuple(kinds) == NODE_KINDS:
+        kinds = [k for k in kinds if k in have]
+    elif any(k not in have for k in kinds):
+        missing = next(k for k in kinds if k not in have)
+        raise InputError(f"{model.spec} ({model.adapter.family}) has no {missing} sites")
     return [f"{kind}.{layer}" for layer in range(model.n_layers) for kind in kinds]
 
 

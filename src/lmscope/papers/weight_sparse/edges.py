@@ -71,12 +71,14 @@ def _v_out_weight(model, layer: int) -> torch.Tensor:
 def layer_matrices(model, layer: int) -> list[tuple[str, str, torch.Tensor]]:
     """(source kind, target kind, weight [target features..., source features...]) for one layer."""
     out = []
-    for kind in "qkv":
-        w = _qkv_weight(model, layer, kind)                       # [d_in, heads, dh]
-        out.append(("attn_in", kind, w.permute(1, 2, 0)))          # [heads, dh, d_in]
-    out.append(("v", "attn_out", _v_out_weight(model, layer)))    # [d_model, kv, dh]
-    out.append(("mlp_in", "neurons", _mlp_in_weight(model, layer)))
-    out.append(("neurons", "mlp_out", weight_matrix(model.block_module(layer, model.adapter.down_proj))))
+    if model.adapter.qkv:                                          # families without q/k/v sites have no such nodes
+        for kind in "qkv":
+            w = _qkv_weight(model, layer, kind)                   # [d_in, heads, dh]
+            out.append(("attn_in", kind, w.permute(1, 2, 0)))      # [heads, dh, d_in]
+        out.append(("v", "attn_out", _v_out_weight(model, layer)))  # [d_model, kv, dh]
+    if model.adapter.has_neurons:                                  # a mixture of experts has no neuron nodes
+        out.append(("mlp_in", "neurons", _mlp_in_weight(model, layer)))
+        out.append(("neurons", "mlp_out", weight_matrix(model.block_module(layer, model.adapter.down_proj))))
     return out
 
 
