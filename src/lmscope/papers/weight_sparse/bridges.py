@@ -33,6 +33,7 @@ from torch import nn
 from lmscope.core.edits import add, interpolate, replace
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import kl_reference_edited
+from lmscope.papers.weight_sparse.model import abstopk
 from lmscope.results import Result, table
 
 PROBE = "def f(x):\n    return 'a' + \"b\"  # [1, 2]\n"
@@ -54,12 +55,6 @@ def layer_pairs(dense, sparse) -> list[tuple[int, int]]:
     """(dense layer, sparse layer): equal depths pair layer by layer, otherwise by relative depth."""
     nd, ns = dense.n_layers, sparse.n_layers
     return [(round(b * (nd - 1) / max(1, ns - 1)) if nd != ns else b, b) for b in range(ns)]
-
-
-def abstopk(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest |x| of the last dim, zero the rest (gradient flows through the kept entries)."""
-    idx = x.abs().topk(k, dim=-1).indices
-    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
 
 
 class Bridge(nn.Module):

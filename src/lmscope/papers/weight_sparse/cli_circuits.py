@@ -8,7 +8,7 @@
     lmscope sparse compare --sparse runs/sparse --dense runs/dense --tasks single_double_quote,bracket_counting
 
 Reference text (ablation means) is the validation split of the Python corpus, held-out text (losses, bridges) its
-test split, bridge training text its train split (the split of this folder's data.py when present).
+test split, bridge training text its train split (lmscope.papers.weight_sparse.data splits files by hash).
 """
 from __future__ import annotations
 
@@ -103,37 +103,29 @@ def _load(spec: str, args):
 
 
 def task_builder(name: str, n: int, seed: int):
-    """model -> (task to prune on, held-out task or None). This folder's Python tasks (lmscope.papers.weight_sparse
-    .tasks) come as a train-words task and a test-words task; lmscope's built-in tasks as one task, split by prune."""
-    try:
-        from lmscope.papers.weight_sparse import tasks as ws_tasks
-    except ImportError:
-        ws_tasks = None
-    if ws_tasks is not None and name in getattr(ws_tasks, "TASKS", ()):
-        return lambda model: (ws_tasks.build_task(model.tokenizer, name, n=n, split="train", seed=seed),
-                              ws_tasks.build_task(model.tokenizer, name, n=n, split="test", seed=seed))
+    """model -> (task to prune on, held-out task or None). The Python tasks of lmscope.papers.weight_sparse.tasks
+    come as a train-words task and a test-words task; lmscope's built-in circuit tasks as one task, which pruning
+    splits."""
+    from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task
+    if name in SPARSE_TASKS:
+        return lambda model: (build_task(model.tokenizer, name, n=n, split="train", seed=seed),
+                              build_task(model.tokenizer, name, n=n, split="test", seed=seed))
     return lambda model: (load_circuit_task(model, name, n=n, seed=seed), None)
 
 
-def code_windows(model, split: str, n: int, ctx: int, seed: int = 0) -> list[list[int]]:
-    """n windows of ctx tokens of Python source of one split (this folder's data.py split by file hash; without
-    it, the python corpus in a seeded document order)."""
+def _split_windows(model, split: str, n: int, ctx: int) -> list[list[int]]:
+    """n windows of ctx tokens of the Python files of one split (lmscope.papers.weight_sparse.data splits them by
+    hash), each file tokenized on its own (any tokenizer: no end-of-text token needed)."""
+    from lmscope.data.corpora import iter_token_windows
+    from lmscope.papers.weight_sparse.data import split_texts
     if model.tokenizer is None:
         raise InputError(f"{model.spec} has no tokenizer")
-    try:
-        from lmscope.papers.weight_sparse.data import split_texts, token_windows
-    except ImportError:
-        from lmscope.data.corpora import iter_token_windows
-        offset = {"train": 0, "validation": 1, "test": 2}[split]
-        rows = [w.input_ids for w in iter_token_windows(model.tokenizer, "python", n_tokens=(n + 1) * ctx * 3,
-                                                        window=ctx, seed=seed)]
-        rows = [r for r in rows if len(r) == ctx][offset::3]
-        return rows[:n]
     texts = split_texts(split, max_chars=max(200_000, n * ctx * 8))
-    windows = token_windows(model.tokenizer, texts, ctx)
+    windows = [w.input_ids for w in iter_token_windows(model.tokenizer, texts, n_tokens=2 * (n + 1) * ctx, window=ctx)]
+    windows = [w for w in windows if len(w) == ctx][:n]
     if len(windows) < n:
         raise InputError(f"the {split} split gives {len(windows)} windows of {ctx} tokens, fewer than {n}")
-    return windows[:n].tolist()
+    return windows
 
 
 def _config(args):
@@ -150,7 +142,7 @@ def cmd_prune(args) -> None:
     model = load_model(args)
     task, held = task_builder(args.task, args.n, args.seed)(model)
     from lmscope.papers.weight_sparse.compare import find_node_circuit
-    circuit = find_node_circuit(model, task, code_windows(model, "validation", args.reference, args.ctx), config,
+    circuit = find_node_circuit(model, task, _split_windows(model, "validation", args.reference, args.ctx), config,
                                 heldout=held, progress=not args.json)
     if args.out:
         saved = {"format": "lmscope node circuit", "model": circuit.model, "task": circuit.task,
@@ -188,7 +180,7 @@ def cmd_circuit(args) -> None:
     sites = list(masks.masks)
     zero = zero_means(model, sites)
     means = zero if args.ablation == "zero" else reference_means(
-        model, code_windows(model, "validation", args.reference, args.ctx), sites)
+        model, _split_windows(model, "validation", args.reference, args.ctx), sites)
     from dataclasses import asdict
     ev = evaluate_nodes(model, task, means, masks, zero_means_=None if args.ablation == "zero" else zero,
                         seed=args.seed, batch_size=args.batch_size)
@@ -218,8 +210,8 @@ def cmd_bridge(args) -> None:
     dense, sparse = _load(args.dense, args), _load(args.sparse, args)
     from lmscope.papers.weight_sparse.bridges import check_pair
     check_pair(dense, sparse)
-    train = code_windows(sparse, "train", args.train_windows, args.ctx, args.seed)
-    held = code_windows(sparse, "test", args.heldout_windows, args.ctx, args.seed)
+    train = _split_windows(sparse, "train", args.train_windows, args.ctx)
+    held = _split_windows(sparse, "test", args.heldout_windows, args.ctx)
     config = BridgeConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     bridges, result = train_bridges(dense, sparse, train, held, config, progress=not args.json)
     if args.circuit:
@@ -228,7 +220,7 @@ def cmd_bridge(args) -> None:
         task = held if held is not None else task
         task = task.subset(task.largest_group())                              # one token length: positions align
         from lmscope.papers.weight_sparse.circuit import node_sites, reference_means
-        means = reference_means(sparse, code_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
+        means = reference_means(sparse, _split_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
         site, index = _top_node(data, sparse, task, means)
         layer = int(site.split(".")[1])
         pair = result.pairs[layer]
@@ -248,8 +240,8 @@ def cmd_compare(args) -> None:
     sparse = _load(f"hf:{args.sparse}", args)
     tasks = {name: task_builder(name, args.n, args.seed) for name in names}
     result = compare(sparse, args.dense, lambda p: _load(f"hf:{p}", args), tasks,
-                     code_windows(sparse, "validation", args.reference, args.ctx),
-                     code_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),
+                     _split_windows(sparse, "validation", args.reference, args.ctx),
+                     _split_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),
                      progress=not args.json, controls=not args.no_controls, seed=args.seed)
     emit(args, result)
 
