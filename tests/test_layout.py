@@ -45,7 +45,7 @@ def layer_of(mod: str) -> int:
         return LAYERS["lab"] + 1          # the top-level facade re-exports the public API
     if bits[1] in ("core", "data", "results", "cli", "lab"):
         return LAYERS[bits[1]]
-    if bits[-1] in ("cli", "__main__"):
+    if bits[-1] in ("cli", "__main__") or bits[-1].startswith("cli_"):
         return LAYERS["cli"]
     return LAYERS["part"]
 

@@ -192,7 +192,7 @@ def test_head_attention_reads_the_pattern_at_the_differing_positions():
     masks = C.NodeMasks.full(model, sites, 0.0)
     masks.masks["q.1"][2, 0] = 1          # query head 2
     masks.masks["k.0"][1, 5] = 1          # KV head 1 -> query heads 2 and 3 (4 heads, 2 KV heads)
-    means = C.zero_means(model, sites)
+    means = C.node_zero_means(model, sites)
     rows = head_attention(model, task, means, masks)
     assert [(r["layer"], r["head"]) for r in rows] == [(0, "0.2"), (0, "0.3"), (1, "1.2")]
     assert all(r["differing_positions"] == 1 for r in rows)
@@ -228,7 +228,7 @@ def test_separation_by_answer_pools_clean_and_corrupt_by_their_label():
     # two classes: answer 1 on clean (wrong 2), so the corrupt prompts are the other class
     task = TaskSet("two", base.clean, base.corrupt, [1] * 8, [2] * 8, "logit_diff", 0, {}, base.templates)
     sites = C.node_sites(model, ("neurons",))
-    means = C.zero_means(model, sites)
+    means = C.node_zero_means(model, sites)
     masks = C.NodeMasks.full(model, sites, 0.0)
     masks.masks["neurons.0"][4] = 1
     row = node_activations(model, task, means, masks)[0]

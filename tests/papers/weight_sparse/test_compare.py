@@ -38,7 +38,7 @@ def test_compare_on_tiny_models(tmp_path):
         tok.save_pretrained(tmp_path / "dense" / "checkpoints" / f"step{seed}")
     held = windows(4, seed=3)
     config = C.NodePruneConfig(steps=3, batch_size=6, kinds=("neurons", "mlp_out"), target_loss=0.5)
-    result = K.compare(sparse, tmp_path / "dense", lambda p: lmscope.load(f"hf:{p}"), {"toy": lambda m: (signal_task(m), None)},
+    result = K.compare_sparse_dense(sparse, tmp_path / "dense", lambda p: lmscope.load(f"hf:{p}"), {"toy": lambda m: (signal_task(m), None)},
                        windows(4), held, config)
     cands = result.dense["candidates"]
     assert len(cands) == 3

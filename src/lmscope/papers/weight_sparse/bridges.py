@@ -35,6 +35,7 @@ from lmscope.core.errors import InputError
 from lmscope.core.metrics import kl_reference_edited
 from lmscope.papers.weight_sparse.model import abstopk
 from lmscope.results import Result, table
+from lmscope.results import atomic_path, check_output
 
 PROBE = "def f(x):\n    return 'a' + \"b\"  # [1, 2]\n"
 
@@ -327,7 +328,6 @@ def steering_figure(s: dict):
 def save_bridges(bridges: list[Bridge], path, *, overwrite: bool = False) -> Path:
     """The bridges' weights as safetensors (atomic)."""
     from safetensors.torch import save_file
-    from lmscope.results import atomic_path, check_output
     tensors = {f"{i}.{name}": p.detach().contiguous().cpu() for i, b in enumerate(bridges)
                for name, p in b.state_dict().items()}
     with atomic_path(check_output(path, overwrite=overwrite, suffixes=(".safetensors",), what="bridges")) as tmp:

@@ -72,7 +72,7 @@ def reference_means(model, windows: list[list[int]], sites: list[str], *, batch_
     return {s: (v / count).to(model.dtype) for s, v in sums.items()}
 
 
-def zero_means(model, sites) -> dict[str, torch.Tensor]:
+def node_zero_means(model, sites) -> dict[str, torch.Tensor]:
     return {s: torch.zeros(node_shape(model, s), dtype=model.dtype, device=model.device) for s in sites}
 
 
@@ -355,7 +355,7 @@ def prune_nodes(model, task, reference: list[list[int]], config: NodePruneConfig
     train, held = (task, heldout) if heldout is not None else task.split(config.n_train or len(task) // 2,
                                                                           seed=config.seed)
     sites = node_sites(model, config.kinds)
-    zero = zero_means(model, sites)
+    zero = node_zero_means(model, sites)
     means = reference_means(model, reference, sites) if config.ablation == "mean" else zero
     with torch.no_grad():
         model_loss = float(task_loss(train, masked_logits(model, train, means, NodeMasks.full(model, sites),

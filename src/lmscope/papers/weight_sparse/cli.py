@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from lmscope.cli.common import add_config_options, check_outputs, emit, output_options
 from lmscope.harvest import launched_world
+from lmscope.papers.weight_sparse.cli_circuits import register_circuit_commands
 from lmscope.papers.weight_sparse.config import SparseTrainConfig, preset_config
 from lmscope.papers.weight_sparse.tasks import evaluate_tasks
 from lmscope.papers.weight_sparse.train import train_sparse
@@ -35,7 +36,7 @@ def cmd_tasks(args) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sparse", help="weight-sparse transformers (Gao et al. 2025): train, task accuracy")
+    p = sub.add_parser("sparse", help="weight-sparse transformers (Gao et al. 2025): train, tasks, prune, circuit, bridge, compare")
     actions = p.add_subparsers(dest="action", required=True)
 
     t = actions.add_parser("train", help="train a weight-sparse model or (--weight-frac 1) its dense baseline")
@@ -51,3 +52,4 @@ def register(sub) -> None:
     k.add_argument("--n", type=int, default=200, help="held-out prompts per task (default 200)")
     output_options(k)
     k.set_defaults(func=cmd_tasks)
+    register_circuit_commands(actions)      # prune, circuit, bridge, compare

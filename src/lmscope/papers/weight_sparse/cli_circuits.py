@@ -18,8 +18,17 @@ from pathlib import Path
 
 from lmscope.circuits import load_circuit_task
 from lmscope.cli.common import check_outputs, emit, load_model, model_options, output_options
-from lmscope.core.errors import InputError
+from lmscope.core.errors import InputError, LmscopeError
 from lmscope.core.models import load
+from lmscope.data.corpora import iter_token_windows
+from lmscope.papers.weight_sparse.bridges import BridgeConfig, bridge_steering, check_pair, save_bridges, train_bridges
+from lmscope.papers.weight_sparse.circuit import (NODE_KINDS, NodePruneConfig, evaluate_nodes, node_sites,
+                                                  node_zero_means, reference_means)
+from lmscope.papers.weight_sparse.compare import candidate_folders, compare_sparse_dense, find_node_circuit
+from lmscope.papers.weight_sparse.data import split_texts
+from lmscope.papers.weight_sparse.edges import count_edges
+from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
+from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task
 from lmscope.results import check_output, write_atomic
 
 
@@ -28,7 +37,7 @@ def _common(q, model: bool = True) -> None:
         model_options(q)
     q.add_argument("--n", type=int, default=200, help="prompts per task (default 200)")
     q.add_argument("--steps", type=int, default=200, help="mask-training steps (default 200)")
-    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
     q.add_argument("--lr", type=float, default=0.1, help="learning rate of the gate logits (default 0.1)")
     q.add_argument("--target", type=float, default=0.15, help="task loss target in nats (default 0.15, the paper's)")
     q.add_argument("--above-model", type=float, default=None, metavar="NATS",
@@ -36,10 +45,11 @@ def _common(q, model: bool = True) -> None:
                         "not reach --target themselves)")
     q.add_argument("--kinds", default="", help="node kinds, comma-separated (default: all of attn_in,q,k,v,"
                                                "attn_out,mlp_in,neurons,mlp_out)")
-    q.add_argument("--ablation", choices=("mean", "zero"), default="mean")
+    q.add_argument("--ablation", choices=("mean", "zero"), default="mean",
+                   help="what a removed node is set to: its mean over reference code, or zero (default mean)")
     q.add_argument("--reference", type=int, default=64, help="reference windows for the means (default 64)")
     q.add_argument("--ctx", type=int, default=64, help="tokens per reference / held-out window (default 64)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="gate noise and sampling seed (default 0)")
     output_options(q)
 
 
@@ -53,25 +63,26 @@ def register_circuit_commands(actions) -> None:
     c = actions.add_parser("circuit", help="evaluate and read a saved node circuit on a task's prompts")
     c.add_argument("circuit", help="a circuit file written by lmscope sparse prune --out")
     _common(c)
-    c.add_argument("--task", required=True)
+    c.add_argument("--task", required=True, help="the task to read the circuit on")
     c.set_defaults(func=cmd_circuit)
 
     b = actions.add_parser("bridge", help="train per-layer bridges between a dense and a sparse model")
     b.add_argument("--dense", required=True, help="hf:<folder> of the dense model")
     b.add_argument("--sparse", required=True, help="hf:<folder> of the sparse model (same tokenizer)")
-    b.add_argument("--steps", type=int, default=200)
-    b.add_argument("--batch-size", type=int, default=8)
-    b.add_argument("--lr", type=float, default=1e-3)
-    b.add_argument("--train-windows", type=int, default=256)
-    b.add_argument("--heldout-windows", type=int, default=32)
-    b.add_argument("--ctx", type=int, default=64)
+    b.add_argument("--steps", type=int, default=200, help="Adam steps per bridge (default 200)")
+    b.add_argument("--batch-size", type=int, default=8, help="code windows per step (default 8)")
+    b.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    b.add_argument("--train-windows", type=int, default=256, help="training windows of train-split code (default 256)")
+    b.add_argument("--heldout-windows", type=int, default=32, help="held-out windows of test-split code (default 32)")
+    b.add_argument("--ctx", type=int, default=64, help="tokens per window (default 64)")
     b.add_argument("--circuit", metavar="FILE.json", help="a sparse circuit: flip its most separating node and "
                                                           "carry the flip into the dense model")
     b.add_argument("--task", help="the circuit's task (with --circuit)")
-    b.add_argument("--n", type=int, default=64, help="prompts for the steering test")
-    b.add_argument("--save-bridges", metavar="FILE.safetensors")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    b.add_argument("--n", type=int, default=64, help="prompts for the steering test (default 64)")
+    b.add_argument("--save-bridges", metavar="FILE.safetensors", help="also write the trained bridges")
+    b.add_argument("--seed", type=int, default=0, help="initialisation and window order (default 0)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
+                   help="both models' dtype (default float32)")
     b.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     output_options(b)
     b.set_defaults(func=cmd_bridge)
@@ -80,9 +91,10 @@ def register_circuit_commands(actions) -> None:
     k.add_argument("--sparse", required=True, help="the sparse model folder")
     k.add_argument("--dense", required=True, help="the dense model folder (its checkpoints are candidates)")
     k.add_argument("--tasks", required=True, help="comma-separated task names")
-    k.add_argument("--heldout-windows", type=int, default=64)
+    k.add_argument("--heldout-windows", type=int, default=64, help="held-out windows for matching the loss (default 64)")
     k.add_argument("--no-controls", action="store_true", help="skip the random-label and random-init controls")
-    k.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    k.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
+                   help="the models' dtype (default float32)")
     k.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     _common(k, model=False)
     k.set_defaults(func=cmd_compare)
@@ -106,7 +118,6 @@ def task_builder(name: str, n: int, seed: int):
     """model -> (task to prune on, held-out task or None). The Python tasks of lmscope.papers.weight_sparse.tasks
     come as a train-words task and a test-words task; lmscope's built-in circuit tasks as one task, which pruning
     splits."""
-    from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task
     if name in SPARSE_TASKS:
         return lambda model: (build_task(model.tokenizer, name, n=n, split="train", seed=seed),
                               build_task(model.tokenizer, name, n=n, split="test", seed=seed))
@@ -116,8 +127,6 @@ def task_builder(name: str, n: int, seed: int):
 def _split_windows(model, split: str, n: int, ctx: int) -> list[list[int]]:
     """n windows of ctx tokens of the Python files of one split (lmscope.papers.weight_sparse.data splits them by
     hash), each file tokenized on its own (any tokenizer: no end-of-text token needed)."""
-    from lmscope.data.corpora import iter_token_windows
-    from lmscope.papers.weight_sparse.data import split_texts
     if model.tokenizer is None:
         raise InputError(f"{model.spec} has no tokenizer")
     texts = split_texts(split, max_chars=max(200_000, n * ctx * 8))
@@ -129,7 +138,6 @@ def _split_windows(model, split: str, n: int, ctx: int) -> list[list[int]]:
 
 
 def _config(args):
-    from lmscope.papers.weight_sparse.circuit import NODE_KINDS, NodePruneConfig
     kinds = tuple(k for k in args.kinds.replace(",", " ").split()) or NODE_KINDS
     return NodePruneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, target_loss=args.target,
                            kinds=kinds, ablation=args.ablation, seed=args.seed,
@@ -141,7 +149,6 @@ def cmd_prune(args) -> None:
     config = _config(args)
     model = load_model(args)
     task, held = task_builder(args.task, args.n, args.seed)(model)
-    from lmscope.papers.weight_sparse.compare import find_node_circuit
     circuit = find_node_circuit(model, task, _split_windows(model, "validation", args.reference, args.ctx), config,
                                 heldout=held, progress=not args.json)
     if args.out:
@@ -172,13 +179,10 @@ def cmd_circuit(args) -> None:
     data = load_circuit_nodes(args.circuit, model)
     task, held = task_builder(args.task, args.n, args.seed)(model)
     task = held if held is not None else task      # the held-out words where the task has them
-    from lmscope.papers.weight_sparse.circuit import evaluate_nodes, reference_means, zero_means
-    from lmscope.papers.weight_sparse.edges import count_edges
-    from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
     shell = NodeCircuit(model.spec, task.name, len(task), data["nodes"], {}, {})
     masks = shell.masks(model)
     sites = list(masks.masks)
-    zero = zero_means(model, sites)
+    zero = node_zero_means(model, sites)
     means = zero if args.ablation == "zero" else reference_means(
         model, _split_windows(model, "validation", args.reference, args.ctx), sites)
     from dataclasses import asdict
@@ -193,7 +197,6 @@ def cmd_circuit(args) -> None:
 
 def _top_node(circuit_data: dict, model, task, means) -> tuple[str, tuple]:
     """The circuit node whose last-token activation separates clean from corrupt prompts most."""
-    from lmscope.papers.weight_sparse.reading import NodeCircuit, node_activations
     masks = NodeCircuit(model.spec, "", 0, circuit_data["nodes"], {}, {}).masks(model)
     rows = node_activations(model, task, means, masks)
     if not rows:
@@ -206,9 +209,7 @@ def cmd_bridge(args) -> None:
     _check_outputs(args, save_bridges=".safetensors")
     if bool(args.circuit) != bool(args.task):
         raise InputError("--circuit and --task go together")
-    from lmscope.papers.weight_sparse.bridges import BridgeConfig, bridge_steering, save_bridges, train_bridges
     dense, sparse = _load(args.dense, args), _load(args.sparse, args)
-    from lmscope.papers.weight_sparse.bridges import check_pair
     check_pair(dense, sparse)
     train = _split_windows(sparse, "train", args.train_windows, args.ctx)
     held = _split_windows(sparse, "test", args.heldout_windows, args.ctx)
@@ -219,7 +220,6 @@ def cmd_bridge(args) -> None:
         task, held = task_builder(args.task, args.n, args.seed + 1)(sparse)   # prompts not used to find it
         task = held if held is not None else task
         task = task.subset(task.largest_group())                              # one token length: positions align
-        from lmscope.papers.weight_sparse.circuit import node_sites, reference_means
         means = reference_means(sparse, _split_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
         site, index = _top_node(data, sparse, task, means)
         layer = int(site.split(".")[1])
@@ -233,13 +233,12 @@ def cmd_bridge(args) -> None:
 
 def cmd_compare(args) -> None:
     _check_outputs(args)
-    from lmscope.papers.weight_sparse.compare import candidate_folders, compare
     for folder in (args.sparse, args.dense):
         candidate_folders(folder)                       # one clear error before any work
     names = [t for t in args.tasks.replace(",", " ").split()]
     sparse = _load(f"hf:{args.sparse}", args)
     tasks = {name: task_builder(name, args.n, args.seed) for name in names}
-    result = compare(sparse, args.dense, lambda p: _load(f"hf:{p}", args), tasks,
+    result = compare_sparse_dense(sparse, args.dense, lambda p: _load(f"hf:{p}", args), tasks,
                      _split_windows(sparse, "validation", args.reference, args.ctx),
                      _split_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),
                      progress=not args.json, controls=not args.no_controls, seed=args.seed)
@@ -251,7 +250,6 @@ def main(argv=None) -> int:
     lmscope.papers.weight_sparse.cli_circuits prune ... (errors: one line, exit code 2)."""
     import argparse
 
-    from lmscope.core.errors import LmscopeError
     parser = argparse.ArgumentParser(prog="lmscope sparse")
     register_circuit_commands(parser.add_subparsers(dest="action", required=True))
     args = parser.parse_args(argv)

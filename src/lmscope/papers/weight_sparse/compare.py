@@ -24,6 +24,7 @@ from lmscope.results import Result, table
 from lmscope.papers.weight_sparse.circuit import NodePruneConfig, nonsense_task, prune_nodes
 from lmscope.papers.weight_sparse.edges import count_edges
 from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
+from lmscope.core.models import Model
 
 
 def find_node_circuit(model, task, reference, config: NodePruneConfig = NodePruneConfig(), *, heldout=None,
@@ -82,7 +83,6 @@ def matched_checkpoint(load, folder, target_loss: float, windows) -> tuple[objec
 
 def random_init(model, seed: int = 0):
     """The same architecture and config, randomly initialised (the control a careful replication needs)."""
-    from lmscope.core.models import Model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = tf.AutoModelForCausalLM.from_config(model.hf.config).to(model.device, model.dtype).eval()
@@ -154,7 +154,7 @@ def _ratio(a: int, b: int) -> float:
     return a / b if b else math.inf
 
 
-def compare(sparse, dense_folder, load, tasks: dict, reference, heldout_windows,
+def compare_sparse_dense(sparse, dense_folder, load, tasks: dict, reference, heldout_windows,
             config: NodePruneConfig = NodePruneConfig(), *, progress: bool = False, controls: bool = True,
             seed: int = 0) -> CompareResult:
     """`tasks`: name -> a function model -> (TaskSet to prune on, held-out TaskSet or None to split the first),
