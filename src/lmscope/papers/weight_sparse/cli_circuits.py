@@ -244,22 +244,3 @@ def cmd_compare(args) -> None:
                      progress=not args.json, controls=not args.no_controls, seed=args.seed)
     emit(args, result)
 
-
-def main(argv=None) -> int:
-    """Stand-alone entry until the `sparse` group is wired into lmscope.cli: python -m
-    lmscope.papers.weight_sparse.cli_circuits prune ... (errors: one line, exit code 2)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="lmscope sparse")
-    register_circuit_commands(parser.add_subparsers(dest="action", required=True))
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except LmscopeError as exc:
-        print(f"lmscope: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
