@@ -20,12 +20,16 @@ def one_by_one(model, prompts, edits_for, n):
 
 
 def test_batched_equals_one_by_one_with_shared_edits(model):
-    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)).to(model.dtype) * 4
-    edits = [lmscope.add("resid_post.1", v, positions=[1, -1]), lmscope.zero("mlp_out.0", positions=slice(0, 2))]
+    g = torch.Generator().manual_seed(0)
+    edits = [lmscope.add("resid_pre.1", (torch.randn(model.d_model, generator=g) * 20).to(model.dtype),
+                         positions=slice(0, 2)),
+             lmscope.add("resid_post.1", (torch.randn(model.d_model, generator=g) * 4).to(model.dtype), positions=[-1])]
     batched = model.generate_batch(PROMPTS, edits, max_new_tokens=8)
-    assert batched == one_by_one(model, PROMPTS, lambda i: edits, 8)
-    # the edits matter (else the comparison could not fail on a wrong position count)
-    assert batched != model.generate_batch(PROMPTS, max_new_tokens=8)
+    alone = one_by_one(model, PROMPTS, lambda i: edits, 8)
+    assert batched == alone
+    # the early-position edit changes the short row's answer: counted on the padded batch instead of the row's own
+    # tokens, it would land on padding and the comparison above would fail
+    assert alone[1] != one_by_one(model, PROMPTS, lambda i: edits[-1:], 8)[1]
 
 
 def test_per_row_edits_and_per_position_values():
@@ -48,10 +52,10 @@ def test_per_row_edits_and_per_position_values():
 
 def test_padding_is_never_edited_and_errors():
     model = lmscope.load("random:llama")
-    # a huge edit on every position: if padding were edited, the short row would see it through nothing (masked)
-    # but a replace at position 0 must land on each row's own first token, not on a pad
-    v = torch.full((model.d_model,), 50.0)
-    edits = [lmscope.replace("resid_pre.1", v, positions=[0])]
+    # an edit of every position must leave padding alone (else the pad keys would change nothing, as they are
+    # masked, but a replace of positions 1.. must start at each row's own token 1)
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)) * 20
+    edits = [lmscope.add("resid_pre.1", v, positions=[1])]
     assert model.generate_batch(PROMPTS, edits, max_new_tokens=5) == one_by_one(model, PROMPTS, lambda i: edits, 5)
     with pytest.raises(InputError, match="edit lists"):
         model.generate_batch(PROMPTS, [[], []], max_new_tokens=2)
