@@ -266,7 +266,7 @@ class _Prefix:
 
 def _resumed_logits(model, ids, mask, edits, resume) -> torch.Tensor:
     """Logits at each row's last real token from a forward resumed at `resume` = (layer, resid_pre), with edits:
-    the arithmetic of circuits.last_logits from that layer on."""
+    the arithmetic of circuits.task_last_logits from that layer on."""
     last_block = f"resid_post.{model.n_layers - 1}"
     with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
         model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
