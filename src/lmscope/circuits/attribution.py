@@ -139,8 +139,9 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
               batch_size: int = 16, step_rows: int = 128, progress: bool = False) -> AttributionResult:
     """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG.
     step_rows: EAP-IG runs several interpolation steps of a batch in one forward and backward pass (the batch
-    repeated, one interpolation point per copy), up to this many rows; 0 runs one step per pass (the old path).
-    The scores are the same up to float rounding (a larger matrix product sums in another order)."""
+    repeated, one interpolation point per copy), up to this many rows, and edge gradients take one backward per
+    layer for all its heads (batched gradients); 0 runs one step per pass and one backward per head (the old
+    path). The scores are the same up to float rounding (a larger matrix product may sum in another order)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(task, TaskSet):
@@ -201,7 +202,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
             for total, g in zip(g_nodes, grads):
                 total += _sum_copies(g.detach(), c)
             if edges:
-                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, c)
+                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, c, step_rows > 0)
                 g_in[-1] += _sum_copies(grads[-1].detach(), c)   # the logits read resid_post of the last block
             del acts, logits, metric, grads
             bar.update(c)
@@ -230,12 +231,19 @@ def _sum_copies(g: torch.Tensor, copies: int) -> torch.Tensor:
     return g if copies == 1 else g.reshape(copies, -1, *g.shape[1:]).sum(0)
 
 
-def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, copies=1):
+def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, copies=1, batched=True):
     """Add to g_in[v] the gradient of m with respect to the residual stream v reads, through v alone."""
     n = len(z_sites)
     for layer in range(n):
         z, g_z = acts[z_sites[layer]], grads[layer]
-        for h in range(heads):
+        if batched:   # one backward for all heads of the layer: the heads' masked gradients as a batch (vmap)
+            masked = torch.zeros(heads, *g_z.shape, dtype=g_z.dtype, device=g_z.device)
+            for h in range(heads):
+                masked[h, :, :, h] = g_z[:, :, h]
+            (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True, is_grads_batched=True)
+            for h in range(heads):
+                g_in[layer * (heads + 1) + h] += _sum_copies(g[h].detach(), copies)
+        for h in range(0 if batched else heads):
             masked = torch.zeros_like(g_z)
             masked[:, :, h] = g_z[:, :, h]
             (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True)
