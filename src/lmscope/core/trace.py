@@ -447,7 +447,7 @@ class Trace:
         if resume is not None:
             self.resume_layer, start = _check_resume(model, resume, self.read + [b.site for b in self.edits])
             self.edits.insert(0, bind_edit(model, Edit(f"resid_pre.{self.resume_layer}", "replace", start)))
-        self._skipped: list[torch.nn.Module] = []
+        self._skipped: list[tuple[torch.nn.Module, object]] = []   # (block, its own instance forward or None)
         self.warned_non_finite = False
         self.stop_early, self.detach, self.to_cpu, self.grad = stop_early, detach and not grad, to_cpu, grad
         self.stopped = False
@@ -504,8 +504,11 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for block in self._skipped:
-            del block.forward          # the class's own forward again
+        for block, own in self._skipped:
+            if own is None:
+                del block.forward      # the class's own forward again
+            else:
+                block.forward = own    # e.g. accelerate's wrapper of an offloaded block
         self._skipped.clear()
         if self._restore_attn is not None:
             set_attention(self.model.hf, self._restore_attn)
@@ -520,8 +523,8 @@ class Trace:
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
         for layer in range(self.resume_layer or 0):
             block = model.block_module(layer)
+            self._skipped.append((block, vars(block).get("forward")))
             block.forward = _pass_through_pair if model.adapter.block_returns_pair else _pass_through
-            self._skipped.append(block)
         edits_by_site: dict[Site, list[_BoundEdit]] = {}
         for bound in self.edits:
             edits_by_site.setdefault(bound.site, []).append(bound)

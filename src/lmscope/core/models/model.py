@@ -89,7 +89,14 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.module(self.adapter.embed).weight.device
+        """Where inputs go: the embedding's device, or for a model dispatched by accelerate with offloaded weights
+        (which sit on the meta device) the device its hooks execute on."""
+        embed = self.module(self.adapter.embed)
+        for module in (embed, self.hf):
+            execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if execution is not None:
+                return torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution)
+        return embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
