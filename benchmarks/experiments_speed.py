@@ -41,7 +41,7 @@ def _max_diff(a, b) -> float:
 
 def patching(model, args):
     task = load_task(model, "ioi", n=args.prompts)
-    kw = dict(sites=["resid_pre", "attn_out", "mlp_out", "z"], batch_size=args.prompts)
+    kw = dict(sites=args.patch_sites.split(","), batch_size=args.prompts)
     old = lambda: activation_patching(model, task, resume=False, **kw)  # noqa: E731
     new = lambda: activation_patching(model, task, **kw)  # noqa: E731
 
@@ -50,7 +50,7 @@ def patching(model, args):
                 "max_abs_diff_effects": max(_max_diff(a.effects[k], b.effects[k]) for k in a.effects),
                 "n_forwards": [a.n_forwards, b.n_forwards],
                 "top_z_old": a.top("z", 3), "top_z_new": b.top("z", 3)}
-    return old, new, compare, f"IOI, {args.prompts} prompts, resid_pre/attn_out/mlp_out per position + z heads"
+    return old, new, compare, f"IOI, {args.prompts} prompts, sites {args.patch_sites} (per position; z per head)"
 
 
 def eap_ig(model, args):
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=4, help="IOI prompts for patching (EAP-IG uses twice as many)")
     parser.add_argument("--only", default=",".join(EXPERIMENTS))
+    parser.add_argument("--patch-sites", default="resid_pre,attn_out,mlp_out,z", help="site kinds of the heatmap")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

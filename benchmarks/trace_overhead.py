@@ -28,7 +28,7 @@ import time
 
 import torch
 
-import lmscope
+from bench_model import bench_model, n_params
 
 TEXT = ("The history of the city begins with a small settlement on the river, where traders met to exchange grain, "
         "salt and cloth. Over the centuries the market grew into a town, the town into a city, and the city into "
@@ -130,10 +130,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    model = lmscope.load(args.model, device=args.device, dtype=args.dtype)
+    model = bench_model(args.model, device=args.device, dtype=args.dtype)
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     runs, missing = contenders(model, args.peers.split(","))
-    report = {"model": args.model, "device": str(model.device), "dtype": str(model.dtype),
+    report = {"model": args.model, "device": str(model.device), "dtype": str(model.dtype), "n_params": n_params(model),
               "threads": torch.get_num_threads(), "rounds": args.rounds, "missing": missing, "shapes": {}}
     for name, why in missing.items():
         print(f"{name}: not measured ({why})", flush=True)
