@@ -241,7 +241,9 @@ def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int,
     if bound.feature_mask is not None:
         features = bound.feature_mask.to(act.device)
         mask = features if mask is None else mask & features
-    return new if mask is None else torch.where(mask, new, act)
+    if mask is None:   # a broadcast or narrowed value is a view: modules may .view() what they get (GPT-2)
+        return new if new.is_contiguous() else new.contiguous()
+    return torch.where(mask, new, act)
 
 
 def _narrow_value(bound: _BoundEdit, value: torch.Tensor, offset: int, seq: int) -> torch.Tensor:
