@@ -21,7 +21,7 @@ import time
 import torch
 
 import lmscope
-from lmscope.circuits import load_task
+from lmscope.circuits import load_circuit_task as load_task
 from lmscope.circuits.attribution import attribute
 from lmscope.circuits.patching import activation_patching
 from lmscope.core.edits import replace
