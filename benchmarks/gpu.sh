@@ -65,7 +65,7 @@ step sae "$STEP_LIMIT" $PY benchmarks/sae_peers.py --device "$DEVICE" --steps "$
 rm -rf "$OUT/ddp_harvest" "$OUT/ddp_sae"
 step ddp_harvest "$STEP_LIMIT" $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m lmscope.cli \
     harvest --model "$CLI_MODEL" --corpus python --sites "$SITE" --tokens $((HTOKENS / 4)) --out "$OUT/ddp_harvest" \
-    --seq-len 128 --batch-size 16 --json
+    --seq-len 128 --batch-size 16 --shard-tokens $((HTOKENS / 16 / NPROC)) --json
 step ddp_sae "$STEP_LIMIT" $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m lmscope.cli \
     sae train --model "$CLI_MODEL" --harvest "$OUT/ddp_harvest" --site "$SITE" --n-tokens $((HTOKENS / 4)) --batch-size "$SAE_BATCH" \
     --k 32 --d-sae "$D_SAE" --out "$OUT/ddp_sae" --json
