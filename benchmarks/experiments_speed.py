@@ -49,7 +49,7 @@ def patching(model, args):
         return {"max_abs_diff_raw": max(_max_diff(a.raw[k], b.raw[k]) for k in a.raw),
                 "max_abs_diff_effects": max(_max_diff(a.effects[k], b.effects[k]) for k in a.effects),
                 "n_forwards": [a.n_forwards, b.n_forwards],
-                "top_z_old": a.top("z", 3), "top_z_new": b.top("z", 3)}
+                "top_old": a.top(next(iter(a.raw)), 3), "top_new": b.top(next(iter(b.raw)), 3)}
     return old, new, compare, f"IOI, {args.prompts} prompts, sites {args.patch_sites} (per position; z per head)"
 
 
