@@ -16,7 +16,7 @@ import time
 
 import torch
 
-import lmscope
+from bench_model import bench_model
 from lmscope.harvest import harvest
 from lmscope.harvest.windows import iter_windows, plan_shards, resolve_prefix
 
@@ -47,8 +47,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shard-tokens", type=int, default=65536)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
     args = p.parse_args()
-    model = lmscope.load(args.model, dtype=args.model_dtype)
+    model = bench_model(args.model, dtype=args.model_dtype, device=args.device)
     # bare, harvest, bare again: on a shared machine the load drifts, and the two bare passes show by how much
     n_bare, t_first = bare_forward(model, args)
     with tempfile.TemporaryDirectory() as folder:
@@ -57,6 +58,7 @@ def main() -> None:
     _, t_second = bare_forward(model, args)
     t_bare = (t_first + t_second) / 2
     out = {"model": args.model, "model_dtype": args.model_dtype, "site": args.site, "tokens": args.tokens,
+           "device": str(model.device), "n_params": sum(p.numel() for p in model.hf.parameters()),
            "threads": torch.get_num_threads(),
            "bare_forward_tokens_per_s": n_bare / t_bare, "bare_forward_s": [t_first, t_second],
            "harvest_tokens_per_s": result.tokens_per_s, "harvest_s": result.wall_s,

@@ -26,7 +26,8 @@ def test_patching_clean_into_clean_is_identity(model):
     task = _task()
     same = _task(corrupt=_task().clean)
     sites = ["resid_pre", "attn_out", "mlp_out", "z"] + ([] if model.parallel else ["resid_mid"])
-    r = activation_patching(model, same, sites, batch_size=3, skip_equal=False, prefix_cache=False)
+    r = activation_patching(model, same, sites, batch_size=3, skip_equal=False, prefix_cache=False,
+                            head_batch=False)   # the bit-exact path (heads batched: equal to ~1e-7)
     clean = task.metric(task_logits(model, task, batch_size=3)).double().mean().item()
     assert r.clean_metric == r.corrupt_metric == clean
     for kind in sites:

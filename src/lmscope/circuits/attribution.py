@@ -136,8 +136,12 @@ def _reaches(u: str, v: str, parallel: bool) -> bool:
 
 
 def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edges: bool = False,
-              batch_size: int = 16, progress: bool = False) -> AttributionResult:
-    """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG."""
+              batch_size: int = 16, step_rows: int = 128, progress: bool = False) -> AttributionResult:
+    """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG.
+    step_rows: EAP-IG runs several interpolation steps of a batch in one forward and backward pass (the batch
+    repeated, one interpolation point per copy), up to this many rows, and edge gradients take one backward per
+    layer for all its heads (batched gradients); 0 runs one step per pass and one backward per head (the old
+    path). The scores are the same up to float rounding (a larger matrix product may sum in another order)."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(task, TaskSet):
@@ -175,27 +179,33 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
         delta = {s: ka[s] - ca[s] for s in base_reads}
         # a no-op scale on z makes the per-head tensor the one the model computes with, so it gets a gradient
         flow = [scale(s, 1.0) for s in z_sites]
-        g_nodes = [torch.zeros_like(ca[s]) for s in z_sites + mlp_sites + ["resid_pre.0"]]
-        g_in = [torch.zeros_like(ca[mlp_sites[0]]) for _ in down] if edges else []
-        for j in range(1, k + 1):
+        # gradients summed over steps in float32 at least (bfloat16 models too)
+        acc = torch.promote_types(ca[mlp_sites[0]].dtype, torch.float32)
+        g_nodes = [torch.zeros_like(ca[s], dtype=acc) for s in z_sites + mlp_sites + ["resid_pre.0"]]
+        g_in = [torch.zeros_like(ca[mlp_sites[0]], dtype=acc) for _ in down] if edges else []
+        per_pass = 1 if not step_rows or method != "eap-ig" else max(1, min(k, step_rows // len(rows)))
+        for first in range(1, k + 1, per_pass):
+            alphas = [j / k for j in range(first, min(k, first + per_pass - 1) + 1)]
+            c = len(alphas)
             edits = list(flow)
             if method == "eap-ig":
-                alpha = j / k
-                # a leaf that requires grad, so the interpolated input carries the graph on;
-                # written so that alpha = 1 gives the clean embedding bit for bit (one step = EAP exactly)
-                point = ((1 - alpha) * ka["embed"] + alpha * ca["embed"]).requires_grad_()
+                # a leaf that requires grad, so the interpolated input carries the graph on; written so that
+                # alpha = 1 gives the clean embedding bit for bit (one step = EAP exactly); copy i of the batch
+                # takes alphas[i]
+                point = torch.cat([(1 - a) * ka["embed"] + a * ca["embed"] for a in alphas]).requires_grad_()
                 edits.append(replace("embed", point))
-            logits, acts = task_last_logits(model, clean, mask, edits, read=grad_reads, grad=True)
-            metric = task.metric(logits, rows).sum()
+            logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits, read=grad_reads,
+                                            grad=True)
+            metric = task.metric(logits, rows * c).sum()
             nodes = [acts[s] for s in z_sites + mlp_sites + ["resid_pre.0"]]
             grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)
             for total, g in zip(g_nodes, grads):
-                total += g.detach()
+                total += _sum_copies(g.detach(), c)
             if edges:
-                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads)
-                g_in[-1] += grads[-1].detach()          # the logits read resid_post of the last block, alone
+                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, c, step_rows > 0)
+                g_in[-1] += _sum_copies(grads[-1].detach(), c)   # the logits read resid_post of the last block
             del acts, logits, metric, grads
-            bar.update(1)
+            bar.update(c)
         for layer in range(n):
             head_sum[layer] += (delta[z_sites[layer]] * g_nodes[layer]).double().sum((0, 1, 3)) / k
             mlp_sum[layer] += float((delta[mlp_sites[layer]] * g_nodes[n + layer]).double().sum()) / k
@@ -216,18 +226,30 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                              embed_sum / count, up, down, edge_rows, time.perf_counter() - start, [])
 
 
-def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads):
+def _sum_copies(g: torch.Tensor, copies: int) -> torch.Tensor:
+    """[copies * batch, ...] -> [batch, ...]: the sum over the interpolation steps run as copies of the batch."""
+    return g if copies == 1 else g.reshape(copies, -1, *g.shape[1:]).sum(0)
+
+
+def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, copies=1, batched=True):
     """Add to g_in[v] the gradient of m with respect to the residual stream v reads, through v alone."""
     n = len(z_sites)
     for layer in range(n):
         z, g_z = acts[z_sites[layer]], grads[layer]
-        for h in range(heads):
+        if batched:   # one backward for all heads of the layer: the heads' masked gradients as a batch (vmap)
+            masked = torch.zeros(heads, *g_z.shape, dtype=g_z.dtype, device=g_z.device)
+            for h in range(heads):
+                masked[h, :, :, h] = g_z[:, :, h]
+            (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True, is_grads_batched=True)
+            for h in range(heads):
+                g_in[layer * (heads + 1) + h] += _sum_copies(g[h].detach(), copies)
+        for h in range(0 if batched else heads):
             masked = torch.zeros_like(g_z)
             masked[:, :, h] = g_z[:, :, h]
             (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True)
-            g_in[layer * (heads + 1) + h] += g.detach()
+            g_in[layer * (heads + 1) + h] += _sum_copies(g.detach(), copies)
         (g,) = torch.autograd.grad(acts[mlp_sites[layer]], acts[mlp_in[layer]], grads[n + layer], retain_graph=True)
-        g_in[layer * (heads + 1) + heads] += g.detach()
+        g_in[layer * (heads + 1) + heads] += _sum_copies(g.detach(), copies)
 
 
 def _upstream_outputs(delta, w_o, n, heads) -> torch.Tensor:

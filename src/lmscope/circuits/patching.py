@@ -132,13 +132,19 @@ def _check_sites(model, sites) -> list[str]:
 def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "mlp_out", "z"), *,
                         direction: str = "denoising", per_position: bool = True, layers=None,
                         batch_size: int = 32, skip_equal: bool = True, prefix_cache: bool = True,
-                        progress: bool = False) -> PatchResult:
+                        resume: bool = True, head_batch: bool = True, progress: bool = False) -> PatchResult:
     """Patch every (site kind, layer, position) or (z, layer, head) between the task's clean and corrupt runs.
     skip_equal: where the source activation equals the one it would replace (bit for bit, every prompt of the
     batch, take the unpatched run's metric instead of running the identical forward pass again.
     prefix_cache: positions before the first token where clean and corrupt differ are the same in both runs;
     compute them once per batch (the model's KV cache) and run each patch on the rest only. Equal to the full
-    pass up to float rounding (the attention sums are split differently); prefix_cache=False for bit-exact runs."""
+    pass up to float rounding (the attention sums are split differently); prefix_cache=False for bit-exact runs.
+    resume: each patched run starts at the patched layer from the target run's cached resid_pre (the blocks below
+    compute exactly what the unpatched run computed), and with prefix_cache at the patched position (a patch at
+    position x changes nothing before x). head_batch (with resume): the z patches of one layer run as one batch,
+    every head patched in its own copy of the prompts; equal to one run per head up to float rounding (a larger
+    batch: ~1e-7 relative here), head_batch=False for bit-exact numbers. With prefix_cache=False the numbers are bit for bit those of
+    resume=False (the same blocks compute on the same inputs)."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
     if not isinstance(task, TaskSet):
@@ -162,7 +168,8 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     sums = torch.zeros(len(plan), dtype=torch.float64)
     skipped = prefixed = 0
     clean_sum = corrupt_sum = 0.0
-    reads = [f"{k}.{layer}" for k in kinds for layer in layers]
+    reads = list(dict.fromkeys([f"{k}.{layer}" for k in kinds for layer in layers]
+                               + ([f"resid_pre.{layer}" for layer in layers] if resume else [])))
     bar = tqdm(total=len(plan) * math.ceil(len(task) / batch_size), unit="fwd", desc="patching", disable=not progress)
     start = time.perf_counter()
     with torch.no_grad():
@@ -177,7 +184,9 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                 source, target, target_acts, target_logits = corrupt_acts, clean, clean_acts, clean_logits
             unpatched = task.metric(target_logits, batch_rows).double().sum()
             first = _first_change(clean, corrupt, mask) if prefix_cache else 0
-            prefix = None
+            last_start = int(mask.sum(1).min()) - 1
+            prefixes: dict[int, _Prefix] = {}
+            pending: dict[int, list[tuple[int, int]]] = {}     # layer -> (plan index, head) of z patches to run
             for i, (kind, layer, x) in enumerate(plan):
                 site = f"{kind}.{layer}"
                 if skip_equal and _same(source[site], target_acts[site], kind, x):
@@ -186,16 +195,37 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                     skipped += 1
                     bar.update(1)
                     continue
+                if kind == "z" and resume and head_batch:     # all heads of the layer in one batch, below
+                    pending.setdefault(layer, []).append((i, x))
+                    continue
                 if kind == "z":
                     edit = replace(site, source[site], heads=[x])
                 else:
                     edit = replace(site, source[site], positions=None if x is None else [x])
-                if first > 0 and prefix is None:       # built at the first patch that has to run
-                    prefix = _Prefix(model, target, mask, first)
-                    prefixed += 1
-                logits = prefix.logits([edit]) if prefix else task_last_logits(model, target, mask, [edit])[0]
+                begin = first
+                if resume and prefix_cache and x is not None and kind != "z":
+                    begin = min(max(first, x), last_start)     # the patch at x changes nothing before x
+                from_layer = (layer, target_acts[f"resid_pre.{layer}"]) if resume else None
+                if begin > 0 and begin not in prefixes:       # built at the first patch that needs it
+                    prefixes[begin] = _Prefix(model, target, mask, begin)
+                    prefixed += len(prefixes) == 1
+                if begin > 0:
+                    logits = prefixes[begin].logits([edit], from_layer)
+                elif resume:
+                    logits = _resumed_logits(model, target, mask, [edit], from_layer)
+                else:
+                    logits = task_last_logits(model, target, mask, [edit])[0]
                 sums[i] += task.metric(logits, batch_rows).double().sum()
                 bar.update(1)
+            for layer, cells in pending.items():
+                if first > 0 and first not in prefixes:
+                    prefixes[first] = _Prefix(model, target, mask, first)
+                    prefixed += len(prefixes) == 1
+                metric = _patch_heads(model, task, batch_rows, source, target_acts, target, mask, layer,
+                                      [h for _, h in cells], prefixes.get(first))
+                for (i, _), value in zip(cells, metric):
+                    sums[i] += value
+                bar.update(len(cells))
     bar.close()
     count = len(task)
     m_clean, m_corrupt = clean_sum / count, corrupt_sum / count
@@ -218,7 +248,8 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                      f"run is the unpatched one")
     if prefixed:
         notes.append(f"prefix cache: in {prefixed} of {n_batches} batches the positions before the first changed "
-                     f"token were computed once and each patched run computed the rest")
+                     f"token" + (" (before the patched position, on position maps)" if resume else "")
+                     + " were computed once and each patched run computed the rest")
     axes = {k: "head" if k == "z" else ("position" if per_position else "all positions") for k in kinds}
     tokens = model.to_str_tokens(task.clean[0]) if all(len(c) == seq for c in task.clean) else []
     return PatchResult(model.spec, task.name, task.metric_name, direction, count, rows, m_clean, m_corrupt,
@@ -236,15 +267,49 @@ class _Prefix:
         out = model.hf(input_ids=ids[:, :start], attention_mask=mask[:, :start], use_cache=True)
         self.cache = getattr(out, "cache", None) or out.past_key_values
 
-    def logits(self, edits) -> torch.Tensor:
+    def logits(self, edits, resume=None, copies: int = 1) -> torch.Tensor:
+        """Last-token logits of the target with edits; with copies > 1 every row is repeated that many times in
+        place (row b * copies + j), the edits' values and the resumed stream given for the repeated batch."""
         model, start = self.model, self.start
         last_block = f"resid_post.{model.n_layers - 1}"
         cache = copy.deepcopy(self.cache)        # a forward appends to the cache it is given
-        # the trace counts positions over prefix + suffix, so edits' positions and full-length values apply as is
-        with model.trace([last_block], edits, stop_early=True) as tr:
-            model.hf(input_ids=self.ids[:, start:], attention_mask=self.mask, cache=cache, use_cache=True)
-        last = self.mask.sum(1) - 1 - start
+        ids, mask = self.ids.repeat_interleave(copies, 0), self.mask.repeat_interleave(copies, 0)
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+        # the trace counts positions over prefix + suffix, so edits' positions and full-length values (the resumed
+        # resid_pre too) apply as is; skipped blocks leave their cache layers as they are, which nothing reads
+        with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
+            model.hf(input_ids=ids[:, start:], attention_mask=mask, cache=cache, use_cache=True)
+        last = mask.sum(1) - 1 - start
         return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
+
+
+def _patch_heads(model, task, rows, source, target_acts, target, mask, layer, heads, prefix) -> list[float]:
+    """The summed metric of each patch 'head h of z.layer from the source run' for h in heads, all in one batch
+    resumed at the layer: copy j of every prompt gets z.layer = the target's own z with head heads[j] from the
+    source (the target's z is what the resumed block computes again: the same input, the same arithmetic)."""
+    site, c = f"z.{layer}", len(heads)
+    value = target_acts[site].repeat_interleave(c, 0).clone()
+    for j, h in enumerate(heads):
+        value[j::c, :, h] = source[site][:, :, h]
+    resume = (layer, target_acts[f"resid_pre.{layer}"].repeat_interleave(c, 0))
+    if prefix is not None:
+        logits = prefix.logits([replace(site, value)], resume, copies=c)
+    else:
+        logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0),
+                                 [replace(site, value)], resume)
+    metric = task.metric(logits, [r for r in rows for _ in range(c)]).double()
+    return metric.view(len(rows), c).sum(0).tolist()
+
+
+def _resumed_logits(model, ids, mask, edits, resume) -> torch.Tensor:
+    """Logits at each row's last real token from a forward resumed at `resume` = (layer, resid_pre), with edits:
+    the arithmetic of circuits.task_last_logits from that layer on."""
+    last_block = f"resid_post.{model.n_layers - 1}"
+    with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
+        model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+    last = mask.sum(1) - 1
+    return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
 
 
 def _first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor) -> int:

@@ -44,6 +44,7 @@ class _BoundEdit:
     feature_ndim: int
     longest_sequence: int = 0             # for the check that explicit positions existed
     weight: "torch.Tensor | float | None" = None   # interpolate: broadcastable over the site's feature dims
+    rows: "torch.Tensor | None" = None    # bool [batch]: the rows this edit applies to (None = all)
 
 
 def bind_edit(model, edit: Edit) -> _BoundEdit:
@@ -199,17 +200,18 @@ def _position_mask(bound: _BoundEdit, offset: int, seq: int, device) -> "torch.T
     return full[:, offset:].to(device)
 
 
-def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int) -> torch.Tensor:
+def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int,
+               row_starts: "torch.Tensor | None" = None) -> torch.Tensor:
+    """The activation `act` ([batch, seq, ...], positions offset.. of the sequence) after the edit. With
+    `row_starts` (left padding: row r's own token p sits at p + row_starts[r]), positions and per-position values
+    count each row's own tokens, and padding is never edited."""
     seq = act.shape[1]
     value = bound.value
     if isinstance(value, torch.Tensor) and value.device != act.device:  # layers spread over devices (device_map)
         value = value.to(act.device)
     if isinstance(value, torch.Tensor) and bound.value_has_seq:
-        seq_dim = value.dim() - bound.feature_ndim - 1
-        if value.shape[seq_dim] < offset + seq:
-            raise EditError(f"{bound.op} on '{bound.site}': the value covers {value.shape[seq_dim]} positions, "
-                            f"the sequence has {offset + seq}")
-        value = value.narrow(seq_dim, offset, seq)
+        value = (_row_values(bound, value, act, offset, row_starts) if row_starts is not None
+                 else _narrow_value(bound, value, offset, seq))
     if bound.op == "add":
         new = act + value
     elif bound.op == "replace":
@@ -229,13 +231,66 @@ def apply_edit(bound: _BoundEdit, act: torch.Tensor, offset: int) -> torch.Tenso
     else:  # project_out
         unit = value / value.norm(dim=-1, keepdim=True)
         new = act - (act * unit).sum(-1, keepdim=True) * unit
-    mask = _position_mask(bound, offset, seq, act.device)
+    mask = (_position_mask(bound, offset, seq, act.device) if row_starts is None
+            else _row_position_mask(bound, offset, seq, row_starts.to(act.device)))
+    if bound.rows is not None:
+        rows = bound.rows.to(act.device)[:, None]
+        mask = rows if mask is None else mask & rows
     if mask is not None:
         mask = mask.view(mask.shape + (1,) * bound.feature_ndim)
     if bound.feature_mask is not None:
         features = bound.feature_mask.to(act.device)
         mask = features if mask is None else mask & features
-    return new if mask is None else torch.where(mask, new, act)
+    if mask is None:   # a broadcast or narrowed value is a view: modules may .view() what they get (GPT-2)
+        return new if new.is_contiguous() else new.contiguous()
+    return torch.where(mask, new, act)
+
+
+def _narrow_value(bound: _BoundEdit, value: torch.Tensor, offset: int, seq: int) -> torch.Tensor:
+    seq_dim = value.dim() - bound.feature_ndim - 1
+    if value.shape[seq_dim] < offset + seq:
+        raise EditError(f"{bound.op} on '{bound.site}': the value covers {value.shape[seq_dim]} positions, "
+                        f"the sequence has {offset + seq}")
+    return value.narrow(seq_dim, offset, seq)
+
+
+def _row_values(bound, value, act, offset, row_starts) -> torch.Tensor:
+    """A per-position value read at each row's own positions: [batch, seq, ...] for padded positions offset.."""
+    batch, seq = act.shape[:2]
+    if value.dim() == bound.feature_ndim + 1:
+        value = value[None]
+    starts = row_starts.to(act.device)
+    local = torch.arange(offset, offset + seq, device=act.device)[None] - starts[:, None]     # [batch, seq]
+    longest = int(local[:, -1].max()) + 1
+    if value.shape[1] < longest:
+        raise EditError(f"{bound.op} on '{bound.site}': the value covers {value.shape[1]} positions, the longest "
+                        f"row has {longest}")
+    value = value.expand(batch, *value.shape[1:])
+    return value[torch.arange(batch, device=act.device)[:, None], local.clamp_min(0)]
+
+
+def _row_position_mask(bound: _BoundEdit, offset: int, seq: int, row_starts: torch.Tensor) -> torch.Tensor:
+    """Boolean [batch, seq] mask for left-padded rows: the edit's positions counted in each row's own tokens
+    (negative ones from each row's end), never a padding position."""
+    total = offset + seq
+    bound.longest_sequence = max(bound.longest_sequence, total)
+    spec, batch = bound.positions, len(row_starts)
+    full = torch.zeros(batch, total, dtype=torch.bool)
+    for r, start in enumerate(row_starts.tolist()):
+        own = total - start
+        if spec is None:
+            full[r, start:] = True
+        elif isinstance(spec, torch.Tensor):
+            mask = spec if spec.dim() == 1 else spec[r if spec.shape[0] > 1 else 0]
+            n = min(own, mask.shape[0])
+            full[r, start:start + n] = mask[:n].cpu()
+        else:
+            idx = range(own)[spec] if isinstance(spec, slice) else ([spec] if isinstance(spec, int) else spec)
+            for i in idx:
+                j = i + own if i < 0 else i
+                if 0 <= j < own:
+                    full[r, start + j] = True
+    return full[:, offset:].to(row_starts.device)
 
 
 def _unused_positions(bound: _BoundEdit) -> bool:
@@ -379,17 +434,22 @@ class Trace:
     """Context manager that reads and edits sites while the block runs. See the module docstring."""
 
     def __init__(self, model, read=(), edits=(), *, stop_early: bool = False, detach: bool = True,
-                 to_cpu: bool = False, grad: bool = False, resume: "tuple[int, torch.Tensor] | None" = None):
+                 to_cpu: bool = False, grad: bool = False, resume: "tuple[int, torch.Tensor] | None" = None,
+                 row_starts: "torch.Tensor | None" = None, edit_rows=None):
         self.model = model
         self.read = expand_sites(read, model.n_layers) if read else []
         for site in self.read:
             check_supported(model, site)
         self.edits = [bind_edit(model, e) for e in (edits or [])]
+        # left-padded batches: row r's own token p is at p + row_starts[r]; edit_rows[i]: rows edit i applies to
+        self.row_starts = None if row_starts is None else torch.as_tensor(row_starts).to(model.device)
+        for bound, rows in zip(self.edits, edit_rows or []):
+            bound.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.bool).to(model.device)
         self.resume_layer = None
         if resume is not None:
             self.resume_layer, start = _check_resume(model, resume, self.read + [b.site for b in self.edits])
             self.edits.insert(0, bind_edit(model, Edit(f"resid_pre.{self.resume_layer}", "replace", start)))
-        self._skipped: list[torch.nn.Module] = []
+        self._skipped: list[tuple[torch.nn.Module, object]] = []   # (block, its own instance forward or None)
         self.warned_non_finite = False
         self.stop_early, self.detach, self.to_cpu, self.grad = stop_early, detach and not grad, to_cpu, grad
         self.stopped = False
@@ -446,8 +506,11 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for block in self._skipped:
-            del block.forward          # the class's own forward again
+        for block, own in self._skipped:
+            if own is None:
+                del block.forward      # the class's own forward again
+            else:
+                block.forward = own    # e.g. accelerate's wrapper of an offloaded block
         self._skipped.clear()
         if self._restore_attn is not None:
             set_attention(self.model.hf, self._restore_attn)
@@ -462,8 +525,8 @@ class Trace:
         self._handles.append(model.hf.register_forward_pre_hook(self._track_offset, with_kwargs=True))
         for layer in range(self.resume_layer or 0):
             block = model.block_module(layer)
+            self._skipped.append((block, vars(block).get("forward")))
             block.forward = _pass_through_pair if model.adapter.block_returns_pair else _pass_through
-            self._skipped.append(block)
         edits_by_site: dict[Site, list[_BoundEdit]] = {}
         for bound in self.edits:
             edits_by_site.setdefault(bound.site, []).append(bound)
@@ -581,7 +644,7 @@ class Trace:
 
         def process(act):
             for bound in edits:
-                act = apply_edit(bound, act, self._offset)
+                act = apply_edit(bound, act, self._offset, self.row_starts)
             if reads:
                 self._record(site, act)
             if stop_here:

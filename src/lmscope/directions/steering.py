@@ -135,17 +135,10 @@ def _site_of(direction) -> tuple["str | None", "int | None"]:
 # Generation, side by side.
 
 def generate_steered(model, rows: list[list[int]], make_edits, *, max_new_tokens: int) -> list[str]:
-    """Greedy continuations of token rows, with `make_edits(prompt_length)` applied; rows are batched by length
-    so that no prompt is padded (each row computes what it would alone)."""
-    out: list["str | None"] = [None] * len(rows)
-    by_length: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_length.setdefault(len(r), []).append(i)
-    for length, idx in by_length.items():
-        texts = model.generate_rows([rows[i] for i in idx], make_edits(length), max_new_tokens=max_new_tokens)
-        for i, t in zip(idx, texts):
-            out[i] = t
-    return out
+    """Greedy continuations of token rows, with `make_edits(prompt_length)` applied to each row, all rows in one
+    left-padded batch (Model.generate_batch counts each row's positions in its own tokens)."""
+    by_length = {length: make_edits(length) for length in sorted({len(r) for r in rows})}
+    return model.generate_batch(rows, [by_length[len(r)] for r in rows], max_new_tokens=max_new_tokens)
 
 
 @dataclass

@@ -148,12 +148,14 @@ def backpatch(model, items=None, *, layers=None, step: int = 3) -> BackpatchResu
         if not correct:
             last = model.encode(x["query"])[0].shape[1] - 1
             own, other = last_states(index), last_states((index + 1) % len(items))
-            for s, t in pairs:
-                for states, found in ((own, fixed_by), (other, control_by)):
-                    edit = replace(f"resid_post.{t}", states[layers.index(s)], positions=[last])
-                    text = model.generate(x["query"], edits=[edit], max_new_tokens=n_new).text
-                    if answer_starts(text, x["answer"]):
-                        found.append((s, t, text))
+            runs = [(s, t, states, found) for s, t in pairs for states, found in ((own, fixed_by), (other, control_by))]
+            # every (pair, donor) is the same query with its own patch: one batch, one edit list per row
+            texts = model.generate_batch([x["query"]] * len(runs), [[replace(
+                f"resid_post.{t}", states[layers.index(s)], positions=[last])] for s, t, states, _ in runs],
+                max_new_tokens=n_new)
+            for (s, t, _, found), text in zip(runs, texts):
+                if answer_starts(text, x["answer"]):
+                    found.append((s, t, text))
             for s, t, _ in fixed_by:
                 pair_fixes[f"{s}->{t}"] += 1
             control_fixed += bool(control_by)

@@ -176,11 +176,10 @@ def patchscope(model, source_prompt: str, config: PatchscopeConfig | None = None
     source_token = model.tokenizer.decode([int(run.input_ids[0, pos])])
     tpos = placeholder_position(model, template, placeholder)
     unpatched = model.generate(template, max_new_tokens=max_new_tokens).text
-    cells = []
-    for s in src_layers:
-        state = run.acts[f"resid_post.{s}"][0, pos]
-        for t in ([s] if tgt_layers is None else tgt_layers):
-            text = model.generate(template, edits=[patch_edit(t, state, tpos)], max_new_tokens=max_new_tokens).text
-            cells.append(PatchCell(s, t, text, _starts_with(text, source_token)))
+    grid = [(s, t) for s in src_layers for t in ([s] if tgt_layers is None else tgt_layers)]
+    # every cell is the same template with its own patch: one batch, one edit list per row
+    texts = model.generate_batch([template] * len(grid), [[patch_edit(t, run.acts[f"resid_post.{s}"][0, pos], tpos)]
+                                                          for s, t in grid], max_new_tokens=max_new_tokens)
+    cells = [PatchCell(s, t, text, _starts_with(text, source_token)) for (s, t), text in zip(grid, texts)]
     return PatchscopeResult(model.spec, source_prompt, pos, source_token, template, placeholder, tpos, unpatched,
                             cells, config)

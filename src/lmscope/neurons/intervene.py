@@ -11,7 +11,7 @@ import torch
 from lmscope.core import edits
 from lmscope.core.errors import InputError
 from lmscope.core.metrics import KL_REFERENCE_EDITED, kl_reference_edited
-from lmscope.core.runs import last_logits
+from lmscope.core.runs import last_logits, length_groups
 from lmscope.core.trace import bind_edit
 from lmscope.results import Result
 
@@ -133,12 +133,12 @@ def neuron_effects(model, layer: int, neurons, prompts, how: str = "zero", *, fa
         tid = model.token_id(tok)
         chosen[tok] = {"before": clean[:, tid].exp().tolist(), "after": edited[:, tid].exp().tolist()}
     gens = []
-    for prompt in prompts[:3] if generate else []:
-        if not isinstance(prompt, str):
-            prompt = model.tokenizer.decode(prompt)
+    if generate:   # the first 3 prompts in one left-padded batch, before and after (positions count per row)
+        shown = [p if isinstance(p, str) else model.tokenizer.decode(p) for p in prompts[:3]]
         one = neuron_edit(model, layer, neurons, how, factor=factor, mean=mean, samples=samples, seed=seed)
-        gens.append({"prompt": prompt, "before": model.generate(prompt, max_new_tokens=generate).text,
-                     "after": model.generate(prompt, [one], max_new_tokens=generate).text})
+        before = model.generate_batch(shown, max_new_tokens=generate)
+        after = model.generate_batch(shown, [one], max_new_tokens=generate)
+        gens = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(shown, before, after)]
     neurons = [neurons] if isinstance(neurons, int) else list(neurons)
     return EffectReport(how if how != "scale" else f"scale x{factor:g}", layer % model.n_layers, neurons,
                         len(prompts), kl.tolist(), flips.tolist(), chosen,
@@ -183,10 +183,12 @@ NEXT = "next token (per prompt)"
 
 @torch.no_grad()
 def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors=(-2, -1, 0, 0.5, 1, 2, 4, 8), *,
-                  next_tokens=None) -> NeuronDoseResponse:
+                  next_tokens=None, resume: bool = True) -> NeuronDoseResponse:
     """Sweep the scale factor; report chosen tokens' mean probabilities at each prompt's last token.
     `tokens`: strings (one token each) or ids, followed on every prompt. `next_tokens`: one token id per prompt
-    (e.g. what actually followed in the corpus), reported as one curve named NEXT."""
+    (e.g. what actually followed in the corpus), reported as one curve named NEXT. resume: the layers below `layer`
+    run once and every factor resumes from their resid_pre (the same numbers bit for bit as resume=False, which
+    runs every factor from the embedding)."""
     prompts = list(prompts)
     if not prompts:
         raise InputError("empty prompt set: give at least one prompt")
@@ -204,8 +206,12 @@ def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors
     probs = {n: [] for n in names + ([NEXT] if next_tokens is not None else [])}
     kls = []
     rows = torch.arange(len(prompts))
+    scaled = None
     for f in factors:
-        logits = last_logits(model, prompts, [neuron_edit(model, layer, neurons, "scale", factor=f)])
+        edit = neuron_edit(model, layer, neurons, "scale", factor=f)   # checks the layer before anything runs
+        if resume and scaled is None:
+            scaled = _resumed_last_logits(model, prompts, layer)
+        logits = scaled([edit]) if resume else last_logits(model, prompts, [edit])
         logp = torch.log_softmax(logits, -1)
         kls.append(float(kl_reference_edited(clean_logits, logits).clamp_min(0).mean()))
         for n, i in zip(names, ids):
@@ -214,3 +220,20 @@ def neuron_dose_response(model, layer: int, neurons, prompts, tokens=(), factors
             probs[NEXT].append(float(logp[rows, torch.tensor(next_tokens)].exp().mean()))
     neurons = [neurons] if isinstance(neurons, int) else list(neurons)
     return NeuronDoseResponse(layer % model.n_layers, neurons, factors, probs, kls)
+
+
+def _resumed_last_logits(model, prompts, layer: int):
+    """A function edits -> [n, vocab] last-token logits (core.runs.last_logits' batches and arithmetic) whose
+    forwards resume at resid_pre.layer, computed once per batch here."""
+    site = f"resid_pre.{layer % model.n_layers}"
+    groups = [(idx, rows, model.run(rows, read=[site], stop_early=True).acts[site])
+              for idx, rows in length_groups(model, prompts)]
+
+    def logits(edits) -> torch.Tensor:
+        out = torch.empty(len(prompts), model.vocab_size)
+        for idx, rows, start in groups:
+            run = model.run(rows, edits=edits, resume=(layer % model.n_layers, start),
+                            forward_kwargs={"logits_to_keep": 1})
+            out[idx] = run.logits[:, -1].float().cpu()
+        return out
+    return logits

@@ -89,7 +89,14 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return self.module(self.adapter.embed).weight.device
+        """Where inputs go: the embedding's device, or for a model dispatched by accelerate with offloaded weights
+        (which sit on the meta device) the device its hooks execute on."""
+        embed = self.module(self.adapter.embed)
+        for module in (embed, self.hf):
+            execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if execution is not None:
+                return torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution)
+        return embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -257,6 +264,55 @@ class Model:
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
         return texts
+
+    @torch.no_grad()
+    def generate_batch(self, prompts, edits=(), *, max_new_tokens: int = 20, token_ids: bool = False
+                       ) -> "list[str] | list[list[int]]":
+        """Greedy continuations of prompts of any lengths in one batch, padded on the LEFT, with edits applied at
+        every step. Positions of edits count each row's own tokens (position p is the row's token p, -1 its last
+        token so far), per-position values are read at those positions, padding is never edited. `edits`: one list
+        for every row, or one list per row (rows that share the same list object are edited together). Each
+        continuation is cut at the first end-of-sequence; `token_ids=True` returns the ids instead of texts."""
+        rows = self._token_rows(prompts)
+        per_row = bool(edits) and all(isinstance(e, (list, tuple)) for e in edits)
+        if per_row and len(edits) != len(rows):
+            raise InputError(f"generate_batch: {len(edits)} edit lists for {len(rows)} prompts")
+        flat, edit_rows = list(edits) if not per_row else [], [] if per_row else [None] * len(edits)
+        if per_row:
+            groups: dict[int, list[int]] = {}
+            for r, row_edits in enumerate(edits):
+                groups.setdefault(id(row_edits), []).append(r)
+            for members in groups.values():
+                mask = torch.zeros(len(rows), dtype=torch.bool)
+                mask[members] = True
+                flat += list(edits[members[0]])
+                edit_rows += [mask] * len(edits[members[0]])
+        length = max(len(r) for r in rows)
+        starts = [length - len(r) for r in rows]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        ids = torch.tensor([[pad] * s + r for s, r in zip(starts, rows)], device=self.device)
+        mask = torch.tensor([[0] * s + [1] * len(r) for s, r in zip(starts, rows)], device=self.device)
+        with self.trace(edits=flat, row_starts=torch.tensor(starts), edit_rows=edit_rows):
+            out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                   do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+        stop = self._end_ids()
+        result = []
+        for row in out[:, length:].tolist():
+            row = row[:next((i for i, t in enumerate(row) if t in stop), len(row))]
+            result.append(row if token_ids else self.tokenizer.decode(row, skip_special_tokens=True))
+        return result
+
+    def _token_rows(self, prompts) -> list[list[int]]:
+        """Texts or token-id rows -> lists of ids (texts tokenized as encode does)."""
+        if isinstance(prompts, str) or not prompts:
+            raise InputError("generate_batch takes a non-empty list of prompts (texts or token-id rows)")
+        rows = []
+        for p in prompts:
+            if isinstance(p, str):
+                rows.append(self.encode(p)[0][0].tolist())
+            else:
+                rows.append(self.encode([list(p)])[0][0].tolist())
+        return rows
 
     def _end_ids(self) -> set[int]:
         """Token ids that end a generated answer (generation config and tokenizer's eos, and pad)."""

@@ -203,4 +203,4 @@ def generate_injected(model, rows: list[list[int]], injections: "list[tuple[int,
     row i with `injections[i]` on positions start..end-1 (see injection_edits); None: no edit at all (controls)."""
     batch_edits = [] if injections is None else injection_edits(
         [(layer, v.to(model.dtype).to(model.device)) for layer, v in injections], start, end)
-    return model.generate_rows(rows, batch_edits, max_new_tokens=max_new_tokens)
+    return model.generate_batch(rows, batch_edits, max_new_tokens=max_new_tokens)

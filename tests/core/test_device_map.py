@@ -1,0 +1,60 @@
+"""A model dispatched by accelerate with CPU and disk offload (forced by max_memory): reading, editing, resuming
+and batched generation give the numbers of the same model loaded plainly."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import lmscope
+from lmscope.core.models.model import Model
+from lmscope.core.models.random_models import random_model
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama")
+    hf, tok = random_model("llama")
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    plain = lmscope.load(f"hf:{folder}")
+    # the embedding and block 0 fit in "CPU memory": the rest is offloaded to disk and loaded at each forward
+    dispatched = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="auto",
+                                                      max_memory={"cpu": "400KB"},
+                                                      offload_folder=str(folder / "offload")).eval()
+    return plain, Model(dispatched, plain.tokenizer, f"hf:{folder} (offloaded)")
+
+
+def test_the_model_really_is_offloaded(pair):
+    _, off = pair
+    assert {"cpu", "disk"} <= set(off.hf.hf_device_map.values())
+    assert any(p.device.type == "meta" for p in off.hf.parameters())     # weights not resident
+
+
+def test_reading_and_editing_match_the_plain_model(pair):
+    plain, off = pair
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    v = torch.randn(plain.d_model, generator=torch.Generator().manual_seed(1))
+    edits = [lmscope.zero("mlp_out.1", positions=[2, 3]), lmscope.add("resid_pre.2", v),
+             lmscope.scale("z.0", 0.0, heads=[1])]
+    for kw in ({}, {"edits": edits}):
+        a = plain.run(ids, read=["resid_post.*", "neurons.1", "z.2"], **kw)
+        b = off.run(ids, read=["resid_post.*", "neurons.1", "z.2"], **kw)
+        assert torch.equal(a.logits, b.logits)
+        assert all(torch.equal(a.acts[s], b.acts[s]) for s in a.acts)
+    assert not torch.equal(plain.run(ids).logits, plain.run(ids, edits=edits).logits)   # the edits act
+    assert not off.has_hooks() or all(hasattr(m, "_hf_hook") for m in off.hf.modules() if m._forward_pre_hooks)
+
+
+def test_resume_and_batched_generation_on_the_offloaded_model(pair):
+    plain, off = pair
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    start = plain.run(ids, read=["resid_pre.2"]).acts["resid_pre.2"]
+    wrappers = [vars(off.block_module(i))["forward"] for i in range(2)]      # accelerate's, one per block
+    assert torch.equal(off.run(ids, resume=(2, start)).logits, plain.run(ids).logits)
+    # the skipped blocks get accelerate's own forward back: the next full run is still right
+    assert [vars(off.block_module(i))["forward"] for i in range(2)] == wrappers
+    assert torch.equal(off.run(ids).logits, plain.run(ids).logits)
+    prompts = ["hello there", "ab", "the cat sat on"]
+    edits = [lmscope.add("resid_pre.1", torch.randn(plain.d_model, generator=torch.Generator().manual_seed(3)) * 9,
+                         positions=[1])]
+    assert off.generate_batch(prompts, edits, max_new_tokens=5) == plain.generate_batch(prompts, edits,
+                                                                                          max_new_tokens=5)
