@@ -115,8 +115,16 @@ def last_logits(model, prompts: Sequence, edits=(), *, batch_size: int = 64) -> 
     return out
 
 
+def supports_kv_cache(model) -> bool:
+    """Whether the model's forward takes a key/value cache (the weight-sparse paper's model does not)."""
+    params = inspect.signature(model.hf.forward).parameters
+    return "cache" in params or "past_key_values" in params
+
+
 def prefix_cache(model, ids: torch.Tensor):
     """The KV cache of a forward over `ids`; only the cache is wanted, so only one position's logits are made."""
+    if not supports_kv_cache(model):
+        raise InputError(f"{model.spec} keeps no key/value cache; run this method with resume=False")
     out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
     return getattr(out, "cache", None) or out.past_key_values
 

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers
 from lmscope.core.errors import InputError
-from lmscope.core.runs import on_cache, prefix_cache
+from lmscope.core.runs import on_cache, prefix_cache, supports_kv_cache
 from lmscope.data.number_agreement import load_number_agreement
 from lmscope.results import Result
 
@@ -37,6 +37,7 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
     target_id = model.token_id(target)
     ids, _ = model.encode(prompt)
     last = ids.shape[1] - 1
+    resume = resume and supports_kv_cache(model)   # the resumed path runs the last token on a cached prefix
     reads = [f"neurons.{layer}" for layer in layers] + ([f"resid_pre.{layer}" for layer in layers] if resume else [])
     clean = model.run(ids, read=reads, stop_early=True).acts
     alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(model.device, model.dtype)
