@@ -11,9 +11,9 @@ Protocol:
    user: "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}",
    assistant (PREFILLED): "{word}", user: "Did you mean to say that, or was it an accident?", then the assistant
    header; the model answers greedily (`max_new_tokens`).
-3. Injection: the concept vector of that same word (`trials.concept_vectors`: resid_post.L at the last
-   token of "Tell me about {word}" minus the baseline mean, unit norm, times `strength` x the mean residual norm
-   at the layer) is added at resid_post.L ONLY on the tokens from the first token of the user's first message
+3. Injection: the concept vector of that same word (`trials.concept_vectors`: resid_post.L for "Tell me about
+   {word}" at the token before the assistant's reply minus the baseline mean, times `strength`: the raw vector by
+   default, or its unit vector x the mean residual norm with scale="residual") is added at resid_post.L ONLY on the tokens from the first token of the user's first message
    (after any system prompt) up to, not including, the first token of the prefilled word. The prefilled word, the
    follow-up question and every generated token are read unperturbed: any effect comes through what the earlier
    positions left in the keys and values.
@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
-from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, IntrospectionConfig, check_trial_options,
+from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
                                                  generate_injected, random_injections, tokens_before)
 from lmscope.results import Result, transcripts
@@ -234,7 +234,8 @@ class PrefillResult(Result, kind="introspection_prefill"):
             fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
                                      text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
                                      hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
-            fig.update_xaxes(title_text="strength (x residual norm)", row=1, col=i + 1)
+            fig.update_xaxes(title_text="strength (x " + ("concept vector)" if self.config.scale == "raw"
+                                                            else "residual norm)"), row=1, col=i + 1)
         fig.update_layout(title=f"Prefill + concept injection: {self.model} | {len(self.trials)} injected trials, "
                                 f"{len(self.controls)} controls", height=max(350, 40 * len(self.layers) + 220),
                           width=1000)
@@ -349,7 +350,8 @@ def build_prefill_prompts(model, concepts: Sequence[str], sentences: Sequence[st
 def check_prefill_options(config: IntrospectionConfig) -> list[str]:
     """The sentences to pair (given or bundled), checked; the injection protocol's own options must be left at
     their defaults (this protocol does not read them)."""
-    for name, default in (("start", "question"), ("context", CONTEXT), ("question", QUESTION)):
+    for name, default in (("start", "question"), ("context", CONTEXT), ("question", QUESTION),
+                          ("opening", OPENING)):
         if getattr(config, name) != default:
             raise InputError(f"{name} does not apply to the prefill protocol (it injects before the prefilled "
                              f"word and asks its own question)")
@@ -374,7 +376,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
     paired = pair_sentences(concepts, sentences, config.seed)
     prompts = build_prefill_prompts(model, concepts, paired)      # checked before any model work
 
-    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
+    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers, scale=config.scale,
+                                             style=config.concept_prompt)
     cells = [(layer, strength) for layer in layers for strength in strengths]
     generator = torch.Generator().manual_seed(config.seed)
     trials, controls, randoms = [], [], []
@@ -389,7 +392,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
             kinds = [("injected", trials, [(layer, vectors[(layer, prompt.concept)] * strength)
                                            for layer, strength in cells])]
             if config.random_controls:
-                kinds.append(("random", randoms, random_injections(cells, residual_norm, model.d_model, generator)))
+                norms = [(layer, float(vectors[(layer, prompt.concept)].norm()) * strength) for layer, strength in cells]
+                kinds.append(("random", randoms, random_injections(norms, model.d_model, generator)))
             for kind, into, injections in kinds:
                 for i in range(0, len(cells), config.batch_size):
                     chunk = injections[i:i + config.batch_size]
