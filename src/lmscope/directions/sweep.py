@@ -155,11 +155,14 @@ class SweepResult(Result, kind="direction_sweep"):
 
     def summary(self) -> str:
         lines = [f"selection sweep | {self.model} | {self.site_kind}", self._intro(),
-                 f"{'layer':>5} " + " ".join(f"{'pos ' + str(p):>26}" for p in self.positions),
-                 f"{'':>5} " + " ".join(f"{'induce':>8} {'bypass':>8} {'kl':>8}" for _ in self.positions)]
+                 f"{'layer':>5} " + " ".join(f"{'pos ' + str(p):>35}" for p in self.positions),
+                 f"{'':>5} " + " ".join(f"{'induce':>8} {'added':>8} {'bypass':>8} {'kl':>8}" for _ in self.positions)]
         for i, layer in enumerate(self.layers):
-            lines.append(f"{layer:>5} " + " ".join(f"{self.induce[p][i]:>+8.3f} {self.bypass[p][i]:>+8.3f} "
-                                                   f"{self.kl[p][i]:>8.4f}" for p in range(len(self.positions))))
+            lines.append(f"{layer:>5} " + " ".join(
+                f"{self.induce[p][i]:>+8.3f} {self.induce_score[p][i] if self.induce_score else float('nan'):>+8.3f} "
+                f"{self.bypass[p][i]:>+8.3f} {self.kl[p][i]:>8.4f}" for p in range(len(self.positions))))
+        lines.append("induce: shift toward the positive prompts under addition; added: the metric itself under "
+                     "addition (arditi's filter: > 0); bypass: shift toward the negative prompts under ablation")
         if self.ranking:
             b = self.ranking[0]
             lines.append(f"best: layer {b['layer']} position {b['position']} (induce {b['induce']:+.3f}, metric under "
