@@ -58,7 +58,8 @@ from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
 from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, tokens_before)
+                                                 generate_injected, random_injections, selection_split,
+                                                 tokens_before)
 from lmscope.results import Result, transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
@@ -160,6 +161,7 @@ class PrefillResult(Result, kind="introspection_prefill"):
     trials: list[PrefillTrial]
     controls: list[PrefillTrial]
     random_controls: list[PrefillTrial] = field(default_factory=list)
+    selection_concepts: list[str] = field(default_factory=list)   # their trials choose the best cell; others report
 
     @staticmethod
     def _rates(trials: list[PrefillTrial]) -> tuple[float, float]:
@@ -192,18 +194,24 @@ class PrefillResult(Result, kind="introspection_prefill"):
                               "n": len(cell)})
         return cells
 
+    def _report(self, items: list[PrefillTrial]) -> list[PrefillTrial]:
+        return [t for t in items if t.concept not in set(self.selection_concepts)]
+
     def verdict(self) -> str:
-        control = self.accept_rate_control
-        best = max(self.grid(), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
-        if best["accept_rate"] <= control:
-            return (f"no effect: no cell accepts the prefilled word more often than the controls "
-                    f"({control:.0%}; best cell {best['accept_rate']:.0%})")
-        text = (f"best cell (layer {best['layer']}, strength {best['strength']}): accepts {best['accept_rate']:.0%} "
-                f"vs {control:.0%} without injection, over {best['n']} trials")
+        """The best cell is chosen on the selection words' trials and reported on the other words' trials and
+        controls (never on the trials that chose it)."""
+        chosen = [t for t in self.trials if t.concept in set(self.selection_concepts)]
+        best = max(self.grid(chosen), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
+        report = [t for t in self._report(self.trials) if (t.layer, t.strength) == (best["layer"], best["strength"])]
+        accept, control = self._rates(report)[0], self._rates(self._report(self.controls))[0]
+        text = (f"best cell chosen on {len(self.selection_concepts)} selection words: layer {best['layer']}, strength "
+                f"{best['strength']}; on the other words' {len(report)} trials there it accepts {accept:.0%} vs "
+                f"{control:.0%} of their controls")
         if self.random_controls:
-            same = [t for t in self.random_controls if t.layer == best["layer"] and t.strength == best["strength"]]
+            same = [t for t in self._report(self.random_controls)
+                    if t.layer == best["layer"] and t.strength == best["strength"]]
             text += f"; a random direction of the same norm there: {self._rates(same)[0]:.0%}"
-        return text
+        return text + (". No effect: no more accepts than the controls" if accept <= control else "")
 
     def json_extras(self) -> dict:
         random_accept, random_disavow = self._rates(self.random_controls)
@@ -405,7 +413,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
     return PrefillResult(model=model.spec, config=config, layers=layers, strengths=strengths, concepts=concepts,
                          sentences=paired, n_baselines=len(baselines), residual_norm=residual_norm,
                          example_prompt=prompts[0].text, injection_span=[prompts[0].first, prompts[0].end],
-                         trials=trials, controls=controls, random_controls=randoms)
+                         trials=trials, controls=controls, random_controls=randoms,
+                         selection_concepts=selection_split(concepts, config.selection_fraction, config.seed))
 
 
 def _scored(prompt: PrefillPrompt, kind: str, layer: "int | None", strength: "float | None", answer: str
