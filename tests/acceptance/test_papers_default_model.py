@@ -30,13 +30,16 @@ def test_icl_update_identity_and_rank(smollm2_float64, tmp_path):
 
 
 def test_injection_steers_and_controls_match(smollm2):
-    result = introspect(smollm2, concepts=["ocean", "dog"], layers=[8], strengths=[0.5], max_new_tokens=10)
+    # the former scale and bare-text concept vectors: 0.5 x the residual norm steers into the word at layer 8
+    result = introspect(smollm2, concepts=["ocean", "dog"], layers=[8], strengths=[0.5], scale="residual",
+                        concept_prompt="plain", max_new_tokens=10)
     prompt = result.example_prompt
     assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
     ids = smollm2.encode(prompt)[0][0]
     start = result.injection_start
-    assert smollm2.tokenizer.decode(ids[start:start + 6]).startswith("Trial 1:")
-    assert smollm2.tokenizer.decode(ids[start - 1]).endswith("\n")
+    # the paper's wording; the injection starts at the blank line before "Trial 1"
+    assert smollm2.tokenizer.decode(ids[start:start + 7]).startswith("\n\nTrial 1:")
+    assert smollm2.tokenizer.decode(ids[:start]).endswith("Ok, let's get started.")
     # steering works at this layer and strength: the injected concept shows up in the answer
     assert result.trials[0].mention_at is not None
     assert result.controls[0].answer == smollm2.generate(prompt, max_new_tokens=10).text

@@ -183,3 +183,23 @@ def test_builtin_tasks_on_default_model(smollm2):
         t = load_circuit_task(m, name, n=20)
         assert len(t) == 20 and all(len(c) == len(k) for c, k in zip(t.clean, t.corrupt))
         assert all(a != w for a, w in zip(t.answer, t.wrong))
+
+
+@pytest.mark.default_model
+def test_ioi_abc_corruption_resamples_all_three_names(smollm2):
+    """Wang et al.'s ABC: no name of the clean prompt is left in the corrupt one, and the corrupt prompt has three
+    distinct names in the positions of A, B and S2; the default S2 corruption changes S2 only (the EAP-IG repo's)."""
+    m, tok = smollm2, smollm2.tokenizer
+    abc = load_circuit_task(m, "ioi", n=30, seed=1, corruption="abc")
+    s2 = load_circuit_task(m, "ioi", n=30, seed=1)
+    assert abc.info["corruption"] == "abc" and s2.info["corruption"] == "s2" and "not ABC" in s2.info["corrupt"]
+    for c, k, a, w in zip(abc.clean, abc.corrupt, abc.answer, abc.wrong):
+        changed = [i for i, (x, y) in enumerate(zip(c, k)) if x != y]
+        assert len(c) == len(k) and len(changed) == 3                  # A, B and S2
+        assert a not in k and w not in k and len({k[i] for i in changed}) == 3
+    for c, k in zip(s2.clean, s2.corrupt):
+        assert sum(x != y for x, y in zip(c, k)) == 1
+    with pytest.raises(InputError, match="corruption"):
+        load_circuit_task(m, "ioi", n=5, corruption="abb")
+    with pytest.raises(InputError, match="ioi task only"):
+        load_circuit_task(m, "greater-than", n=5, corruption="abc")

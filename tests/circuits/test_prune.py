@@ -1,4 +1,6 @@
 """Node gates and mask pruning: empty = full ablation, full = the model, means are what they claim."""
+import importlib
+
 import pytest
 import torch
 
@@ -6,9 +8,10 @@ import lmscope
 from circuit_toy_task import toy_task, with_signal
 from conftest import random_model
 from lmscope.circuits.faithfulness import gated_logits
-from lmscope.circuits.means import task_means, zero_means
+from lmscope.circuits.means import ablation_means, task_means, zero_means
+from lmscope.circuits.tasks import TaskSet
 from lmscope.circuits.nodes import Node, all_nodes, gate_edits, gates, kept_nodes, parse_node
-from lmscope.circuits.prune import PruneConfig, deterministic_gates, prune
+from lmscope.circuits.prune import EDGE_PRUNING, PruneConfig, deterministic_gates, prune
 from lmscope.core.errors import InputError
 
 
@@ -142,3 +145,64 @@ def test_small_groups_use_the_pooled_mean():
     means = task_means(m, task)
     assert means.group_of == {} and means.groups_for(task, range(6)) == [0] * 6 and means.z.shape[0] == 1
     assert task_means(m, task, min_group=3).groups_for(task, range(6)) == [1, 2] * 3
+
+
+def _spy_means(monkeypatch, module):
+    """Record the reference task every ablation_means call of `module` gets."""
+    seen = []
+    real = module.ablation_means
+
+    def spy(model, reference, ablation):
+        seen.append((reference, ablation))
+        return real(model, reference, ablation)
+    monkeypatch.setattr(module, "ablation_means", spy)
+    return seen
+
+
+def test_circuit_means_are_computed_without_the_evaluated_prompts(monkeypatch):
+    prune_module, run_module = (importlib.import_module(f"lmscope.circuits.{n}") for n in ("prune", "run"))
+    m, toy = random_model("llama"), toy_task(12)
+    task = TaskSet("toy", toy.clean, toy.corrupt, toy.answer, toy.wrong, "logit_diff", 0, {}, toy.templates)
+    seen = _spy_means(monkeypatch, prune_module)
+    r = prune(m, task, PruneConfig(steps=2, batch_size=4, n_random=1, target_heads=3))
+    _, held = task.split(6, seed=0)
+    (reference, _), = seen
+    assert len(reference) == 6 and r.n_prompts == len(held) == 6
+    assert not {tuple(c) for c in reference.clean} & {tuple(c) for c in held.clean}
+    # the held-out metrics do not depend on the held-out prompts' own activations: the means equal the train means
+    train, _ = task.split(6, seed=0)
+    torch.testing.assert_close(task_means(m, reference).z, task_means(m, train).z, rtol=0, atol=0)
+    seen = _spy_means(monkeypatch, run_module)
+    result, circuit = run_module.find_circuit(m, task, method="eap", max_heads=3, n_random=1)
+    (reference, _), = seen
+    assert not {tuple(c) for c in reference.clean} & {tuple(c) for c in held.clean} and result.n_prompts == 6
+    saved = run_module.evaluate_saved(m, circuit, task, n_random=1)
+    (reference, _) = seen[-1]
+    assert saved.n_prompts == 6 and len(reference) == 6 and "seeded half" in " ".join(saved.notes)
+    scored = task.split(6, seed=0)[1]
+    assert not {tuple(c) for c in reference.clean} & {tuple(c) for c in scored.clean}
+    with pytest.raises(InputError, match="also scored"):
+        run_module.evaluate_saved(m, circuit, task, reference=task.subset([0, 1]))
+
+
+def test_interchange_ablation_puts_the_corrupt_activations():
+    """Edge Pruning's ablation: an ablated node carries its activation on the same pair's corrupt prompt, so the
+    empty circuit is the corrupt run itself."""
+    m, task = random_model("llama"), toy_task(6)
+    acts = ablation_means(m, task, "corrupt")
+    zero_h, zero_m = torch.zeros(m.n_layers, m.n_heads), torch.zeros(m.n_layers)
+    sub = task.subset([3, 1])
+    got = gated_logits(m, sub, acts, zero_h, zero_m)
+    ids, mask = m.encode(sub.corrupt)
+    plain = m.run(sub.corrupt).logits[torch.arange(len(sub)), mask.sum(1) - 1]
+    torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_edge_pruning_protocol_fits_kl_to_the_model():
+    m, task = random_model("llama"), toy_task(12)
+    r = prune(m, task, PruneConfig(steps=3, batch_size=4, n_random=1, target_heads=3, **EDGE_PRUNING))
+    assert r.training["loss"] == "kl" and r.training["ablation"] == "corrupt"
+    assert all(h["fit"] >= 0 for h in r.training["history"])        # a KL
+    assert "KL(reference || edited)" in " ".join(r.notes) and "corrupt prompt" in " ".join(r.notes)
+    with pytest.raises(InputError, match="loss"):
+        prune(m, task, PruneConfig(steps=1, loss="l2"))

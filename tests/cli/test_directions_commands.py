@@ -37,7 +37,8 @@ def test_sweep(capsys):
     assert main(SWEEP + ["--json"]) == 0
     out = _json(capsys)
     assert out["kind"] == "direction_sweep" and out["layers"] == [0] and out["kl"][0][0] >= 0
-    assert out["kl_direction"] == "KL(edited || reference)" and out["config"]["n_eval"] == 2
+    assert out["kl_direction"] == "KL(reference || edited)" and out["config"]["n_eval"] == 2
+    assert out["protocol"] == "arditi" and out["n_build"][0] > 0
 
 
 def test_steer(capsys, vector):

@@ -68,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHODS, default="prune", help="how the circuit is found (default prune)")
     p.add_argument("--n", type=int, default=200, help="prompts of a built-in task (default 200)")
     p.add_argument("--ig-steps", type=int, default=8, help="eap-ig: integrated-gradient steps (default 8)")
+    p.add_argument("--corruption", choices=("s2", "abc"), default=None,
+                   help="ioi only: s2 = only S2 replaced (the EAP-IG repository's), abc = all three names resampled "
+                        "(Wang et al.) (default: s2)")
     add_config_options(p, PruneConfig)
     p.add_argument("--out", metavar="FILE.json", help="write the circuit file (default: not written)")
     p.add_argument("--graph", metavar="FILE.html", help="write the circuit graph (EAP edge scores) as a page "
@@ -152,7 +155,8 @@ def cmd_circuit(args) -> None:
         check_outputs(args)
         model = load_model(args)
         circuit = load_circuit(what[1], model)
-        task = load_circuit_task(model, args.pairs or args.task_name, n=args.n, seed=args.seed)
+        task = load_circuit_task(model, args.pairs or args.task_name, n=args.n, seed=args.seed,
+                                 corruption=args.corruption)
         emit(args, evaluate_saved(model, circuit, task, ablation=args.ablation, n_random=args.n_random,
                                   seed=args.seed, batch_size=args.batch_size))
         return
@@ -164,7 +168,8 @@ def cmd_circuit(args) -> None:
     if args.graph:
         check_output(args.graph, overwrite=args.overwrite, suffixes=HTML, what="--graph")
     model = load_model(args)
-    task = load_circuit_task(model, what[0] if what else args.pairs, n=args.n, seed=args.seed)
+    task = load_circuit_task(model, what[0] if what else args.pairs, n=args.n, seed=args.seed,
+                             corruption=args.corruption)
     result, circuit = find_circuit(model, task, config_from_args(PruneConfig, args), method=args.method,
                                    ig_steps=args.ig_steps, progress=not args.json)
     if args.out:

@@ -1,4 +1,6 @@
-"""Mean activations of every node over a task's distribution: what a pruned node is replaced with.
+"""What a pruned node is replaced with: mean activations of every node over a REFERENCE set of a task's prompts, zero,
+or (interchange ablation, Bhaskar et al. 2024's Edge Pruning) the node's activation on the corrupt prompt of the same
+pair.
 
 Which activations: per-head outputs (z.L, before the output projection) and MLP outputs (mlp_out.L), over the real
 tokens of the task's clean AND corrupt prompts (both halves of the distribution), accumulated in float64.
@@ -7,7 +9,10 @@ token length (a built-in task's template fixes both; a pairs file has one templa
 Prompts of a group have their token roles at the same places (names, years), so a pruned node still gets the right
 position's average. A group of fewer than `min_group` prompts would be averaged mostly over itself; its prompts use
 the pooled group instead: every prompt of the task, per absolute position, over the prompts long enough to have it.
-Means are always recomputed from the prompts being evaluated (nothing is saved beside a circuit file).
+The reference set is never the set that is scored: finding a circuit takes the means from its train split, and
+evaluating a saved circuit from a seeded half of the given prompts, scoring the other half (lmscope.circuits.run).
+Evaluated prompts whose (template, length) group is not in the reference set use the pooled group; positions past
+the longest reference prompt get zero (`coverage` counts both, and results say so).
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import torch
 
 from lmscope.core.errors import InputError
 
-ABLATIONS = {"mean": "mean (per template-and-length group and position, clean+corrupt prompts)", "zero": "zero"}
+ABLATIONS = {"mean": "mean over the reference (train) prompts, per template-and-length group and position, clean+corrupt",
+             "zero": "zero",
+             "corrupt": "interchange: the node's activation on the corrupt prompt of the same pair (Edge Pruning)"}
 
 
 @dataclass
@@ -106,8 +113,67 @@ def zero_means(model, task) -> TaskMeans:
     return TaskMeans(z, mlp, torch.zeros(1, longest), {}, False)
 
 
-def ablation_means(model, task, ablation: str) -> TaskMeans:
-    """The values pruned nodes take under `ablation` ('mean' or 'zero', the keys of ABLATIONS)."""
+class CorruptActivations:
+    """Interchange ablation: every node's activation on each pair's corrupt prompt, looked up by the corrupt prompt's
+    token ids (so any subset or split of the task finds its rows). Same interface as TaskMeans."""
+
+    def __init__(self, model, task, *, batch_size: int = 32):
+        n = model.n_layers
+        read = [f"z.{layer}" for layer in range(n)] + [f"mlp_out.{layer}" for layer in range(n)]
+        self.rows: dict[tuple, int] = {}
+        self.z, self.mlp = [], []
+        with torch.no_grad():
+            for start in range(0, len(task), batch_size):
+                ids = task.corrupt[start:start + batch_size]
+                run = model.run(ids, read=read, stop_early=True)
+                for i, row in enumerate(ids):
+                    self.rows.setdefault(tuple(row), len(self.z))
+                    k = len(row)     # right padding: the first len(row) positions are the prompt's
+                    self.z.append(torch.stack([run.acts[f"z.{layer}"][i, :k] for layer in range(n)], 1))
+                    self.mlp.append(torch.stack([run.acts[f"mlp_out.{layer}"][i, :k] for layer in range(n)], 1))
+
+    def groups_for(self, task, rows) -> list[int]:
+        try:
+            return [self.rows[tuple(task.corrupt[r])] for r in rows]
+        except KeyError:
+            raise InputError("interchange ablation: a prompt's corrupt counterpart was not run") from None
+
+    def values(self, groups: list[int], seq: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z [batch, seq, heads, d_head], mlp [batch, seq, d_model]): each row's corrupt activations, zero-padded."""
+        z = torch.zeros(len(groups), seq, *self.z[0].shape[2:], dtype=self.z[0].dtype, device=self.z[0].device)
+        mlp = torch.zeros(len(groups), seq, self.mlp[0].shape[-1], dtype=self.mlp[0].dtype, device=self.z[0].device)
+        for i, g in enumerate(groups):
+            k = min(seq, self.z[g].shape[0])
+            z[i, :k], mlp[i, :k] = self.z[g][:k, layer], self.mlp[g][:k, layer]
+        return z, mlp
+
+
+def coverage(means, task) -> tuple[int, int]:
+    """(prompts of `task` that fall back to the pooled group, prompts longer than every reference prompt) under
+    task means; (0, 0) for zero and interchange ablation."""
+    if not isinstance(means, TaskMeans) or not means.counts.any():
+        return 0, 0
+    pooled = sum(1 for g, k in zip(means.groups_for(task, range(len(task))), group_keys(task))
+                 if g == 0 and means.by_template)
+    longer = sum(1 for c in task.clean if len(c) > means.positions or not bool(means.counts[0, len(c) - 1] > 0))
+    return pooled, longer
+
+
+def ablation_means(model, reference, ablation: str):
+    """The values pruned nodes take under `ablation` (the keys of ABLATIONS): 'mean' = the task means of the
+    `reference` prompts (never the prompts that are scored), 'zero', or 'corrupt' = interchange ablation (the
+    corrupt activations of `reference`, which must then hold the scored pairs themselves)."""
     if ablation not in ABLATIONS:
-        raise InputError(f"ablation must be 'mean' or 'zero', got {ablation!r}")
-    return task_means(model, task) if ablation == "mean" else zero_means(model, task)
+        raise InputError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
+    if ablation == "corrupt":
+        return CorruptActivations(model, reference)
+    return task_means(model, reference) if ablation == "mean" else zero_means(model, reference)
+
+
+def coverage_notes(means, task) -> list[str]:
+    """One line for a result when some scored prompts are not covered by the reference set's groups (see coverage)."""
+    pooled, longer = coverage(means, task)
+    if not (pooled or longer):
+        return []
+    return [f"of {len(task)} scored prompts, {pooled} have no (template, length) group in the reference set (pooled "
+            f"means used) and {longer} reach positions no reference prompt has (zero there)"]

@@ -2,12 +2,17 @@
 et al. 2024's edge pruning, here over nodes: attention heads and MLP layers).
 
 Every node has a gate logit theta. A training step samples stretched hard-concrete gates z in [0, 1] (exactly 0 or
-1 with positive probability), runs the task's clean prompts with each node mixed as z * act + (1 - z) * mean (the
-task means of lmscope.circuits.means, or zero), and minimises
+1 with positive probability), runs the task's clean prompts with each node mixed as z * act + (1 - z) * a, a being
+the node's value under the ablation (lmscope.circuits.means: the task means of the TRAIN split, zero, or
+interchange: its activation on the same pair's corrupt prompt), and minimises a fit term plus a size term:
 
-    mean over prompts ((m_C - m_M) / (mean m_M - mean m_empty))^2  +  size term
+    loss "metric" (default)  mean over prompts ((m_C - m_M) / (mean m_M - mean m_empty))^2
+    loss "kl"                mean over prompts of KL(P_model || P_circuit) of the next token at the last position
+                             (core.metrics.kl_reference_edited), Bhaskar et al.'s loss
 
-where m_M is the model's own per-prompt metric. The size term uses the gates' expected L0 norm E[kept]: with a head
+where m_M is the model's own per-prompt metric. The Edge Pruning protocol of Bhaskar et al. 2024 is
+ablation="corrupt" with loss="kl" (`EDGE_PRUNING`); differences that remain: nodes (heads and MLPs), not edges;
+the head target and the MLP lambda below instead of their edge sparsity target; one learning rate for every gate. The size term uses the gates' expected L0 norm E[kept]: with a head
 target (the usual way) it is Bhaskar et al.'s Lagrangian l1 (s - t) + l2 (s - t)^2 on the expected fraction of heads
 kept s, the target fraction t going linearly from 1 to target / n_heads over the first half of training and the
 multipliers l1, l2 raised by gradient ascent, plus lambda * E[MLPs kept] / n_layers for the MLP gates; without a
@@ -30,8 +35,9 @@ from tqdm import tqdm
 
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
+from lmscope.core.metrics import KL_REFERENCE_EDITED, kl_reference_edited
 from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit, gated_logits
-from lmscope.circuits.means import ABLATIONS, ablation_means
+from lmscope.circuits.means import ABLATIONS, ablation_means, coverage_notes
 from lmscope.circuits.nodes import head_gates, rank_heads
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1   # hard-concrete temperature and stretch (Louizos et al.)
@@ -51,8 +57,11 @@ class PruneConfig:
                                               "penalty only (lmscope circuit: the head budget)")
     lr_lagrange: float = option(1.0, "prune: gradient-ascent step of the Lagrange multipliers")
     mlps: bool = option(True, "prune: learn MLP gates too (--no-mlps: every MLP kept)")
-    ablation: str = option("mean", "pruned nodes get the task mean (by group and position) or zero",
-                           choices=("mean", "zero"))
+    ablation: str = option("mean", "pruned nodes get the train split's mean (by group and position), zero, or the "
+                                   "corrupt prompt's activation (interchange, Edge Pruning)",
+                           choices=("mean", "zero", "corrupt"))
+    loss: str = option("metric", "prune: fit the task metric's normalised error, or kl = KL(model || circuit) at "
+                                 "the last token (Edge Pruning)", choices=("metric", "kl"))
     max_heads: "int | None" = option(None, "head budget: prune keeps at most this many, patch / eap / eap-ig keep "
                                            "exactly this many (lmscope circuit: 20%% of the heads when not given)",
                                      flag="--heads")
@@ -77,9 +86,14 @@ def expected_kept(theta: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(theta - BETA * math.log(-GAMMA / ZETA)).sum()
 
 
+EDGE_PRUNING = {"ablation": "corrupt", "loss": "kl"}   # Bhaskar et al. 2024's protocol: PruneConfig(**EDGE_PRUNING)
+
+
 def _check(config: PruneConfig, task) -> None:
-    if config.ablation not in ("mean", "zero"):
-        raise InputError(f"ablation must be 'mean' or 'zero', got {config.ablation!r}")
+    if config.ablation not in ABLATIONS:
+        raise InputError(f"ablation must be one of {', '.join(ABLATIONS)}, got {config.ablation!r}")
+    if config.loss not in ("metric", "kl"):
+        raise InputError(f"loss must be 'metric' or 'kl', got {config.loss!r}")
     if config.steps < 1 or config.batch_size < 1:
         raise InputError("steps and batch_size must be positive")
     if len(task) < 4:
@@ -98,13 +112,15 @@ def prune(model, task, config: "PruneConfig | None" = None, *, progress: bool = 
     _check(config, task)
     n_train = config.n_train or len(task) // 2
     train, held = task.split(n_train, seed=config.seed)
-    means = ablation_means(model, task, config.ablation)
+    # means from the train split only; interchange ablation reads each scored pair's own corrupt prompt
+    means = ablation_means(model, task if config.ablation == "corrupt" else train, config.ablation)
     ablation = ABLATIONS[config.ablation]
     started = time.time()
     with torch.no_grad():
         ones_h = torch.ones(model.n_layers, model.n_heads, dtype=model.dtype)
         ones_m = torch.ones(model.n_layers, dtype=model.dtype)
-        m_full = train.metric(gated_logits(model, train, means, ones_h, ones_m, batch_size=config.batch_size))
+        logits_full = gated_logits(model, train, means, ones_h, ones_m, batch_size=config.batch_size)
+        m_full = train.metric(logits_full)
         m_empty = train.metric(gated_logits(model, train, means, 0 * ones_h, 0 * ones_m,
                                            batch_size=config.batch_size))
     scale = float(m_full.double().mean() - m_empty.double().mean())
@@ -134,9 +150,12 @@ def prune(model, task, config: "PruneConfig | None" = None, *, progress: bool = 
             gh = sample_gates(theta_h, gen)
             gm = sample_gates(theta_m, gen) if config.mlps else ones_m
             batch = train.subset(rows)
-            metric = batch.metric(gated_logits(model, batch, means, gh, gm, batch_size=len(rows), grad=True))
-            target = m_full[rows].to(metric.device)
-            fit = (((metric.float() - target.float()) / scale) ** 2).mean()
+            logits = gated_logits(model, batch, means, gh, gm, batch_size=len(rows), grad=True)
+            if config.loss == "kl":
+                fit = kl_reference_edited(logits_full[rows].to(logits.device), logits).mean()
+            else:
+                metric, target = batch.metric(logits), m_full[rows]
+                fit = (((metric.float() - target.to(metric.device).float()) / scale) ** 2).mean()
             kept_h = expected_kept(theta_h)
             kept_m = expected_kept(theta_m) if config.mlps else torch.zeros(())
             if config.target_heads is None:
@@ -178,6 +197,11 @@ def prune(model, task, config: "PruneConfig | None" = None, *, progress: bool = 
     result = evaluate_circuit(model, held, means, heads, mlps, method="prune", ablation=ablation,
                               n_random=config.n_random, seed=config.seed, batch_size=config.batch_size,
                               sizes=sizes, ranking=ranking)
+    source = "each pair's corrupt prompt" if config.ablation == "corrupt" else f"the {len(train)} train prompts"
+    fit = f"KL(model || circuit) = {KL_REFERENCE_EDITED} at the last token" if config.loss == "kl" else \
+        "the normalised metric error"
+    result.notes.append(f"ablated nodes take their values from {source}; the gates were fitted to {fit}")
+    result.notes += coverage_notes(means, held)
     result.training = {**asdict(config), "n_train": len(train), "n_heldout": len(held),
                        "seconds": round(seconds, 1), "gates_on": gates_on,
                        "train_metric_full": float(m_full.double().mean()),

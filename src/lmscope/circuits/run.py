@@ -1,6 +1,7 @@
 """One circuit experiment end to end: find a circuit on a train split (learned masks, or the top heads of
-patching / EAP / EAP-IG scores), measure it on the held-out split, and make its circuit file; or evaluate a saved
-circuit on other prompts."""
+patching / EAP / EAP-IG scores), measure it on the held-out split (ablation means from the train split), and make
+its circuit file; or evaluate a saved circuit on other prompts (means from a reference set: a seeded half of them,
+or prompts given apart; the other half is scored)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,11 +13,14 @@ from lmscope.core.errors import InputError
 from lmscope.circuits.attribution import attribute
 from lmscope.circuits.circuit_file import CircuitFile
 from lmscope.circuits.faithfulness import FaithfulnessResult, evaluate_circuit
-from lmscope.circuits.means import ABLATIONS, ablation_means
+from lmscope.circuits.means import ABLATIONS, ablation_means, coverage_notes
 from lmscope.circuits.nodes import gates, rank_heads
 from lmscope.circuits.patching import activation_patching
 from lmscope.circuits.prune import SIZES, PruneConfig, prune
 
+
+
+SOURCES = {"mean": "the train prompts", "zero": "zero", "corrupt": "each pair's corrupt prompt"}
 
 
 def default_budget(model) -> int:
@@ -49,7 +53,7 @@ def find_circuit(model, task, config: "PruneConfig | None" = None, *, method: st
         raise InputError(f"find_circuit: {exc}") from None
     budget = default_budget(model) if config.max_heads is None else config.max_heads
     if config.ablation not in ABLATIONS:
-        raise InputError(f"ablation must be 'mean' or 'zero', got {config.ablation!r}")
+        raise InputError(f"ablation must be one of {', '.join(ABLATIONS)}, got {config.ablation!r}")
     if not 0 < budget <= model.n_layers * model.n_heads:
         raise InputError(f"the head budget must be in 1..{model.n_layers * model.n_heads}, got {budget}")
     config = dataclasses.replace(config, max_heads=budget, target_heads=config.target_heads or budget)
@@ -70,11 +74,13 @@ def find_circuit(model, task, config: "PruneConfig | None" = None, *, method: st
     ranking = rank_heads(scores)
     heads, mlps_gate = gates(model, ranking[:budget])
     mlps_gate = torch.ones_like(mlps_gate)     # score methods rank heads; every MLP is kept
-    means = ablation_means(model, task, config.ablation)
+    means = ablation_means(model, task if config.ablation == "corrupt" else train, config.ablation)
     result = evaluate_circuit(model, held, means, heads, mlps_gate, method=method,
                               ablation=ABLATIONS[config.ablation], n_random=config.n_random, seed=seed,
                               batch_size=batch_size, sizes=sorted(set(SIZES) | {budget}), ranking=ranking)
-    result.notes.append(f"{method}: heads ranked by |score| on {len(train)} train prompts; every MLP kept")
+    result.notes.append(f"{method}: heads ranked by |score| on {len(train)} train prompts; every MLP kept; ablation "
+                        f"values from {SOURCES[config.ablation]}")
+    result.notes += coverage_notes(means, held)
     result.training = {"n_train": len(train), "n_heldout": len(held), "seconds": round(seconds, 1),
                        "method": method, "budget": budget}
     file = CircuitFile.from_result(model, result, {"kind": f"|{method} score|",
@@ -83,17 +89,36 @@ def find_circuit(model, task, config: "PruneConfig | None" = None, *, method: st
 
 
 def evaluate_saved(model, circuit: CircuitFile, task, *, ablation: str = "mean", n_random: int = 10,
-                   seed: int = 0, batch_size: int = 32) -> FaithfulnessResult:
-    """A saved circuit's faithfulness on `task` (means recomputed from its prompts); with its saved head scores,
-    also the faithfulness-vs-size curve of its ranking."""
+                   seed: int = 0, batch_size: int = 32, reference=None) -> FaithfulnessResult:
+    """A saved circuit's faithfulness on `task`; with its saved head scores, also the faithfulness-vs-size curve of
+    its ranking. Mean ablation takes its means from `reference` (a TaskSet disjoint from `task`), or, without one,
+    from a seeded half of `task`, the other half being scored: the scored prompts never enter the means."""
+    if ablation not in ABLATIONS:
+        raise InputError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
     heads, mlps = gates(model, circuit.nodes(model))
-    means = ablation_means(model, task, ablation)
+    scored, source = task, "no reference (zero or interchange ablation)"
+    if ablation == "mean":
+        if reference is None:
+            if len(task) < 2:
+                raise InputError("evaluating with mean ablation needs at least 2 prompts (a reference half and a "
+                                 "scored half), or reference=")
+            reference, scored = task.split(len(task) // 2, seed=seed)
+            source = f"a seeded half of the prompts ({len(reference)}); the other {len(scored)} are scored"
+        else:
+            shared = {tuple(c) for c in reference.clean} & {tuple(c) for c in task.clean}
+            if shared:
+                raise InputError(f"{len(shared)} reference prompt(s) are also scored prompts: the means must come "
+                                 "from other prompts")
+            source = f"{len(reference)} reference prompts given apart"
+    means = ablation_means(model, reference if ablation == "mean" else task, ablation)
     ranking = None
     if circuit.scores and isinstance(circuit.scores.get("heads"), list):
         s = torch.tensor(circuit.scores["heads"], dtype=torch.float64)
         if tuple(s.shape) == (model.n_layers, model.n_heads):
             ranking = rank_heads(s)
-    result = evaluate_circuit(model, task, means, heads, mlps, method=f"{circuit.method} (saved, found on "
+    result = evaluate_circuit(model, scored, means, heads, mlps, method=f"{circuit.method} (saved, found on "
                               f"{circuit.task})", ablation=ABLATIONS[ablation], n_random=n_random, seed=seed,
                               batch_size=batch_size, sizes=SIZES if ranking else (), ranking=ranking)
+    result.notes.append(f"ablation values from {source}")
+    result.notes += coverage_notes(means, scored)
     return result

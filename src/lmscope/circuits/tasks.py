@@ -4,10 +4,13 @@ Built-in tasks (templates and word lists in lmscope/data, written for this proje
 tokenizer every time a task is built):
 
   ioi            "When Mary and John went to the store, John gave a drink to" -> " Mary" (Wang et al. 2023).
-                 Both name orders (ABBA: the indirect object first; BABA: the subject first). Corrupt ("ABC"): the
-                 repeated subject S2 is replaced by a third name, so the corrupt prompt has three distinct names and
-                 no repetition to go by; the first clause is unchanged, so positions line up.
-                 Metric logit_diff = logit(IO) - logit(S).
+                 Both name orders (ABBA: the indirect object first; BABA: the subject first). Two corruptions:
+                 corruption="s2" (default): only the repeated subject S2 is replaced by a third name (the EAP-IG
+                 repository's IOI corruption, Hanna et al. 2024; NOT Wang et al.'s ABC): the first clause is
+                 unchanged, so IO and S are still in the prompt but nothing is repeated.
+                 corruption="abc" (Wang et al. 2023's ABC distribution): all three names (A, B and S2) are
+                 resampled, three distinct names other than IO and S, so no name of the clean prompt is left.
+                 Single-token names, so positions line up either way. Metric logit_diff = logit(IO) - logit(S).
   greater-than   "The war lasted from the year 1732 to the year 17" (Hanna et al. 2023); corrupt year "1701".
                  The metric is read at the FIRST token after the prompt. Every two-digit continuation 00..99 is
                  tokenized after the prompt; a first token is "larger" when every continuation starting with it is
@@ -296,8 +299,14 @@ def _sample(builder: _Builder, n: int, draw: Callable[[], None]) -> None:
         draw()
 
 
-def ioi_task(model, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
+IOI_CORRUPTIONS = {"s2": "S2 replaced by a third name (the EAP-IG repository's corruption; not ABC)",
+                   "abc": "ABC (Wang et al. 2023): A, B and S2 all resampled, three new distinct names"}
+
+
+def ioi_task(model, n: int = 200, seed: int = 0, templates=None, corruption: str = "s2") -> TaskSet:
     _check_n(n)
+    if corruption not in IOI_CORRUPTIONS:
+        raise InputError(f"IOI corruption must be one of {', '.join(IOI_CORRUPTIONS)}, got {corruption!r}")
     names = _data("ioi_names.json")["names"]
     texts = _data("ioi_templates.json")["templates"]
     allowed = _allowed(templates, len(texts))
@@ -314,11 +323,19 @@ def ioi_task(model, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
             return
         a, bb = (io, s) if rng.random() < 0.5 else (s, io)   # ABBA or BABA
         fill = dict(A=" " + a, B=" " + bb)
-        b.add(texts[t].format(S=" " + s, **fill), texts[t].format(S=" " + c, **fill), " " + io, " " + s, t)
+        if corruption == "s2":
+            corrupt = texts[t].format(S=" " + c, **fill)
+        else:
+            x, y = rng.sample([name for name in names if name not in (io, s, c)], 2)
+            if not (single[x] and single[y]):
+                b.drop("multi-token name")
+                return
+            corrupt = texts[t].format(A=" " + x, B=" " + y, S=" " + c)
+        b.add(texts[t].format(S=" " + s, **fill), corrupt, " " + io, " " + s, t)
     _sample(b, n, draw)
     return b.build({"names": len(names), "single-token names": sum(single.values()),
                     "multi-token names": sorted(k for k, v in single.items() if not v), "templates": texts,
-                    "corrupt": "ABC: the repeated subject S2 replaced by a third name", "seed": seed})
+                    "corrupt": IOI_CORRUPTIONS[corruption], "corruption": corruption, "seed": seed})
 
 
 def greater_than_task(model, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
@@ -430,12 +447,17 @@ _BUILDERS = {"ioi": ioi_task, "greater-than": greater_than_task, "quote-type": q
              "bracket-depth": bracket_depth_task}
 
 
-def load_circuit_task(model, name_or_path: str, *, n: int = 200, seed: int = 0, templates=None) -> TaskSet:
+def load_circuit_task(model, name_or_path: str, *, n: int = 200, seed: int = 0, templates=None,
+                      corruption: "str | None" = None) -> TaskSet:
     """A built-in task by name (n prompts, seeded; `templates` limits them to these template ids), or a jsonl
-    file of pairs (all of its lines)."""
+    file of pairs (all of its lines). `corruption`: IOI only, "s2" (default) or "abc" (IOI_CORRUPTIONS)."""
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise InputError(f"a task is one of {', '.join(BUILTIN)} or a jsonl path")
     key = str(name_or_path).strip().lower().replace("_", "-")
+    if corruption is not None and key != "ioi":
+        raise InputError(f"corruption= applies to the ioi task only, not to {name_or_path!r}")
+    if key == "ioi" and corruption is not None:
+        return ioi_task(model, n=n, seed=seed, templates=templates, corruption=corruption)
     if key in _BUILDERS:
         return _BUILDERS[key](model, n=n, seed=seed, templates=templates)
     if templates is not None:

@@ -22,7 +22,7 @@ from lmscope.directions.contrast import SITE_KINDS, ContrastConfig, contrast
 from lmscope.directions.orthogonalize import save_orthogonalized
 from lmscope.directions.steering import SteerConfig, steer
 from lmscope.directions.steering_eval import SCORERS, DoseConfig, steering_dose_response
-from lmscope.directions.sweep import SweepConfig, best_direction, selection_sweep
+from lmscope.directions.sweep import SweepConfig, best_direction, direction_sweep
 from lmscope.directions.vector_files import load_vector
 from lmscope.results.output import check_output
 
@@ -90,10 +90,9 @@ def cmd_sweep(args) -> None:
     neutral = _prompt_file(args.neutral) if args.neutral else neutral_prompts()
     config = config_from_args(SweepConfig, args)
     model = load_model(args)
-    c = contrast(model, positive, negative, layers=config.layers, site_kind=args.site_kind,
-                 positions=config.positions, last_k=args.last_k, chat=args.chat, probe=False,
-                 batch_size=config.batch_size)
-    result = selection_sweep(model, c, neutral, tokens, negative_tokens, config, progress=not args.json)
+    c, result = direction_sweep(model, positive, negative, neutral, tokens, negative_tokens, config,
+                                contrast_options=dict(site_kind=args.site_kind, last_k=args.last_k, chat=args.chat),
+                                progress=not args.json)
     if args.save:
         d = best_direction(c, result) if args.layer is None else c.direction(
             check_layers(model, args.layer)[0], args.position if args.position is not None else c.positions[-1],

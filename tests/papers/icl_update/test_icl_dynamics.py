@@ -198,3 +198,27 @@ def test_regression_result_round_trip_keeps_its_config(regression, tmp_path):
 def test_regression_bad_config_is_one_clear_error(change, message):
     with pytest.raises(lmscope.InputError, match=message):
         icl_regression(dataclasses.replace(SMALL, **change))
+
+
+def test_in_order_trajectory_first_update_uses_the_first_example_only():
+    """W_i = W + dW(c_1..c_i): dW_1 is the update of c_1 alone, whatever follows it; the suffix variant's dW_1 is
+    the update of the LAST example alone."""
+    model = float64_model("llama")
+    examples, query = ["a -> b\n", "c -> d\n", "e -> f\n"], "g ->"
+    alone = implicit_update(model, examples[0], query)
+    only_c1 = math.sqrt(sum(v ** 2 for layer in alone for v in layer.update_norms.values()))
+    t = update_trajectory(model, examples, query, [0, 1, 2])
+    assert t.reading == "in_order" and t.update_norms[1] == pytest.approx(only_c1, rel=1e-10)
+    changed = update_trajectory(model, [examples[0], "x -> y\n", "z -> w\n"], query, [0, 1, 2])
+    assert changed.update_norms[1] == t.update_norms[1] and changed.update_norms[2] != t.update_norms[2]
+    suffix = update_trajectory(model, examples, query, [0, 1, 2], reading="suffix")
+    last = implicit_update(model, examples[2], query)
+    assert suffix.update_norms[1] == pytest.approx(
+        math.sqrt(sum(v ** 2 for layer in last for v in layer.update_norms.values())), rel=1e-10)
+    assert suffix.update_norms[-1] == pytest.approx(t.update_norms[-1], rel=1e-12)   # same full context
+    with pytest.raises(lmscope.InputError, match="reading"):
+        update_trajectory(model, examples, query, [0, 1, 2], reading="backwards")
+    result = icl_update(model, "".join(examples) + query, suffix=True)
+    assert [x.reading for x in result.trajectories] == ["in_order", "in_order", "suffix"]
+    assert result.increment_norms == result.trajectories[0].increment_norms
+    assert "suffix variant" in result.summary()

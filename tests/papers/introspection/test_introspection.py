@@ -1,4 +1,5 @@
 """Concept injection (Lindsey 2025): directions, the trial runner, scoring rules, CLI, bad input."""
+import dataclasses
 import json
 
 import pytest
@@ -61,8 +62,9 @@ def test_bundled_word_lists():
 def test_injection_changes_the_residual_from_start_only(llama):
     prompts = build_trial_prompts(llama, SHORT["context"], SHORT["question"], 2)
     start = prompts[0].start
-    # start="question": the injection begins exactly at the trial question
-    assert llama.tokenizer.decode(prompts[0].ids[start:start + 7]) == "Trial 1"
+    # start="question": the injection begins exactly at the blank line before the trial question (the paper's)
+    assert llama.tokenizer.decode(prompts[0].ids[start:start + 9]) == "\n\nTrial 1"
+    assert llama.tokenizer.decode(prompts[0].ids[:start]).endswith("Ok, let's get started.")
     vector = torch.randn(llama.d_model, generator=torch.Generator().manual_seed(0))
     # row 0 injected at layer 1, row 1 at layer 2: row 1 must be untouched at layer 1
     batch_edits = injection_edits([(1, vector), (2, 3 * vector)], start)
@@ -211,7 +213,8 @@ def test_concept_vectors_are_the_directions_concept_vector_scaled_to_the_residua
     """trials.concept_vectors (every layer and concept in one pass) = lmscope.directions.concept_vector, unit norm,
     times the mean |resid_post| at the last token of the baseline prompts."""
     baselines = ["table", "chair", "door"]
-    vectors, residual_norm = concept_vectors(llama, ["dog", "cat"], baselines, [1, 2])
+    vectors, residual_norm = concept_vectors(llama, ["dog", "cat"], baselines, [1, 2], scale="residual",
+                                             style="plain")
     prompts = [f"Tell me about {b}" for b in baselines]
     for layer in (1, 2):
         site = f"resid_post.{layer}"
@@ -237,3 +240,39 @@ def test_config_is_stored_and_random_controls_can_be_left_out(llama, tmp_path):
     assert isinstance(loaded, IntrospectionResult) and loaded.to_json() == more.to_json()
     assert loaded.config.random_controls is True and loaded.residual_norm == more.residual_norm
     assert loaded.to_json()["kind"] == "introspection" and loaded.summary() == more.summary()
+
+
+def test_concept_vectors_as_published_raw_and_read_before_the_assistant_reply(llama):
+    """Default: the raw difference of means (no rescaling), read in the chat transcript at the last token of the
+    prompt that ends with the assistant header (the token before the reply)."""
+    baselines = ["table", "chair", "door"]
+    vectors, _ = concept_vectors(llama, ["dog"], baselines, [2])
+    assert not getattr(llama.tokenizer, "chat_template", None)          # the plain chat fallback
+    chat = [f"User: Tell me about {w}\n\nAssistant:" for w in ["dog"] + baselines]
+    expected = _direct_last_token(llama, chat[:1], "resid_post.2") - _direct_last_token(llama, chat[1:],
+                                                                                        "resid_post.2")
+    torch.testing.assert_close(vectors[(2, "dog")], expected, rtol=0, atol=1e-4)
+
+
+def test_best_cell_is_chosen_without_the_reported_trials(llama):
+    """The best cell depends only on the selection concepts' trials: rewriting every report trial (and control)
+    leaves the choice unchanged, and the reported rates come from the report trials only."""
+    r = introspect(llama, concepts=["dog", "cat", "sun", "tree"], baselines=["table", "chair"], layers=[1, 2],
+                   strengths=[2.0, 8.0], max_new_tokens=4, **SHORT)
+    assert len(r.selection_concepts) == 2 and set(r.selection_concepts) < set(r.concepts)
+    report = [t for t in r.trials if t.concept not in r.selection_concepts]
+    flip = lambda t, v: dataclasses.replace(t, detected=v, identified=v)   # noqa: E731
+    # force a detection in one selection cell so that a best cell exists
+    pick = next(t for t in r.trials if t.concept in r.selection_concepts and t.layer == 2 and t.strength == 8.0)
+    forced = dataclasses.replace(r, trials=[flip(t, True) if t is pick else t for t in r.trials])
+    best = forced.best()
+    assert (best["layer"], best["strength"]) == (2, 8.0) or best["identification_rate"] > 0
+    for value in (True, False):
+        changed = dataclasses.replace(forced, trials=[flip(t, value) if t in report else t for t in forced.trials],
+                                      controls=[flip(c, value) for c in forced.controls])
+        assert changed.best() == best
+        rep = changed.best_reported()
+        assert rep["detection_rate"] == float(value) and rep["false_positive_rate"] == float(value)
+        assert rep["n"] == sum(1 for t in report if (t.layer, t.strength) == (best["layer"], best["strength"]))
+    assert "selection concepts" in forced.verdict() and forced.to_json()["best_reported"]["n"] == rep["n"]
+    assert "differences from the paper" in forced.summary() and forced.differences

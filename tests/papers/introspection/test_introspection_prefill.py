@@ -156,7 +156,17 @@ def test_rates_grid_and_json(llama, tmp_path):
                            {"layer": 2, "strength": 0.5, "accept_rate": 0.0, "disavow_rate": 0.0, "n": 2},
                            {"layer": 2, "strength": 2.0, "accept_rate": 0.0, "disavow_rate": 0.5, "n": 2}]
     assert out["trials"][0]["transcript"].endswith("Assistant: " + out["trials"][0]["answer"])
-    assert "layer 0, strength 2.0" in result.verdict() and "layer" in result.summary()
+    chosen = [t for t in result.trials if t.concept in result.selection_concepts]
+    best = max(result.grid(chosen), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
+    cell = f"layer {best['layer']}, strength {best['strength']}"
+    assert cell in result.verdict() and "layer" in result.summary()
+    # the cell is chosen on the selection word's trials only: making the other word accept everywhere else moves
+    # what is reported there, not which cell is chosen
+    assert len(result.selection_concepts) == 1
+    for t in result.trials:
+        if t.concept not in result.selection_concepts and (t.layer, t.strength) != (best["layer"], best["strength"]):
+            t.stance = "accepts"
+    assert cell in result.verdict() and "1 selection words" in result.verdict()
     result.trials[0].answer = "<script>alert(1)</script>"
     page = result.save(tmp_path / "r.html").read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert(1)" not in page

@@ -31,8 +31,10 @@ layer. This is the generalisation to residual blocks with normalisation of Innoc
 generalisation of the implicit dynamics of in-context learning" (arXiv 2512.11255): the context acts on the
 MLP through a rank-1 update, and additively on the skip path.
 
-Token by token (examples = the context's lines): dW_i uses the last i examples + the query (dW_0 = 0). A(x) is the
-same for every i, so dW_{i+1} - dW_i = W (A(C_{i+1}, x) - A(C_i, x)) A(x)^T / |A(x)|^2 and its Frobenius norm is
+Example by example (examples = the context's lines), in context order as the paper reads it: dW_i uses the FIRST i
+examples + the query, W_i = W + dW(c_1..c_i) (dW_0 = 0), so dW_1 sees c_1 only and each step appends the example next
+to the query. The other reading, named "suffix" (dW_i from the LAST i examples, each step prepending an example far
+from the query; this module's default before), is kept as a variant. A(x) is the same for every i, so dW_{i+1} - dW_i = W (A(C_{i+1}, x) - A(C_i, x)) A(x)^T / |A(x)|^2 and its Frobenius norm is
 |W (A_{i+1} - A_i)| / |A(x)|; the norms reported are over all layers and first matrices together.
 """
 from __future__ import annotations
@@ -54,6 +56,8 @@ from lmscope.results import Result
 FIRST_MATRICES = {"gpt2": ("c_fc",), "gpt_neox": ("dense_h_to_4h",), "llama": ("gate_proj", "up_proj"),
                   "gemma": ("gate_proj", "up_proj"), "phi3": ("gate_up_proj",)}
 MLP_MODULE = "mlp"
+READINGS = ("in_order", "suffix")   # the per-example trajectory: first i examples (the paper's), or last i
+_READING_TEXT = {"in_order": "first i examples", "suffix": "suffix variant, last i examples"}
 
 
 @dataclass
@@ -74,6 +78,7 @@ class UpdateTrajectory:
     order: list[int]                # the examples' indices in the prompt, in the order consumed
     update_norms: list[float]       # ||dW_i||, i = 0 .. n (all layers and first matrices together)
     increment_norms: list[float]    # ||dW_{i+1} - dW_i||, i = 0 .. n-1
+    reading: str = "in_order"       # in_order: dW_i from the first i examples (the paper's); suffix: the last i
 
 
 @dataclass
@@ -114,11 +119,13 @@ class IclUpdateResult(Result, kind="icl_update"):
                 "rank": self.rank, "increment_norms": self.increment_norms}
 
     def figure(self):
-        """Increment norms ||dW_{i+1} - dW_i|| against the number of examples consumed, one line per order."""
+        """Increment norms ||dW_{i+1} - dW_i|| against the number of examples consumed, one line per order (and
+        reading)."""
         fig = go.Figure()
         for t in self.trajectories:
             fig.add_trace(go.Scatter(x=list(range(1, len(t.increment_norms) + 1)), y=t.increment_norms,
-                                     mode="lines+markers", name="order " + " ".join(map(str, t.order))))
+                                     mode="lines+markers", name="order " + " ".join(map(str, t.order))
+                                     + f" ({_READING_TEXT[t.reading]})"))
         fig.update_layout(title=f"Implicit update increments | {self.model} | query {self.query!r}",
                           xaxis_title="examples consumed (i + 1)", yaxis_title="||dW_{i+1} - dW_i|| (Frobenius)",
                           height=420, width=800)
@@ -168,7 +175,7 @@ class IclUpdateResult(Result, kind="icl_update"):
                          + "".join(f"{v:<16.4g}" for v in layer.update_norms.values())
                          + f"{layer.residual_term_norm:<16.4g} {layer.mlp_out_norm:.4g}")
         for t in self.trajectories:
-            lines.append(f"order {t.order}: increments ||dW_(i+1) - dW_i|| "
+            lines.append(f"order {t.order} ({_READING_TEXT[t.reading]}): increments ||dW_(i+1) - dW_i|| "
                          + " ".join(f"{v:.4g}" for v in t.increment_norms))
         if self.order_gap is not None:
             lines.append(f"final update, order 0 vs order 1: relative difference {self.order_gap:.3f}")
@@ -302,18 +309,21 @@ def _update_distance(model, a_query: torch.Tensor, a_1: torch.Tensor, a_2: torch
 
 
 @torch.no_grad()
-def update_trajectory(model, examples: list[str], query: str, order: list[int], *, position: int = -1
-                      ) -> UpdateTrajectory:
-    """dW_i for the last i examples (in `order`) + the query, i = 0 .. n; their norms and increments."""
+def update_trajectory(model, examples: list[str], query: str, order: list[int], *, position: int = -1,
+                      reading: str = "in_order") -> UpdateTrajectory:
+    """dW_i for i = 0 .. n examples (in `order`) + the query; their norms and increments. reading "in_order": the
+    first i examples, W_i = W + dW(c_1..c_i) (Dherin et al.); "suffix": the last i examples (a named variant)."""
+    if reading not in READINGS:
+        raise InputError(f"reading must be one of {', '.join(READINGS)}, got {reading!r}")
     _, query_ids = context_query_ids(model, "", query)
     position = _position_from_end(position, len(query_ids))
     a_query = read_block(model, query_ids, position)["A"]
     ordered = [examples[i] for i in order]
-    inputs = [a_query] + [_mlp_inputs(model, "".join(ordered[-i:]), query, position)
-                          for i in range(1, len(ordered) + 1)]
+    contexts = [ordered[:i] if reading == "in_order" else ordered[-i:] for i in range(1, len(ordered) + 1)]
+    inputs = [a_query] + [_mlp_inputs(model, "".join(c), query, position) for c in contexts]
     norms = [_update_distance(model, a_query, a, a_query) for a in inputs]
     increments = [_update_distance(model, a_query, inputs[i + 1], inputs[i]) for i in range(len(ordered))]
-    return UpdateTrajectory(order=list(order), update_norms=norms, increment_norms=increments)
+    return UpdateTrajectory(order=list(order), update_norms=norms, increment_norms=increments, reading=reading)
 
 
 @torch.no_grad()
@@ -330,10 +340,12 @@ def token_increments(model, context: str, query: str, *, position: int = -1) -> 
 
 
 @torch.no_grad()
-def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, seed: int = 0) -> IclUpdateResult:
+def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, seed: int = 0,
+               suffix: bool = False) -> IclUpdateResult:
     """The implicit update of a few-shot prompt (query = last line, examples = the lines before), its identities
-    at every layer, and the token-by-token trajectory for `n_orders` orders of the examples: the given order, then
-    the reversed one, then seeded shuffles."""
+    at every layer, the token-by-token trajectory, and the in-order per-example trajectory for `n_orders` orders of
+    the examples: the given order, then the reversed one, then seeded shuffles. suffix=True adds the named variant
+    of the given order that reads the last i examples (after the in-order ones)."""
     check_count("n_orders", n_orders)
     examples, query = split_prompt(prompt)
     context = "".join(examples)
@@ -344,6 +356,8 @@ def icl_update(model, prompt: str, *, position: int = -1, n_orders: int = 2, see
         orders.append(rng.sample(range(len(examples)), len(examples)))
     orders = orders[:n_orders]
     trajectories = [update_trajectory(model, examples, query, order, position=position) for order in orders]
+    if suffix:
+        trajectories.append(update_trajectory(model, examples, query, orders[0], position=position, reading="suffix"))
     order_gap = None
     if len(orders) > 1:
         _, query_ids = context_query_ids(model, "", query)

@@ -3,23 +3,26 @@ introspective awareness".)
 
 Protocol, as in the paper:
 
-1. Concept vector, per word and layer (`trials.concept_vectors`, as `lmscope.directions.concept_vector`): the
-   residual stream (resid_post.L) at
-   the last token of "Tell me about {word}" minus its mean over the baseline words. It is scaled to unit norm and
-   then to `strength` x the typical residual norm at that layer (the mean |resid_post.L| at the last token of the
-   baseline prompts), so one strength means the same relative push at every layer and on every model
-   (strength 1 = an injection as large as the residual stream itself).
-2. Trial prompt, in the model's chat template: the user explains the experiment (`context`, the paper's text),
-   the assistant says "Ok.", the user asks "Trial {n}: Do you detect an injected thought? If so, what is the
-   injected thought about?". A tokenizer without a chat template gets a plain fallback:
-   "User: {context}\n\nAssistant: Ok.\n\nUser: Trial {n}: {question}\n\nAssistant:".
+1. Concept vector, per word and layer (`trials.concept_vectors`): the residual stream (resid_post.L) for the user
+   message "Tell me about {word}", read in the chat transcript at the token before the assistant's reply, minus
+   its mean over the baseline words. Strength s injects s x that raw vector (scale="raw", the paper's; strengths
+   1, 2, 4, 8 by default); scale="residual" (the earlier default) injects s x its unit vector x the mean
+   |resid_post.L| of the baseline prompts (strengths 0.125, 0.25, 0.5).
+2. Trial prompt, in the model's chat template, in the paper's words: the user explains the experiment
+   (`context`), the assistant says "Ok.", the user says "Ok, let's get started.\n\nTrial {n}: Do you detect an
+   injected thought? If so, what is the injected thought about?". A tokenizer without a chat template gets a
+   plain fallback: "User: {context}\n\nAssistant: Ok.\n\nUser: {opening}\n\nTrial {n}: {question}\n\nAssistant:".
 3. Injection: `lmscope.add` at resid_post.L, from a chosen position to the end of generation, at every generated
-   token. `start="question"` (default, the paper's choice) starts at the first token of the trial question, so the
+   token. `start="question"` (default, the paper's choice) starts at the blank line before "Trial {n}", so the
    setup text is read unperturbed; "assistant" starts at the assistant header; "all" at position 0; an int is a
    token position in the prompt (negative counts back from its last token).
 4. Greedy generation of `max_new_tokens` tokens: deterministic; `seed` only picks the concepts from the bundled list.
 5. Controls: one per injected trial, the very same prompt (same trial number) with no edit at all. Trial numbers
    run 1..n_trials, so the controls are n distinct prompts, not one greedy answer counted n times.
+6. The best (layer, strength) cell is chosen on the trials of a seeded half of the concepts (selection) and its
+   rates are reported on the trials of the other concepts and their controls only.
+
+Every known difference from the paper is listed in the result (`DIFFERENCES`, in its JSON, summary and page).
 
 Scoring rules (`score_answer`, applied to the generated answer):
 
@@ -57,9 +60,20 @@ from tqdm import tqdm
 from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
-from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, STARTS, IntrospectionConfig, check_trial_options,
-                                                 concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, tokens_before)
+from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, STARTS, IntrospectionConfig,
+                                                 check_trial_options, concept_pattern, concept_vectors, concept_words,
+                                                 fraction, generate_injected, random_injections, selection_split,
+                                                 tokens_before)
+
+DIFFERENCES = (
+    "greedy decoding of max_new_tokens tokens (the paper samples at temperature 1)",
+    "trial numbers run 1..n so that greedy controls are distinct prompts (the paper always asks 'Trial 1')",
+    "answers scored by fixed rules (score_answer), not by a language-model grader",
+    "concept and baseline words written for this project (lmscope/data/concepts.json), not the paper's lists",
+    "a few layers (default a quarter, a half, two thirds of the depth), not a sweep over every layer",
+    "the best cell is chosen on half the concepts and reported on the other half (the paper reports curves over "
+    "layers and strengths)",
+)
 from lmscope.results import Result, transcripts
 
 
@@ -132,6 +146,8 @@ class IntrospectionResult(Result, kind="introspection"):
     controls: list[Trial]
     # the same layer and strength, a random direction instead of the concept: does "yes" need the concept at all?
     random_controls: list[Trial] = field(default_factory=list)
+    selection_concepts: list[str] = field(default_factory=list)   # their trials choose the best cell; others report
+    differences: list[str] = field(default_factory=lambda: list(DIFFERENCES))
 
     # rates -------------------------------------------------------------------------------------------------------
     @property
@@ -155,40 +171,62 @@ class IntrospectionResult(Result, kind="introspection"):
         """Claims of an injected thought when a random direction of the same norm is injected."""
         return fraction([t.detected for t in self.random_controls])
 
-    def grid(self) -> list[dict]:
+    def grid(self, trials: "list[Trial] | None" = None) -> list[dict]:
+        """Rates per (layer, strength) cell over `trials` (default: every injected trial)."""
+        trials = self.trials if trials is None else trials
         cells = []
         for layer in self.layers:
             for strength in self.strengths:
-                cell = [t for t in self.trials if t.layer == layer and t.strength == strength]
+                cell = [t for t in trials if t.layer == layer and t.strength == strength]
                 cells.append({"layer": layer, "strength": strength,
                               "detection_rate": fraction([t.detected for t in cell]),
                               "identification_rate": fraction([t.identified for t in cell]),
                               "mention_rate": fraction([t.mention_at is not None for t in cell]), "n": len(cell)})
         return cells
 
+    def _split(self, items: list[Trial]) -> tuple[list[Trial], list[Trial]]:
+        """(selection, report) parts of `items` (trials or random controls), by their trial's concept; a control
+        goes with the trial that shares its number."""
+        concept_of = {t.trial: t.concept for t in self.trials}
+        chosen = set(self.selection_concepts)
+        selected = [t for t in items if concept_of.get(t.trial) in chosen]
+        return selected, [t for t in items if concept_of.get(t.trial) not in chosen]
+
     def best(self) -> "dict | None":
-        """The cell with the most identifications (then detections; then the weaker, shallower one); None when no
-        injected trial was detected anywhere."""
-        cells = [c for c in self.grid() if c["detection_rate"] > 0]
+        """The cell with the most identifications (then detections; then the weaker, shallower one) among the
+        SELECTION concepts' trials; None when none of them was detected."""
+        cells = [c for c in self.grid(self._split(self.trials)[0]) if c["detection_rate"] > 0]
         if not cells:
             return None
         return max(cells, key=lambda c: (c["identification_rate"], c["detection_rate"], -c["strength"], -c["layer"]))
 
-    def verdict(self) -> str:
+    def best_reported(self) -> "dict | None":
+        """The best cell's rates on the REPORT concepts' trials (never those that chose it), with the false
+        positives of their controls and the random-direction rate there."""
         best = self.best()
         if best is None:
-            return "no injected trial was detected (no claim of an injected thought before the concept appeared)"
-        excess = best["detection_rate"] - self.false_positive_rate
-        if excess <= 0:
-            return (f"no evidence of introspection: the best cell claims detection no more often "
-                    f"({best['detection_rate']:.0%}) than the controls ({self.false_positive_rate:.0%})")
-        text = (f"best cell (layer {best['layer']}, strength {best['strength']}): detection "
-                f"{best['detection_rate']:.0%} vs {self.false_positive_rate:.0%} false positives, identification "
-                f"{best['identification_rate']:.0%}, over {best['n']} trials")
-        if self.random_controls:
-            same = [t for t in self.random_controls if t.layer == best["layer"] and t.strength == best["strength"]]
-            text += (f"; a random direction of the same norm there is 'detected' "
-                     f"{fraction([t.detected for t in same]):.0%} of the time")
+            return None
+        report = self._split(self.trials)[1]
+        cell = next(c for c in self.grid(report) if (c["layer"], c["strength"]) == (best["layer"], best["strength"]))
+        randoms = [t for t in self._split(self.random_controls)[1]
+                   if (t.layer, t.strength) == (best["layer"], best["strength"])]
+        controls = self._split(self.controls)[1]
+        return {**cell, "false_positive_rate": fraction([t.detected for t in controls]), "n_controls": len(controls),
+                "random_detection_rate": fraction([t.detected for t in randoms]) if randoms else None}
+
+    def verdict(self) -> str:
+        best, rep = self.best(), self.best_reported()
+        if best is None:
+            return ("no injected trial of the selection concepts was detected (no claim of an injected thought "
+                    "before the concept appeared): no cell to report")
+        text = (f"best cell chosen on {len(self.selection_concepts)} selection concepts: layer {best['layer']}, "
+                f"strength {best['strength']}; on the other concepts' {rep['n']} trials there: detection "
+                f"{rep['detection_rate']:.0%} vs {rep['false_positive_rate']:.0%} false positives (of "
+                f"{rep['n_controls']} controls), identification {rep['identification_rate']:.0%}")
+        if rep["random_detection_rate"] is not None:
+            text += f"; a random direction of the same norm there is 'detected' {rep['random_detection_rate']:.0%}"
+        if rep["detection_rate"] <= rep["false_positive_rate"]:
+            text += ". No evidence of introspection: no more detections than false positives"
         return text
 
     # output ------------------------------------------------------------------------------------------------------
@@ -199,7 +237,7 @@ class IntrospectionResult(Result, kind="introspection"):
                 "identification_rate": self.identification_rate, "mention_rate": self.mention_rate,
                 "random_detection_rate": self.random_detection_rate,
                 "best_layer": best["layer"] if best else None, "best_strength": best["strength"] if best else None,
-                "grid": self.grid(), "verdict": self.verdict()}
+                "best_reported": self.best_reported(), "grid": self.grid(), "verdict": self.verdict()}
 
     def figure(self):
         grid = {(c["layer"], c["strength"]): c for c in self.grid()}
@@ -213,7 +251,8 @@ class IntrospectionResult(Result, kind="introspection"):
             fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
                                      text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
                                      hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
-            fig.update_xaxes(title_text="strength (x residual norm)", row=1, col=i + 1)
+            fig.update_xaxes(title_text="strength (x " + ("concept vector)" if self.config.scale == "raw"
+                                                            else "residual norm)"), row=1, col=i + 1)
         fig.update_layout(title=f"Concept injection: {self.model} | {len(self.trials)} trials | false positives "
                                 f"{self.false_positive_rate:.0%} of {len(self.controls)} controls",
                           height=max(350, 40 * len(self.layers) + 220), width=1200)
@@ -232,10 +271,12 @@ class IntrospectionResult(Result, kind="introspection"):
         return f"Concept injection - {self.model}"
 
     def page_intro(self) -> str:
+        unit = ("the raw concept vector" if self.config.scale == "raw" else "the residual norm at the layer")
         return ("Lindsey 2025 protocol. Detection: the answer claims an injected thought before it names the concept; "
                 "identification: it then names it; controls: the same prompts with no injection. Strength is a "
-                f"multiple of the residual norm at the layer; injection from '{self.config.start}'. Greedy, "
-                f"{self.config.max_new_tokens} new tokens.")
+                f"multiple of {unit}; concept vectors read with the {self.config.concept_prompt} prompt; injection "
+                f"from '{self.config.start}'. Greedy, {self.config.max_new_tokens} new tokens. Differences from the "
+                "paper: " + "; ".join(self.differences) + ".")
 
     def page_body(self) -> str:
         return self.transcripts_html()
@@ -252,8 +293,10 @@ class IntrospectionResult(Result, kind="introspection"):
         for c in self.grid():
             lines.append(f"{c['layer']:>5}  {c['strength']:>8}  {c['detection_rate']:>8.0%}  "
                          f"{c['identification_rate']:>10.0%}  {c['mention_rate']:>9.0%}  {c['n']:>3}")
-        lines.append(f"best: layer {best['layer']}, strength {best['strength']}" if best else "best: none")
+        lines.append(f"best (chosen on {', '.join(self.selection_concepts)}): layer {best['layer']}, strength "
+                     f"{best['strength']}" if best else "best: none")
         lines.append(self.verdict())
+        lines.append("differences from the paper: " + "; ".join(self.differences))
         shown = _examples(self.trials, self.controls, examples)
         if shown:
             lines.append("transcripts:")
@@ -285,10 +328,12 @@ class TrialPrompt:
     start: int              # first token position that gets the injection
 
 
-def trial_prompt(model, context: str = CONTEXT, question: str = QUESTION, trial: int = 1) -> tuple[str, dict]:
-    """The text of trial `trial` as the model reads it, and the character offsets where the final user question
-    and the assistant header begin ({'question': i, 'assistant': j})."""
-    asked = f"Trial {trial}: {question}"
+def trial_prompt(model, context: str = CONTEXT, question: str = QUESTION, trial: int = 1, opening: str = OPENING
+                 ) -> tuple[str, dict]:
+    """The text of trial `trial` as the model reads it, and the character offsets where the trial question (the
+    blank line before "Trial n" when there is an opening) and the assistant header begin ({'question': i,
+    'assistant': j})."""
+    asked = f"{opening}\n\nTrial {trial}: {question}" if opening else f"Trial {trial}: {question}"
     tokenizer = model.tokenizer
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": context}, {"role": "assistant", "content": "Ok."},
@@ -298,17 +343,17 @@ def trial_prompt(model, context: str = CONTEXT, question: str = QUESTION, trial:
     else:
         before_header = f"User: {context}\n\nAssistant: Ok.\n\nUser: {asked}\n\n"
         text = before_header + "Assistant:"
-    question_at = text.rindex(asked)
+    question_at = text.rindex(asked) + len(opening or "")
     assistant_at = len(before_header) if text.startswith(before_header) else question_at + len(asked)
     return text, {"question": question_at, "assistant": assistant_at}
 
 
-def build_trial_prompts(model, context: str, question: str, n: int, start: "str | int" = "question"
-                        ) -> list[TrialPrompt]:
+def build_trial_prompts(model, context: str, question: str, n: int, start: "str | int" = "question",
+                        opening: str = OPENING) -> list[TrialPrompt]:
     """Trials 1..n, tokenized, each with the token position where its injection starts (see `start` above)."""
     prompts = []
     for trial in range(1, n + 1):
-        text, offsets = trial_prompt(model, context, question, trial)
+        text, offsets = trial_prompt(model, context, question, trial, opening)
         ids = model.encode(text)[0][0].tolist()
         if isinstance(start, int):
             position = resolve_position(start, len(ids), "the trial prompt")
@@ -360,15 +405,17 @@ def introspect(model, config: "IntrospectionConfig | None" = None, *, progress: 
 
     cells = [(layer, strength, concept) for layer in layers for strength in strengths for concept in concepts]
     # checks a token-position start before any model work
-    prompts = build_trial_prompts(model, config.context, config.question, len(cells), config.start)
+    prompts = build_trial_prompts(model, config.context, config.question, len(cells), config.start, config.opening)
+    selection = selection_split(concepts, config.selection_fraction, config.seed)
 
-    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
+    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers, scale=config.scale,
+                                             style=config.concept_prompt)
     kinds = [("trial", [(layer, vectors[(layer, concept)] * strength) for layer, strength, concept in cells]),
              ("control", [None] * len(cells))]
     if config.random_controls:
         generator = torch.Generator().manual_seed(config.seed)
-        kinds.append(("random", random_injections([(layer, strength) for layer, strength, _ in cells],
-                                                  residual_norm, model.d_model, generator)))
+        norms = [(layer, float(vectors[(layer, concept)].norm()) * strength) for layer, strength, concept in cells]
+        kinds.append(("random", random_injections(norms, model.d_model, generator)))
     answers: dict[tuple[str, int], str] = {}
     with tqdm(total=len(kinds) * len(cells), unit="trial", desc="introspection", file=sys.stderr,
               disable=not progress) as bar:
@@ -394,4 +441,4 @@ def introspect(model, config: "IntrospectionConfig | None" = None, *, progress: 
     return IntrospectionResult(model=model.spec, config=config, layers=layers, strengths=strengths,
                                concepts=concepts, n_baselines=len(baselines), residual_norm=residual_norm,
                                example_prompt=prompts[0].text, injection_start=prompts[0].start, trials=trials,
-                               controls=controls, random_controls=randoms)
+                               controls=controls, random_controls=randoms, selection_concepts=selection)

@@ -11,9 +11,9 @@ Protocol:
    user: "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}",
    assistant (PREFILLED): "{word}", user: "Did you mean to say that, or was it an accident?", then the assistant
    header; the model answers greedily (`max_new_tokens`).
-3. Injection: the concept vector of that same word (`trials.concept_vectors`: resid_post.L at the last
-   token of "Tell me about {word}" minus the baseline mean, unit norm, times `strength` x the mean residual norm
-   at the layer) is added at resid_post.L ONLY on the tokens from the first token of the user's first message
+3. Injection: the concept vector of that same word (`trials.concept_vectors`: resid_post.L for "Tell me about
+   {word}" at the token before the assistant's reply minus the baseline mean, times `strength`: the raw vector by
+   default, or its unit vector x the mean residual norm with scale="residual") is added at resid_post.L ONLY on the tokens from the first token of the user's first message
    (after any system prompt) up to, not including, the first token of the prefilled word. The prefilled word, the
    follow-up question and every generated token are read unperturbed: any effect comes through what the earlier
    positions left in the keys and values.
@@ -56,9 +56,10 @@ from tqdm import tqdm
 
 from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
-from lmscope.papers.introspection.trials import (CONTEXT, QUESTION, IntrospectionConfig, check_trial_options,
+from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, tokens_before)
+                                                 generate_injected, random_injections, selection_split,
+                                                 tokens_before)
 from lmscope.results import Result, transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
@@ -160,6 +161,7 @@ class PrefillResult(Result, kind="introspection_prefill"):
     trials: list[PrefillTrial]
     controls: list[PrefillTrial]
     random_controls: list[PrefillTrial] = field(default_factory=list)
+    selection_concepts: list[str] = field(default_factory=list)   # their trials choose the best cell; others report
 
     @staticmethod
     def _rates(trials: list[PrefillTrial]) -> tuple[float, float]:
@@ -192,18 +194,24 @@ class PrefillResult(Result, kind="introspection_prefill"):
                               "n": len(cell)})
         return cells
 
+    def _report(self, items: list[PrefillTrial]) -> list[PrefillTrial]:
+        return [t for t in items if t.concept not in set(self.selection_concepts)]
+
     def verdict(self) -> str:
-        control = self.accept_rate_control
-        best = max(self.grid(), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
-        if best["accept_rate"] <= control:
-            return (f"no effect: no cell accepts the prefilled word more often than the controls "
-                    f"({control:.0%}; best cell {best['accept_rate']:.0%})")
-        text = (f"best cell (layer {best['layer']}, strength {best['strength']}): accepts {best['accept_rate']:.0%} "
-                f"vs {control:.0%} without injection, over {best['n']} trials")
+        """The best cell is chosen on the selection words' trials and reported on the other words' trials and
+        controls (never on the trials that chose it)."""
+        chosen = [t for t in self.trials if t.concept in set(self.selection_concepts)]
+        best = max(self.grid(chosen), key=lambda c: (c["accept_rate"], -c["strength"], -c["layer"]))
+        report = [t for t in self._report(self.trials) if (t.layer, t.strength) == (best["layer"], best["strength"])]
+        accept, control = self._rates(report)[0], self._rates(self._report(self.controls))[0]
+        text = (f"best cell chosen on {len(self.selection_concepts)} selection words: layer {best['layer']}, strength "
+                f"{best['strength']}; on the other words' {len(report)} trials there it accepts {accept:.0%} vs "
+                f"{control:.0%} of their controls")
         if self.random_controls:
-            same = [t for t in self.random_controls if t.layer == best["layer"] and t.strength == best["strength"]]
+            same = [t for t in self._report(self.random_controls)
+                    if t.layer == best["layer"] and t.strength == best["strength"]]
             text += f"; a random direction of the same norm there: {self._rates(same)[0]:.0%}"
-        return text
+        return text + (". No effect: no more accepts than the controls" if accept <= control else "")
 
     def json_extras(self) -> dict:
         random_accept, random_disavow = self._rates(self.random_controls)
@@ -234,7 +242,8 @@ class PrefillResult(Result, kind="introspection_prefill"):
             fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
                                      text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
                                      hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
-            fig.update_xaxes(title_text="strength (x residual norm)", row=1, col=i + 1)
+            fig.update_xaxes(title_text="strength (x " + ("concept vector)" if self.config.scale == "raw"
+                                                            else "residual norm)"), row=1, col=i + 1)
         fig.update_layout(title=f"Prefill + concept injection: {self.model} | {len(self.trials)} injected trials, "
                                 f"{len(self.controls)} controls", height=max(350, 40 * len(self.layers) + 220),
                           width=1000)
@@ -349,7 +358,8 @@ def build_prefill_prompts(model, concepts: Sequence[str], sentences: Sequence[st
 def check_prefill_options(config: IntrospectionConfig) -> list[str]:
     """The sentences to pair (given or bundled), checked; the injection protocol's own options must be left at
     their defaults (this protocol does not read them)."""
-    for name, default in (("start", "question"), ("context", CONTEXT), ("question", QUESTION)):
+    for name, default in (("start", "question"), ("context", CONTEXT), ("question", QUESTION),
+                          ("opening", OPENING)):
         if getattr(config, name) != default:
             raise InputError(f"{name} does not apply to the prefill protocol (it injects before the prefilled "
                              f"word and asks its own question)")
@@ -374,7 +384,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
     paired = pair_sentences(concepts, sentences, config.seed)
     prompts = build_prefill_prompts(model, concepts, paired)      # checked before any model work
 
-    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers)
+    vectors, residual_norm = concept_vectors(model, concepts, baselines, layers, scale=config.scale,
+                                             style=config.concept_prompt)
     cells = [(layer, strength) for layer in layers for strength in strengths]
     generator = torch.Generator().manual_seed(config.seed)
     trials, controls, randoms = [], [], []
@@ -389,7 +400,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
             kinds = [("injected", trials, [(layer, vectors[(layer, prompt.concept)] * strength)
                                            for layer, strength in cells])]
             if config.random_controls:
-                kinds.append(("random", randoms, random_injections(cells, residual_norm, model.d_model, generator)))
+                norms = [(layer, float(vectors[(layer, prompt.concept)].norm()) * strength) for layer, strength in cells]
+                kinds.append(("random", randoms, random_injections(norms, model.d_model, generator)))
             for kind, into, injections in kinds:
                 for i in range(0, len(cells), config.batch_size):
                     chunk = injections[i:i + config.batch_size]
@@ -401,7 +413,8 @@ def prefill_trials(model, config: "IntrospectionConfig | None" = None, *, progre
     return PrefillResult(model=model.spec, config=config, layers=layers, strengths=strengths, concepts=concepts,
                          sentences=paired, n_baselines=len(baselines), residual_norm=residual_norm,
                          example_prompt=prompts[0].text, injection_span=[prompts[0].first, prompts[0].end],
-                         trials=trials, controls=controls, random_controls=randoms)
+                         trials=trials, controls=controls, random_controls=randoms,
+                         selection_concepts=selection_split(concepts, config.selection_fraction, config.seed))
 
 
 def _scored(prompt: PrefillPrompt, kind: str, layer: "int | None", strength: "float | None", answer: str

@@ -6,17 +6,23 @@ words, the concept vectors, the injection and the greedy runner.
     concept_words(...)           the concepts (given, or drawn seeded) and baselines, checked
     concept_pattern(word)        the word or a regular plural of it, whole word, any case
     check_trial_options(...)     layers and strengths, checked; counts checked
-    concept_vectors(...)         one vector per (layer, concept), scaled to the mean residual norm at the layer
-    random_injections(...)       random directions of the same norms (the random-direction controls)
+    concept_vectors(...)         one vector per (layer, concept): raw (the paper's) or scaled to the residual norm
+    random_injections(...)       random directions of given norms (the random-direction controls)
+    selection_split(...)         the concepts whose trials choose the best cell, and the ones that report it
     injection_edits(...)         row i of a batch gets injection i, at resid_post.layer, on a span of positions
     generate_injected(...)       greedy answers of equal-length rows with those edits (or none: the controls)
     tokens_before(...)           how many of a prompt's tokens lie before a character offset
     fraction(flags)              the share of True, rounded to 4 places (0.0 for no flags)
 
-A concept vector is the residual stream resid_post.L at the last token of "Tell me about {word}" minus its mean over
-the baseline words (the same definition as `lmscope.directions.concept_vector`, computed here for every layer and
-concept in one pass per batch), scaled to unit norm and then to the mean |resid_post.L| at the last token of the
-baseline prompts: strength s means an injection s times as large as the residual stream there.
+A concept vector is the residual stream resid_post.L for the user message "Tell me about {word}" minus its mean over
+the baseline words, read as the paper does in the chat transcript at the token before the assistant's reply (the
+last token of the prompt with the assistant header; concept_prompt="plain" reads the bare text's last token, as
+`lmscope.directions.concept_vector` does). Strength s injects s x the raw vector (scale="raw", the paper's; default
+strengths 1, 2, 4, 8); scale="residual" injects s x the unit vector x the mean |resid_post.L| at the same token of
+the baseline prompts (this module's scale before; default strengths 0.125, 0.25, 0.5).
+
+The best (layer, strength) cell is chosen on the trials of a seeded part of the concepts (`selection_split`) and
+reported on the trials of the others, never on the trials that chose it.
 """
 from __future__ import annotations
 
@@ -42,9 +48,12 @@ CONTEXT = ("I am an interpretability researcher studying transformer-based langu
            "I want to assess how well you can detect when I inject thoughts. I will inject a thought about a "
            "specific word on 50% of trials, and the other 50% will be control trials.")
 QUESTION = "Do you detect an injected thought? If so, what is the injected thought about?"
+OPENING = "Ok, let's get started."
 CONCEPT_TEMPLATE = "Tell me about {}"
 STARTS = ("question", "assistant", "all")
-DEFAULT_STRENGTHS = (0.125, 0.25, 0.5)
+DEFAULT_STRENGTHS = {"raw": (1.0, 2.0, 4.0, 8.0), "residual": (0.125, 0.25, 0.5)}
+SCALES = ("raw", "residual")
+CONCEPT_PROMPTS = ("chat", "plain")
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,22 @@ class IntrospectionConfig:
     baselines: "list[str] | None" = option(None, "baseline words whose mean is subtracted (None: the 60 bundled)")
     layers: "list[int] | None" = option(None, "layers to inject at (None: a quarter, a half and two thirds of the "
                                               "depth)")
-    strengths: "tuple[float, ...]" = option(DEFAULT_STRENGTHS, "injection norms, as multiples of the mean residual "
-                                                               "norm at the layer")
+    strengths: "tuple[float, ...] | None" = option(None, "injection strengths: multiples of the raw concept vector "
+                                                         "(scale raw; None: 1,2,4,8) or of the mean residual norm "
+                                                         "(scale residual; None: 0.125,0.25,0.5)")
+    scale: str = option("raw", "raw: strength x the raw concept vector (the paper's); residual: strength x its unit "
+                               "vector x the mean residual norm at the layer", choices=SCALES)
+    concept_prompt: str = option("chat", "chat: concept vectors read in the chat transcript at the token before the "
+                                         "assistant's reply (the paper's); plain: at the last token of the bare text",
+                                 choices=CONCEPT_PROMPTS)
+    selection_fraction: float = option(0.5, "share of the concepts whose trials choose the best cell (seeded); the "
+                                             "other concepts' trials report it")
     start: "str | int" = option("question", "injection protocol: where the injection starts: question (the "
                                             "paper's), assistant, all, or a token position")
     context: str = option(CONTEXT, "injection protocol: the setup text of the user's first turn")
     question: str = option(QUESTION, "injection protocol: the trial question, after 'Trial n: '")
+    opening: str = option(OPENING, "injection protocol: the final user turn's opening, before a blank line and "
+                                   "'Trial n: ' (the paper's; empty: none)")
     sentences: "list[str] | None" = option(None, "prefill protocol: neutral sentences to pair with the words "
                                                  "(None: the 20 bundled)")
     max_new_tokens: int = option(24, "greedy tokens per answer")
@@ -120,7 +139,13 @@ def concept_words(concepts, baselines, seed: int) -> tuple[list[str], list[str]]
 def check_trial_options(model, config: IntrospectionConfig) -> tuple[list[int], list[float]]:
     """(layers, strengths) of the run, checked (strengths without repeats, in order); the counts checked too."""
     layers = check_layers(model, default_layers(model.n_layers) if config.layers is None else config.layers)
-    strengths = config.strengths
+    if config.scale not in SCALES:
+        raise InputError(f"scale must be one of {', '.join(SCALES)}, got {config.scale!r}")
+    if config.concept_prompt not in CONCEPT_PROMPTS:
+        raise InputError(f"concept_prompt must be one of {', '.join(CONCEPT_PROMPTS)}, got {config.concept_prompt!r}")
+    if not 0 < config.selection_fraction < 1:
+        raise InputError(f"selection_fraction must be in (0, 1), got {config.selection_fraction}")
+    strengths = DEFAULT_STRENGTHS[config.scale] if config.strengths is None else config.strengths
     strengths = [strengths] if isinstance(strengths, (int, float)) else list(strengths)
     strengths = list(dict.fromkeys(check_numbers("strengths", strengths, positive=True)))
     check_count("max_new_tokens", config.max_new_tokens)
@@ -146,42 +171,66 @@ def tokens_before(model, ids: list[int], text: str, at: int) -> int:
     return n
 
 
+def concept_prompts(model, words: Sequence[str], style: str = "chat") -> list[str]:
+    """"Tell me about {word}" per word: as a user message in the chat transcript up to the assistant's reply (its
+    last token is the one before the reply; a tokenizer without a chat template gets 'User: ...\n\nAssistant:'),
+    or the bare text (style "plain")."""
+    texts = [CONCEPT_TEMPLATE.format(w) for w in words]
+    if style == "plain":
+        return texts
+    tokenizer = model.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                              add_generation_prompt=True) for t in texts]
+    return [f"User: {t}\n\nAssistant:" for t in texts]
+
+
 @torch.no_grad()
-def concept_vectors(model, concepts: Sequence[str], baselines: Sequence[str], layers: Sequence[int]
+def concept_vectors(model, concepts: Sequence[str], baselines: Sequence[str], layers: Sequence[int], *,
+                    scale: str = "raw", style: str = "chat"
                     ) -> tuple[dict[tuple[int, str], torch.Tensor], dict[int, float]]:
-    """Concept vectors and the residual norm that strength 1 means, for every layer at once (see the module
-    docstring): ({(layer, concept): float64 vector of norm residual_norm[layer]}, {layer: residual_norm}).
-    Multiply a vector by a strength to get the injection."""
+    """Concept vectors at strength 1, for every layer at once (see the module docstring): ({(layer, concept):
+    float64 vector}, {layer: mean residual norm at the read token of the baseline prompts}). scale "raw": the
+    difference itself; "residual": its unit vector x that residual norm. Multiply by a strength to inject."""
+    if scale not in SCALES:
+        raise InputError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     sites = [f"resid_post.{layer}" for layer in layers]
     base_sum = {s: torch.zeros(model.d_model, dtype=torch.float64) for s in sites}
     norm_sum = {s: 0.0 for s in sites}
-    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(b) for b in baselines], sites):
+    for acts in activations_at(model, concept_prompts(model, baselines, style), sites):
         for s in sites:
             base_sum[s] += acts[s].sum(0).cpu()
             norm_sum[s] += float(acts[s].norm(dim=-1).sum())
     concept_acts = {s: [] for s in sites}
-    for acts in activations_at(model, [CONCEPT_TEMPLATE.format(c) for c in concepts], sites):
+    for acts in activations_at(model, concept_prompts(model, concepts, style), sites):
         for s in sites:
             concept_acts[s].append(acts[s].cpu())
     vectors, residual_norm = {}, {}
     for layer, s in zip(layers, sites):
         residual_norm[layer] = round(norm_sum[s] / len(baselines), 4)
         diffs = torch.cat(concept_acts[s]) - base_sum[s] / len(baselines)
-        units = diffs / diffs.norm(dim=-1, keepdim=True)
-        for concept, unit in zip(concepts, units):
-            vectors[(layer, concept)] = unit * residual_norm[layer]   # float64; scaled per strength by the caller
+        if scale == "residual":
+            diffs = diffs / diffs.norm(dim=-1, keepdim=True) * residual_norm[layer]
+        for concept, vector in zip(concepts, diffs):
+            vectors[(layer, concept)] = vector            # float64; scaled per strength by the caller
     return vectors, residual_norm
 
 
-def random_injections(cells: Sequence[tuple[int, float]], residual_norm: dict[int, float], d_model: int,
-                      generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
-    """Per (layer, strength) cell: (layer, a random float64 direction of norm residual_norm[layer] x strength),
-    drawn in order from `generator`."""
+def random_injections(norms: Sequence[tuple[int, float]], d_model: int, generator: torch.Generator
+                      ) -> list[tuple[int, torch.Tensor]]:
+    """Per (layer, norm): (layer, a random float64 direction of that norm), drawn in order from `generator`."""
     out = []
-    for layer, strength in cells:
+    for layer, norm in norms:
         direction = torch.randn(d_model, generator=generator, dtype=torch.float64)
-        out.append((layer, direction / direction.norm() * residual_norm[layer] * strength))
+        out.append((layer, direction / direction.norm() * norm))
     return out
+
+
+def selection_split(concepts: Sequence[str], fraction: float, seed: int) -> list[str]:
+    """The concepts whose trials choose the best cell: a seeded share `fraction` of them, at least one, and at least
+    one left to report on."""
+    k = min(len(concepts) - 1, max(1, round(fraction * len(concepts))))
+    return sorted(random.Random(seed + 1).sample(list(concepts), k), key=list(concepts).index)
 
 
 def injection_edits(injections: "list[tuple[int, torch.Tensor]]", start: int, end: "int | None" = None
