@@ -7,10 +7,13 @@ m(M): the model (every node kept); m(empty): every node ablated; m(C): only C ke
 The baseline: random circuits with as many heads as C (drawn uniformly, seeded) and the same MLPs as C.
 m is the task's metric averaged over its prompts (float64). Ablation = replacement by the task means of
 lmscope.circuits.means (or zero ablation, reported as such).
+When m(M) and m(empty) are equal or nearly (|gap| <= UNDEFINED_GAP x max(1, |m(M)|, |m(empty)|), one tolerance),
+every normalised number is undefined: null in the JSON, "undefined" in the summary, and the result says why.
 """
 from __future__ import annotations
 
 import html
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -49,9 +52,22 @@ def gated_metric(model, task, means, heads, mlps, **kwargs) -> torch.Tensor:
     return task.metric(gated_logits(model, task, means, heads, mlps, **kwargs))
 
 
-def normalised(m_c: float, m_full: float, m_empty: float) -> float:
+UNDEFINED_GAP = 1e-4   # relative: a smaller gap between the model and the empty circuit normalises nothing
+
+
+def gap_is_undefined(m_full: float, m_empty: float) -> bool:
+    """True when m(M) - m(empty) is too small (or not finite) to normalise by: the one tolerance of this module."""
     gap = m_full - m_empty
-    return float("nan") if gap == 0 else (m_c - m_empty) / gap
+    return not math.isfinite(gap) or abs(gap) <= UNDEFINED_GAP * max(1.0, abs(m_full), abs(m_empty))
+
+
+def normalised(m_c: float, m_full: float, m_empty: float) -> float:
+    """(m_c - m_empty) / (m_full - m_empty); NaN (null in the JSON) where the gap is undefined."""
+    return float("nan") if gap_is_undefined(m_full, m_empty) else (m_c - m_empty) / (m_full - m_empty)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if math.isfinite(x) else "undefined"
 
 
 @dataclass
@@ -79,6 +95,7 @@ class FaithfulnessResult(Result, kind="circuit_faithfulness"):
     accuracy_circuit: float
     curve: list[dict] = field(default_factory=list)   # [{"heads": k, "faithfulness": F, ...}], held-out prompts
     notes: list[str] = field(default_factory=list)
+    undefined_reason: str = ""     # why faithfulness, necessity_drop and the random baseline are null (if they are)
     training: dict = field(default_factory=dict)      # prune: sizes, steps, lambda, loss history, seconds
 
     @property
@@ -94,21 +111,21 @@ class FaithfulnessResult(Result, kind="circuit_faithfulness"):
                  f"circuit: {self.heads_kept}/{self.heads_total} heads, {len(self.mlps)}/{self.mlps_total} MLPs",
                  f"{self.metric_name}: model {self.metric_full:.4f}  empty {self.metric_empty:.4f}  "
                  f"circuit {self.metric_circuit:.4f}  model without circuit {self.metric_without_circuit:.4f}",
-                 f"faithfulness {self.faithfulness:.3f}  |  random circuits of the same size "
-                 f"{self.random_faithfulness:.3f} +- {self.random_std:.3f} ({len(self.random_draws)} draws)  |  "
-                 f"necessity drop {self.necessity_drop:.3f}",
+                 f"faithfulness {_fmt(self.faithfulness)}  |  random circuits of the same size "
+                 f"{_fmt(self.random_faithfulness)} +- {_fmt(self.random_std)} ({len(self.random_draws)} draws)  |  "
+                 f"necessity drop {_fmt(self.necessity_drop)}",
                  f"accuracy: model {self.accuracy_full:.3f}, circuit {self.accuracy_circuit:.3f}"]
         if self.curve:
             lines.append(f"faithfulness vs size (top-k heads by score, with the circuit's {len(self.mlps)} MLPs):")
             for p in self.curve:
-                lines.append(f"  {p['heads']:>4} heads  F = {p['faithfulness']:.3f}")
+                lines.append(f"  {p['heads']:>4} heads  F = {_fmt(p['faithfulness'])}")
         if self.training:
             t = self.training
             lines.append(f"found on {t.get('n_train')} train prompts, every number above on {t.get('n_heldout')} "
                          f"held-out prompts; {t.get('seconds', 0):.0f} s"
                          + (f"; {t['steps']} steps, head target {t.get('target_heads')}, gates left "
                             f"{t.get('gates_on')} heads on" if "steps" in t else ""))
-        lines += self.notes
+        lines += self.notes + ([f"undefined: {self.undefined_reason}"] if self.undefined_reason else [])
         return "\n".join(lines)
 
     def figure(self):
@@ -179,18 +196,19 @@ def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", 
             h = head_gates(heads, ranking[:size])
             curve.append({"heads": int(size),
                           "faithfulness": normalised(_mean(metric(h, mlps)[0]), m_full, m_empty)})
-    gap = m_full - m_empty
-    notes = []
-    if abs(gap) < 1e-6 * max(1.0, abs(m_full)):
-        notes.append("the model and the empty circuit score the same: faithfulness is undefined (nan)")
+    undefined = gap_is_undefined(m_full, m_empty)
+    reason = (f"the model ({m_full:.6g}) and the empty circuit ({m_empty:.6g}) score the same within "
+              f"{UNDEFINED_GAP:g} (relative): there is no effect to normalise by" if undefined else "")
+    nan = float("nan")
     return FaithfulnessResult(
         task=task.name, model=model.spec, method=method, ablation=ablation, n_prompts=len(task),
         heads=[[int(a), int(b)] for a, b in (heads == 1).nonzero().tolist()],
         mlps=[int(x) for x in (mlps == 1).nonzero().flatten().tolist()], heads_total=heads.numel(),
         mlps_total=mlps.numel(), metric_name=task.metric_name, metric_full=m_full, metric_empty=m_empty,
         metric_circuit=m_c, metric_without_circuit=m_wo, faithfulness=normalised(m_c, m_full, m_empty),
-        necessity_drop=float("nan") if gap == 0 else (m_full - m_wo) / gap,
-        random_faithfulness=statistics.fmean(draws) if draws else float("nan"),
-        random_std=statistics.pstdev(draws) if len(draws) > 1 else 0.0, random_draws=draws,
+        necessity_drop=nan if undefined else (m_full - m_wo) / (m_full - m_empty),
+        random_faithfulness=statistics.fmean(draws) if draws and not undefined else nan,
+        random_std=nan if undefined or not draws else statistics.pstdev(draws) if len(draws) > 1 else 0.0,
+        random_draws=draws,
         accuracy_full=float(acc_full.double().mean()), accuracy_circuit=float(acc_c.double().mean()),
-        curve=curve, notes=notes)
+        curve=curve, notes=[], undefined_reason=reason)
