@@ -109,6 +109,8 @@ def load_vector(path, model=None, *, allow_other_model: bool = False) -> Directi
     vector = load_file(str(path))[_KEY]
     if vector.ndim != 1 or vector.shape[0] != meta.get("d_model"):
         raise InputError(f"{path}: vector of shape {tuple(vector.shape)}, metadata says d_model {meta.get('d_model')}")
+    if not torch.isfinite(vector).all():
+        raise InputError(f"{path}: the vector holds NaN or infinite values")
     norm = float(vector.double().norm())
     if not math.isclose(norm, float(meta.get("norm", -1)), rel_tol=1e-4):
         raise InputError(f"{path}: the vector's norm {norm:.6g} differs from the recorded {meta.get('norm')}: "
