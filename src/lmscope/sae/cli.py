@@ -12,8 +12,11 @@ import torch.distributed as dist
 
 from lmscope.cli.common import (add_config_options, check_outputs, config_from_args, emit, load_model, model_options,
                                 numbers, output_options)
+from lmscope.core.checks import check_count, check_number, check_prompts
 from lmscope.core.errors import InputError
+from lmscope.data.corpora import check_corpus
 from lmscope.harvest import open_store
+from lmscope.sae.checkpoints import check_train_folder
 from lmscope.sae.config import TrainConfig
 from lmscope.sae.dashboard import write_dashboards
 from lmscope.sae.data import ModelSource, StoreSource
@@ -35,11 +38,13 @@ def _out(args, result) -> None:
 
 
 def cmd_train(args) -> None:
-    cfg = config_from_args(TrainConfig, args)
+    cfg = config_from_args(TrainConfig, args).check()     # every argument before anything is written
     if not cfg.out:
         raise InputError("give --out FOLDER for the trained SAE")
+    if not cfg.harvest:
+        check_corpus(cfg.corpus)
     check_outputs(args)
-    check_out_folder(cfg.out, overwrite=args.overwrite)
+    check_train_folder(cfg, overwrite=args.overwrite)      # a new folder, or an unfinished run of this command
     model = load_model(args)
     site = str(model.site(cfg.site))
     site_out = str(model.site(cfg.site_out)) if cfg.site_out else ""
@@ -58,6 +63,11 @@ def cmd_train(args) -> None:
 
 
 def _model_and_sae(args):
+    if getattr(args, "corpus", None) and not getattr(args, "harvest", None):
+        check_corpus(args.corpus)
+    for name in ("tokens", "n", "top_k", "max_new_tokens"):
+        if getattr(args, name, None) is not None:
+            check_count(f"--{name.replace('_', '-')}", getattr(args, name))
     model = load_model(args)
     return model, load_sae(args.sae, model=model, device=model.device)
 
@@ -74,6 +84,8 @@ def cmd_features(args) -> None:
     check_out_folder(args.html, overwrite=args.overwrite)
     latents = numbers(args.latents, int, "--latents")
     model, sae = _model_and_sae(args)
+    for latent in latents or []:
+        check_count("--latents", latent, 0, sae.d_sae - 1)
     stats = feature_stats(model, sae, args.corpus, n_tokens=args.tokens, k=args.top_k, harvest=args.harvest,
                           corpus_seed=args.seed, progress=not args.json)
     if latents is None:
@@ -92,6 +104,8 @@ def cmd_synthetic(args) -> None:
 
 def cmd_steer(args) -> None:
     check_outputs(args)
+    check_number("--value", args.value)
+    check_prompts([args.prompt], "the prompt")
     model, sae = _model_and_sae(args)
     _out(args, sae_steer(model, sae, args.prompt, args.latent, args.value, mode=args.mode,
                          max_new_tokens=args.max_new_tokens))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
+from lmscope.core.checks import check_count, check_number
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
 
@@ -90,6 +91,25 @@ class TrainConfig:
     checkpoint_every: int = option(0, "save a checkpoint every N steps (0: only at the end)")
     seed: int = option(0, "initialisation and shuffling seed")
     threads: int = option(0, "torch threads (0: leave as is)")
+
+    def check(self) -> "TrainConfig":
+        """One InputError for the first bad field (before anything is read, loaded or written)."""
+        for name, minimum in (("n_tokens", 1), ("batch_size", 1), ("expansion", 1), ("d_sae", 0), ("k", 1),
+                              ("dead_tokens", 1), ("seq_len", 2), ("shuffle_buffer", 1), ("warmup_steps", 0),
+                              ("norm_batches", 1), ("checkpoint_every", 0), ("seed", 0), ("threads", 0),
+                              ("corpus_seed", 0)):
+            check_count(f"--{name.replace('_', '-')}", getattr(self, name), minimum)
+        for name in ("lr", "auxk_coeff", "l1_coeff", "l0_coeff", "outlier_factor"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), minimum=0)
+        check_number("--decay-frac", self.decay_frac, minimum=0)
+        if self.decay_frac > 1:
+            raise InputError(f"--decay-frac must be between 0 and 1, got {self.decay_frac!r}")
+        if self.architecture not in ("relu", "topk", "batchtopk", "jumprelu"):
+            raise InputError(f"unknown SAE architecture {self.architecture!r}; one of relu, topk, batchtopk, "
+                             f"jumprelu")
+        if self.n_tokens < self.batch_size:
+            raise InputError(f"--n-tokens ({self.n_tokens}) is smaller than one batch ({self.batch_size})")
+        return self
 
     def resolved_lr(self, d_sae: int) -> float:
         return self.lr or 2e-4 / (d_sae / 2 ** 14) ** 0.5

@@ -20,31 +20,38 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmscope.core.errors import InputError
 from lmscope.core.fingerprint import same_config
 from lmscope.core.models.sites import parse_site
-from lmscope.results.files import atomic_path, write_atomic
+from lmscope.results.files import atomic_folder
 from lmscope.results.output import check_output
 from lmscope.sae.architectures import build_sae
 from lmscope.sae.config import FORMAT, SAEConfig
 
 
 def save_sae(sae, folder, *, overwrite: bool = False) -> Path:
-    """Write cfg.json and sae.safetensors into `folder` (created if missing; its parent must exist), each file
-    atomically. A folder that holds anything is refused unless overwrite=True (the output rule)."""
+    """Write cfg.json and sae.safetensors into `folder` (created if missing; its parent must exist) as one unit
+    (results.files.atomic_folder: a crash never leaves the weights of one save beside the cfg.json of another;
+    other files in the folder stay). A folder that holds anything is refused unless overwrite=True (the output
+    rule)."""
     folder = check_output(folder, overwrite=overwrite, folder=True, what="SAE folder")
-    folder.mkdir(exist_ok=True)
+    with atomic_folder(folder) as tmp:
+        write_sae_files(sae, tmp)
+    return folder
+
+
+def write_sae_files(sae, folder: Path) -> None:
+    """sae.safetensors and cfg.json into an existing folder (no checks: save_sae's and checkpoints' inner step)."""
     tensors = {name: p.detach().float().contiguous().cpu() for name, p in sae.named_parameters()}
     if sae.architecture == "batchtopk":
         tensors["threshold"] = sae.threshold.detach().float().cpu().reshape(())
-    with atomic_path(folder / "sae.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     cfg = sae.cfg
     cfg.input_scale, cfg.output_scale = float(sae.input_scale), float(sae.output_scale)
-    write_atomic(folder / "cfg.json", json.dumps(cfg.to_json(), indent=1))
-    return folder
+    save_file(tensors, str(folder / "sae.safetensors"), metadata={"format": FORMAT})
+    (folder / "cfg.json").write_text(json.dumps(cfg.to_json(), indent=1), encoding="utf-8")
 
 
 def _folder(path) -> Path:
@@ -56,9 +63,23 @@ def _folder(path) -> Path:
     return path
 
 
+def read_cfg(folder: Path) -> dict:
+    """cfg.json as a dict; one InputError if it is not UTF-8 text, not JSON, or not a JSON object."""
+    path = folder / "cfg.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path} must hold a JSON object, not a {type(cfg).__name__}")
+    return cfg
+
+
 def detect_format(path) -> str:
     folder = _folder(path)
-    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg = read_cfg(folder)
     if cfg.get("format") == FORMAT:
         return "lmscope"
     if (folder / "sae_weights.safetensors").is_file():
@@ -73,13 +94,22 @@ def load_sae(path, *, model=None, device=None):
     the SAE's widths and, where both are known, that it was trained on the same model."""
     folder = _folder(path)
     kind = detect_format(folder)
-    raw = json.loads((folder / "cfg.json").read_text())
-    if kind == "lmscope":
-        cfg, tensors = SAEConfig.from_json(raw), load_file(str(folder / "sae.safetensors"))
-    elif kind == "saelens":
-        cfg, tensors = _from_saelens(raw, load_file(str(folder / "sae_weights.safetensors")))
-    else:
-        cfg, tensors = _from_sparsify(raw, load_file(str(folder / "sae.safetensors")), folder.name)
+    raw = read_cfg(folder)
+    weights = folder / ("sae_weights.safetensors" if kind == "saelens" else "sae.safetensors")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{weights} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    try:
+        if kind == "lmscope":
+            cfg = SAEConfig.from_json(raw)
+        elif kind == "saelens":
+            cfg, tensors = _from_saelens(raw, tensors)
+        else:
+            cfg, tensors = _from_sparsify(raw, tensors, folder.name)
+    except (KeyError, TypeError, ValueError) as exc:     # a cfg.json without the fields its format needs
+        raise InputError(f"{folder / 'cfg.json'} is not a valid {kind} SAE config ({type(exc).__name__}: "
+                         f"{exc})") from None
     _check_shapes(cfg, tensors, folder)
     sae = build_sae(cfg)
     state = {k: v for k, v in tensors.items() if k != "threshold"}

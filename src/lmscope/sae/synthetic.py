@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 import torch
 
+from lmscope.core.checks import check_count, check_number
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
 from lmscope.results.base import Result
@@ -130,6 +131,12 @@ def synthetic_benchmark(config: "SyntheticConfig | None" = None, *, out: str = "
         config = dataclasses.replace(config or SyntheticConfig(), **overrides)
     except TypeError as exc:
         raise InputError(f"synthetic_benchmark: {exc}") from None
+    for name, minimum in (("n_features", 1), ("d", 1), ("expansion", 1), ("k", 1), ("n_tokens", 1),
+                          ("batch_size", 1), ("seed", 0)):
+        check_count(name, getattr(config, name), minimum)
+    check_number("mean_active", config.mean_active, positive=True)
+    check_number("alpha", config.alpha, minimum=0)
+    check_number("lr", config.lr, minimum=0)
     n_features, d, mean_active, alpha = config.n_features, config.d, config.mean_active, config.alpha
     expansion, k, n_tokens, batch_size, lr, seed = (config.expansion, config.k, config.n_tokens, config.batch_size,
                                                      config.lr, config.seed)

@@ -6,11 +6,15 @@ weighted by the row norms instead). Before the first step the activations' scale
 (float64, averaged over ranks) so the SAE sees unit mean squared norm; the decoder bias starts at the mean. Dead
 latents (not fired for `dead_tokens` tokens, counted over all ranks) feed AuxK. Learning rate: linear warm-up,
 constant, linear decay to 0 over the last `decay_frac` of the steps.
+Checkpoints (`checkpoint_every`) hold the SAE, Adam, the scheduler and the dead-latent counters
+(lmscope.sae.checkpoints); the same command on the same --out resumes from the last one, replaying the data stream
+up to it, and ends with the weights an uninterrupted run gives.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import html
@@ -32,6 +36,7 @@ from lmscope.results.output import check_output
 from lmscope.sae.architectures import SAE, build_sae
 from lmscope.sae.config import SAEConfig, TrainConfig
 from lmscope.sae.data import Source
+from lmscope.sae.checkpoints import CONFIG, check_train_folder, load_checkpoint, save_checkpoint
 from lmscope.sae.interop import save_sae
 
 NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
@@ -116,14 +121,11 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     """Train the SAE `cfg` describes on `source`; with cfg.out, save it there (a new or empty folder, or any folder
     with overwrite=True)."""
     # joins torchrun's group when launched by it; the group serves CPU tensors too (see ensure_group)
+    cfg.check()
     rank, world = ensure_group("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.n_tokens < cfg.batch_size:
-        raise InputError(f"n_tokens ({cfg.n_tokens}) is smaller than one batch ({cfg.batch_size})")
     if cfg.batch_size % world:
         raise InputError(f"batch size {cfg.batch_size} does not split over {world} ranks")
-    if cfg.architecture not in NORMALIZED_DECODER + ("relu",):
-        raise InputError(f"unknown SAE architecture {cfg.architecture!r}; one of relu, topk, batchtopk, jumprelu")
-    check_out_folder(cfg.out, overwrite=overwrite)
+    resume = check_train_folder(cfg, overwrite=overwrite)      # before any work: the folder, and what it holds
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if world > 1:
@@ -131,9 +133,6 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     if device is None:
         device = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    if rank == 0 and cfg.out:
-        Path(cfg.out).mkdir(parents=False, exist_ok=True)
-        write_atomic(Path(cfg.out) / "train_config.json", json.dumps(cfg.to_json(), indent=1))
     d_sae = cfg.d_sae or cfg.expansion * source.d_in
     sae_cfg = SAEConfig(architecture=cfg.architecture, d_in=source.d_in, d_sae=d_sae, d_out=source.d_out,
                         k=cfg.k, auxk_coeff=cfg.auxk_coeff, l1_coeff=cfg.l1_coeff, l0_coeff=cfg.l0_coeff,
@@ -169,13 +168,22 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, cfg.warmup_steps,
                                                                         cfg.decay_frac))
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
-    history, step_s, tokens, dropped = [], 0.0, 0, 0
-    log_every = max(1, n_steps // 50)
-    bar = _bar(n_steps * cfg.batch_size, progress and rank == 0)
-    normalize = cfg.architecture in NORMALIZED_DECODER
+    history, step_s, tokens, dropped, wall_before = [], 0.0, 0, 0, 0.0
+    batches = chain(first, stream)
     step = 0
+    if resume is not None:      # the state at the checkpoint; the stream replayed up to it (same seed, same order)
+        state = load_checkpoint(resume, sae, opt, sched, since_fired)
+        step, tokens, dropped = state["step"], state["tokens"], state["dropped"]
+        history, step_s, wall_before = state["history"], state["step_s"], state["wall_s"]
+        for _ in range(step):
+            next(batches, None)
+    elif rank == 0 and cfg.out:
+        _start_folder(cfg, overwrite)
+    log_every = max(1, n_steps // 50)
+    bar = _bar(n_steps * cfg.batch_size, progress and rank == 0, initial=step * cfg.batch_size)
+    normalize = cfg.architecture in NORMALIZED_DECODER
     try:
-        for x, t in chain(first, stream):
+        for x, t in batches:
             if step >= n_steps:
                 break
             if world > 1 and int(_allreduce(torch.tensor([1]), dist.ReduceOp.MIN)) == 0:
@@ -212,14 +220,15 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}" if history else "-", refresh=False)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and rank == 0 and cfg.out:
                 sae_cfg.n_tokens_trained = tokens
-                (Path(cfg.out) / "checkpoints").mkdir(exist_ok=True)
-                save_sae(sae, Path(cfg.out) / "checkpoints" / f"step_{step:06d}", overwrite=True)
+                save_checkpoint(cfg.out, step, sae, opt, sched, since_fired,
+                                {"tokens": tokens, "dropped": dropped, "history": history, "step_s": step_s,
+                                 "wall_s": wall_before + time.perf_counter() - t0})
         if world > 1 and step < n_steps:
             _allreduce(torch.tensor([0]), dist.ReduceOp.MIN)  # release ranks still waiting for this step
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - t0
+    wall = wall_before + time.perf_counter() - t0
     if step == 0:
         raise InputError("the data source ran out before the first step")
     sae_cfg.n_tokens_trained = tokens
@@ -231,6 +240,8 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     result = TrainResult(cfg, sae_cfg.to_json(), history, tokens, step, wall, step_s, world, cfg.out, final,
                          sae=sae)
     if rank == 0 and cfg.out:
+        if not Path(cfg.out, CONFIG).is_file():
+            _start_folder(cfg, overwrite)
         save_sae(sae, cfg.out, overwrite=True)    # its own folder, checked before training
         write_atomic(Path(cfg.out) / "train.json", json.dumps(result.to_json(), indent=1))
     return result
@@ -271,8 +282,17 @@ def _log_row(step, tokens, out, x, t, sae, since_fired, cfg, sched) -> dict:
             "dead_frac": float((since_fired >= cfg.dead_tokens).float().mean()), "lr": sched.get_last_lr()[0]}
 
 
-def _bar(total: int, enabled: bool):
+def _bar(total: int, enabled: bool, initial: int = 0):
     if not enabled:
         return None
-    return tqdm(total=total, unit="tok", unit_scale=True, desc="training SAE", file=sys.stderr, dynamic_ncols=True,
-                mininterval=2.0)
+    return tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc="training SAE", file=sys.stderr,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+def _start_folder(cfg: TrainConfig, overwrite: bool) -> None:
+    """A fresh run's folder: created, the run's config written; with overwrite, an earlier run's checkpoints go."""
+    out = Path(cfg.out)
+    out.mkdir(parents=False, exist_ok=True)
+    if overwrite and (out / "checkpoints").is_dir():
+        shutil.rmtree(out / "checkpoints")
+    write_atomic(out / CONFIG, json.dumps(cfg.to_json(), indent=1))
