@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 
@@ -23,6 +24,8 @@ from lmscope.papers.weight_sparse import cli as weight_sparse_cli
 from lmscope.sae import cli as sae_cli
 
 EXIT_ERROR = 2
+# raised while reading or writing a user's file: one line, exit 2 (BrokenPipeError is handled on its own)
+USER_FILE_ERRORS = (OSError, UnicodeDecodeError, json.JSONDecodeError)
 
 # (heading, modules whose register() adds its commands), in the lecture's order
 PARTS = (
@@ -39,7 +42,15 @@ PARTS = (
 # dependencies still point one way.
 
 
-class _GroupedHelp(argparse.ArgumentParser):
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line on stderr (`lmscope: error: ...`) and exit code 2, like every other error."""
+
+    def error(self, message):
+        print(f"lmscope: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        self.exit(EXIT_ERROR)
+
+
+class _GroupedHelp(_OneLineErrors):
     """`lmscope --help` lists the commands under their lecture part."""
     groups: list = []
 
@@ -59,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _GroupedHelp(prog="lmscope", description="Look inside language models: every experiment of the lecture "
                                                       "on LLM internals, and three 2025 papers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>",
-                                parser_class=argparse.ArgumentParser)
+                                parser_class=_OneLineErrors)
     groups = []
     for heading, modules in PARTS:
         before = set(sub.choices)
@@ -72,19 +83,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)     # a flag's converter may raise InputError (cli.common.numbers)
         code = args.func(args)     # a command may return its own exit code (lmscope check: 1 on a failed check)
     except LmscopeError as exc:
-        print(f"lmscope: error: {exc}", file=sys.stderr)
+        print(f"lmscope: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except USER_FILE_ERRORS as exc:        # a user's file or folder that could not be read or written
+        print(f"lmscope: error: {_file_error(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("lmscope: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     return code if isinstance(code, int) else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _file_error(exc: BaseException) -> str:
+    """One line for an OSError or a decoding error of a user's file (the readers raise InputError where they can;
+    this is the net under them). A bug is not caught here: only these classes are."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({_one_line(exc)})"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"a file is not valid JSON ({_one_line(exc)})"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or _one_line(exc)
+        return f"{exc.filename}: {reason}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return _one_line(exc)
 
 
 if __name__ == "__main__":

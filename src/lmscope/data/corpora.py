@@ -286,3 +286,9 @@ def _cut_windows(tokenizer: Any, documents: Iterable[tuple[str, str]], n_tokens:
             remaining -= len(piece)
             if remaining == 0:
                 return
+
+
+def check_corpus(name: str) -> str:
+    """`name` if it is a known, installed corpus; else one InputError saying which (before any work starts)."""
+    _require_corpus(name)
+    return name

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -52,7 +52,34 @@ def read_manifest(folder: Path) -> dict:
         raise InputError(f"{path} lacks {', '.join(missing)}")
     if manifest["dtype"] not in DTYPES:
         raise InputError(f"{path}: unknown dtype {manifest['dtype']!r}")
+    check_shard_entries(folder, manifest["shards"])
     return manifest
+
+
+def check_shard_entries(folder: Path, shards) -> None:
+    """Every shard entry names a file inside `folder` (a plain relative name: no '..', no absolute path, no link
+    leading out) and carries its sha256 and token count; one InputError for the first that does not."""
+    path = folder / MANIFEST
+    if not isinstance(shards, list):
+        raise InputError(f"{path}: 'shards' must be a list")
+    root = folder.resolve()
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            raise InputError(f"{path}: shard entry {i} is not an object")
+        name = entry.get("file")
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{path}: shard entry {i} has no file name")
+        if PurePosixPath(name).is_absolute() or Path(name).is_absolute() or ".." in PurePosixPath(name).parts \
+                or "\\" in name:
+            raise InputError(f"{path}: shard entry {i} names {name!r}, outside the harvest folder; refused")
+        if not (folder / name).resolve().is_relative_to(root):
+            raise InputError(f"{path}: shard entry {i} ({name!r}) leads outside the harvest folder; refused")
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise InputError(f"{path}: shard entry {i} ({name}) has no valid sha256")
+        n = entry.get("n_tokens")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise InputError(f"{path}: shard entry {i} ({name}) has no valid n_tokens")
 
 
 class HarvestStore:

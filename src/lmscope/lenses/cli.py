@@ -7,7 +7,9 @@ import sys
 
 from lmscope.cli.common import (JSON_STDOUT, add_config_options, check_outputs, config_from_args, emit, load_model,
                                 model_options, numbers, output_options)
+from lmscope.core.checks import check_count, check_number
 from lmscope.core.errors import InputError
+from lmscope.data.corpora import check_corpus
 from lmscope.lenses.backpatch import backpatch
 from lmscope.lenses.dla import direct_logit_attribution
 from lmscope.lenses.latent_language import latent_language
@@ -26,6 +28,7 @@ def cmd_lens(args) -> None:
 
 def cmd_dla(args) -> None:
     check_outputs(args)
+    check_count("--top", args.top)
     model = load_model(args)
     result = direct_logit_attribution(model, args.prompt, args.target, position=args.position)
     emit(args, result, result.summary(args.top))
@@ -48,6 +51,10 @@ def cmd_backpatch(args) -> None:
 def cmd_tuned_lens_train(args) -> None:
     check_outputs(args)
     out = check_output(args.out, overwrite=args.overwrite, suffixes=(".safetensors",), what="--out")
+    check_count("--tokens", args.tokens)
+    check_count("--steps", args.steps)
+    check_number("--lr", args.lr, positive=True)
+    check_corpus(args.corpus)
     model = load_model(args)
     lens = train_tuned_lens(model, args.corpus, n_tokens=args.tokens, steps=args.steps, lr=args.lr,
                             seed=args.seed, progress=not args.json)
@@ -62,6 +69,8 @@ def cmd_tuned_lens_train(args) -> None:
 
 def cmd_tuned_lens_eval(args) -> None:
     check_outputs(args)
+    check_count("--tokens", args.tokens)
+    check_corpus(args.corpus)
     lens = TunedLens.load(args.lens)          # a bad file fails before the model loads
     model = load_model(args)
     lens.check(model)

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 from lmscope.cli.common import check_outputs, emit, load_model, model_options, numbers, output_options
+from lmscope.core.checks import check_count
+from lmscope.data.corpora import check_corpus
 from lmscope.neurons.knowledge import SWEEP, number_agreement_experiment
 from lmscope.neurons.profile import profile_neuron
 
 
 def cmd_neuron(args) -> None:
     check_outputs(args)
+    check_count("--tokens", args.tokens)
+    check_count("--top-k", args.top_k)
+    check_count("--seed", args.seed, 0)
+    check_corpus(args.corpus)
     model = load_model(args)
     emit(args, profile_neuron(model, args.layer, args.index, args.corpus, n_tokens=args.tokens, k=args.top_k,
                               seed=args.seed, progress=not args.json))
@@ -15,6 +21,8 @@ def cmd_neuron(args) -> None:
 
 def cmd_knowledge_neurons(args) -> None:
     check_outputs(args)
+    check_count("--prompts", args.prompts)
+    check_count("--steps", args.steps)
     model = load_model(args)
     emit(args, number_agreement_experiment(model, attribution_prompts=args.prompts, steps=args.steps,
                                            sweep=args.sweep))
