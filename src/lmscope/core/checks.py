@@ -1,9 +1,12 @@
-"""The one home of input checks shared by the parts: layer lists, prompt lists, counts and numbers.
-Each raises one InputError that says what is wrong."""
+"""The one home of input checks shared by the parts: layer lists, prompt lists, counts and numbers, a user's text
+file. Each raises one InputError that says what is wrong."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from lmscope.core.errors import InputError
 
@@ -67,3 +70,29 @@ def check_numbers(name: str, values: Sequence, **kwargs) -> list[float]:
     if not values:
         raise InputError(f"{name}: the list is empty")
     return [check_number(name, v, **kwargs) for v in values]
+
+
+def read_text_file(path, what: str = "file") -> str:
+    """The text of a user's file; one InputError if it is missing, a folder, unreadable or not UTF-8 text."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+
+
+TOLERANCE_SAFETY = 4.0   # ulps of slack per rounded operation
+
+
+def tolerance(dtype: torch.dtype, scale: float = 1.0, terms: int = 1) -> float:
+    """Absolute tolerance for two computations of one quantity in `dtype` that round differently:
+    TOLERANCE_SAFETY x terms x eps(dtype) x scale, with `scale` the size of the values compared (max |x|) and
+    `terms` the number of rounded operations in which they differ. eps: float32 1.2e-7, bfloat16 7.8e-3,
+    float16 9.8e-4. (The same formula as core.check's certificate; one of the two homes goes when both land.)"""
+    return TOLERANCE_SAFETY * max(int(terms), 1) * torch.finfo(dtype).eps * max(float(scale), 0.0)
