@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import lmscope
+import lmscope.lenses.cli as lenses_cli
 from lmscope.cli import main
 from lmscope.cli.main import build_parser
 from lmscope.core.fingerprint import config_sha256
@@ -291,6 +292,20 @@ CASES = [
     ("introspect-max-new-zero", "introspect {M} --max-new-tokens 0"),
 ]
 
+# what the one line must say, for the messages issue 14 found misleading (items 10, 11) and the refusals (item 9)
+SAYS = {
+    "extract-positive-not-utf8": "bin.txt is not UTF-8 text", "steer-prompts-file-not-utf8": "bin.txt is not UTF-8",
+    "lre-pairs-not-utf8": "bin.jsonl is not UTF-8 text", "circuit-pairs-not-utf8": "bin.jsonl is not UTF-8 text",
+    "fv-pairs-not-utf8": "bin.jsonl is not UTF-8 text", "eval-cfg-not-utf8": "cfg.json is not UTF-8 text",
+    "check-manifest-not-utf8": "manifest.json", "neuron-top-k-zero": "--top-k", "lens-top-k-zero": "top_k",
+    "orth-vector-nan": "NaN", "steer-vector-nan": "NaN", "check-traversal": "outside the harvest folder",
+    "check-absolute": "outside the harvest folder", "train-harvest-traversal": "outside the harvest folder",
+    "check-no-sha256": "sha256", "train-batch-zero": "--batch-size", "train-lr-nan": "--lr",
+    "kn-prompts-zero": "--prompts", "eval-cfg-list": "JSON object", "eval-cfg-missing-keys": "d_in",
+    "eval-cfg-not-json": "not valid JSON", "neuron-json-parent-is-file": "is a file, not a folder",
+    "steer-value-nan": "--value", "sae-steer-max-new-zero": "--max-new-tokens",
+}
+
 NOT_UTF8 = b"caf\xe9 \xff\xfe not utf-8\n"
 
 
@@ -426,3 +441,27 @@ def test_bad_input_is_one_line_and_exit_2(line, world, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("lmscope: error:"), captured.err[-2000:]
     assert "Traceback" not in captured.err + captured.out
     assert _tree(world) == before, "something was written"
+    name = next(n for n, cmd in CASES if cmd == line)
+    assert SAYS.get(name, "") in err[0], err[0]
+
+
+def test_the_expected_messages_name_real_cases():
+    assert set(SAYS) <= {name for name, _ in CASES}
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    """Only expected failures become one line: any other exception (a bug) propagates with its traceback."""
+    def bug(args):
+        raise KeyError("a bug")
+    monkeypatch.setattr(lenses_cli, "cmd_lens", bug)
+    with pytest.raises(KeyError):
+        main(["lens", "hello", "--model", "random:llama"])
+
+
+def test_an_os_error_from_a_users_file_is_one_line(monkeypatch, capsys, tmp_path):
+    def unreadable(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.txt"))
+    monkeypatch.setattr(lenses_cli, "cmd_lens", unreadable)
+    assert main(["lens", "hello", "--model", "random:llama"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lmscope: error: {tmp_path / 'x.txt'}: Permission denied"]

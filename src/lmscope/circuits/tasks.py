@@ -41,6 +41,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from lmscope.core.checks import read_text_file
 from lmscope.core.edits import Edit
 from lmscope.core.errors import InputError
 
@@ -425,7 +426,7 @@ def pairs_task(model, path: "str | Path") -> TaskSet:
         raise InputError(f"pair file {path} does not exist")
     b = _Builder(model, path.name, "logit_diff")
     n_lines = 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "pair file").splitlines(), 1):
         if not line.strip():
             continue
         n_lines += 1

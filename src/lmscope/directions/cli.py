@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lmscope.cli.common import (add_config_options, check_outputs, config_from_args, emit, load_model, model_options,
                                 numbers, output_options)
-from lmscope.core.checks import check_layers
+from lmscope.core.checks import check_layers, read_text_file
 from lmscope.core.errors import InputError
 from lmscope.data.contrast import load_contrast, neutral_prompts
 from lmscope.directions.contrast import SITE_KINDS, ContrastConfig, contrast
@@ -33,7 +33,7 @@ def _prompt_file(path: str) -> list[str]:
     if not p.is_file():
         raise InputError(f"prompt file not found: {path}")
     out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in read_text_file(p, "prompt file").splitlines():
         if not line.strip():
             continue
         if p.suffix == ".jsonl":

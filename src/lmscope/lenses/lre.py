@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from lmscope.core import edits
-from lmscope.core.checks import check_count, check_layers, check_numbers
+from lmscope.core.checks import check_count, check_layers, check_numbers, read_text_file
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
 from lmscope.core.runs import on_cache, prefix_cache
@@ -111,7 +111,7 @@ def relation_from_pairs(path, template: str, name: str | None = None) -> Relatio
     if not path.is_file():
         raise InputError(f"no such pairs file: {path}")
     pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "pairs file").splitlines(), 1):
         if not line.strip():
             continue
         try:
