@@ -92,11 +92,6 @@ def test_every_command_has_a_run():
 
 @pytest.mark.parametrize("name", list(RUNS))     # in order: harvest before harvest-check, sae train before eval
 def test_json_output_is_strict(name, inputs, capsys):
-    if name == "introspect":
-        try:
-            importlib.import_module("lmscope.papers.introspection.injection")
-        except ImportError:
-            pytest.skip("the introspection paper does not import on this main (its migration is in progress)")
     argv = shlex.split(RUNS[name].format(M=M, d=inputs)) + ["--json"]
     assert main(argv) == 0, capsys.readouterr().err[-2000:]
     data = strict(capsys.readouterr().out)
