@@ -1,5 +1,6 @@
 """Issue 14 items 9 and 11: a harvest manifest whose shard entries name files outside the folder ('..', absolute
 paths, a link leading out) or lack their sha256 is refused before anything is read or hashed."""
+import importlib
 import json
 import os
 
@@ -70,3 +71,16 @@ def test_malformed_entries_are_one_error(harvest, tmp_path, change, says):
 
 def test_the_untouched_folder_opens(harvest):
     assert open_store(harvest).n_tokens == 40
+
+
+def test_a_progress_file_is_checked_like_a_manifest(tmp_path):
+    """A multi-process run's progress file (read when resuming) cannot name files outside the folder either."""
+    writer = importlib.import_module("lmscope.harvest.writer")
+    (tmp_path / "progress_r0.json").write_text(json.dumps([{"file": "../x.safetensors", "rank": 0, "index": 0,
+                                                             "n_tokens": 4, "sha256": "0" * 64}]))
+    with pytest.raises(InputError, match="progress_r0.json: shard entry 0 names '../x.safetensors', outside"):
+        writer._read_progress(tmp_path, 0)
+    (tmp_path / "progress_r1.json").write_text("{broken")
+    with pytest.raises(InputError, match="not valid JSON"):
+        writer._read_progress(tmp_path, 1)
+    assert writer._read_progress(tmp_path, 2) == []

@@ -56,10 +56,11 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def check_shard_entries(folder: Path, shards) -> None:
+def check_shard_entries(folder: Path, shards, source: "Path | None" = None) -> None:
     """Every shard entry names a file inside `folder` (a plain relative name: no '..', no absolute path, no link
-    leading out) and carries its sha256 and token count; one InputError for the first that does not."""
-    path = folder / MANIFEST
+    leading out) and carries its sha256 and token count; one InputError for the first that does not. `source`: the
+    file the entries came from (default the manifest), for the message."""
+    path = source or folder / MANIFEST
     if not isinstance(shards, list):
         raise InputError(f"{path}: 'shards' must be a list")
     root = folder.resolve()

@@ -27,7 +27,7 @@ from lmscope.results.files import atomic_path, write_atomic
 from lmscope.results.output import check_output
 from lmscope.harvest import distributed as dist
 from lmscope.core.fingerprint import config_sha256, same_config
-from lmscope.harvest.store import DTYPES, FORMAT, MANIFEST, file_sha256, read_manifest
+from lmscope.harvest.store import DTYPES, FORMAT, MANIFEST, check_shard_entries, file_sha256, read_manifest
 from lmscope.harvest.windows import ShardPlan, documents_used, iter_windows, parse_corpora, plan_shards, resolve_prefix
 
 # A resumed run must compute exactly what the interrupted one would have; these fields decide that.
@@ -276,8 +276,17 @@ def _write_manifest(out: Path, config: dict, shards: list[dict], *, complete: bo
 
 
 def _read_progress(out: Path, rank: int) -> list[dict]:
+    """A rank's shards of an interrupted multi-process run; its entries checked as a manifest's are (inside the
+    folder, with sha256 and token count)."""
     path = out / f"progress_r{rank}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); remove it to recompute that rank's shards") from None
+    check_shard_entries(out, entries, path)
+    return entries
 
 
 def _progress_bar(enabled: bool, total: int):
