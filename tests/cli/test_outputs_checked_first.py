@@ -14,8 +14,9 @@ from lmscope.cli.main import build_parser
 
 M = "--model random:llama"
 BASE = {      # a command line that would run, less its outputs; {d} is a folder that exists
-    "sites": "sites {M}", "neuron": "neuron 1 7 {M}", "knowledge-neurons": "knowledge-neurons {M}",
-    "direction extract": "direction extract formality {M} --layer 1", "direction sweep": "direction sweep sentiment {M} --tokens a",
+    "sites": "sites {M}", "check": "check {M}", "neuron": "neuron 1 7 {M}",
+    "knowledge-neurons": "knowledge-neurons {M}", "direction extract": "direction extract formality {M} --layer 1",
+    "direction sweep": "direction sweep sentiment {M} --tokens a",
     "steer": "steer hello --set formality --layer 1 {M}", "fv": "fv --task antonyms {M}", "truth": "truth {M}",
     "harvest": "harvest {M} --sites resid_post.1 --tokens 40 --out {d}/h", "harvest-check": "harvest-check {d}",
     "sae train": "sae train {M} --site resid_post.1 --out {d}/s", "sae eval": "sae eval {d} {M}",

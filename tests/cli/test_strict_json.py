@@ -17,6 +17,7 @@ CORPUS = "--corpus python"
 # one small run per command (and per action of the commands that have actions); {d} is a folder of inputs
 RUNS = {
     "sites": "sites {M}",
+    "check": "check {M}",
     "neuron": "neuron 1 7 {M} --tokens 200 --top-k 3 " + CORPUS,
     "knowledge-neurons": "knowledge-neurons {M} --prompts 2 --steps 2 --sweep 1,3",
     "direction extract": "direction extract formality {M} --layers 1,2 --no-probe",

@@ -5,6 +5,7 @@ import torch
 
 import lmscope
 from lmscope.core.checks import tolerance
+from lmscope.core.errors import InputError
 from lmscope.core.models.random_models import FAMILIES
 from lmscope.lenses.dla import direct_logit_attribution
 
@@ -12,7 +13,15 @@ from lmscope.lenses.dla import direct_logit_attribution
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dla_in_half_precision(family, dtype):
+    """Where DLA holds in float32 it holds in half precision; where it does not (a norm DLA cannot freeze), both
+    refuse with one clear error: never a silently wrong sum."""
     model = lmscope.load(f"random:{family}", dtype=str(dtype).removeprefix("torch."))
+    try:
+        direct_logit_attribution(lmscope.load(f"random:{family}"), "hello world", "o")
+    except InputError:
+        with pytest.raises(InputError, match="does not"):
+            direct_logit_attribution(model, "hello world", "o")
+        return
     r = direct_logit_attribution(model, "hello world", "o")
     scale = abs(r.logit) + sum(abs(c.contribution) for c in r.components)
     assert abs(r.total - r.logit) <= tolerance(dtype, scale, 2 * model.n_layers + 4)

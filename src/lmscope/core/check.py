@@ -25,20 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
+from lmscope.core.checks import tolerance  # the one dtype-scaled tolerance (a leaf module: the lenses use it too)
 from lmscope.core.edits import add
 from lmscope.core.trace import set_attention
 
 DEFAULT_PROMPTS = ("The capital of Japan is Tokyo, and the capital of France is",
                    "Susan and Tom went to the library. Susan gave a book to")
-SAFETY = 4.0  # ulps of slack per rounded operation
-
-
-def tolerance(dtype: torch.dtype, scale: float = 1.0, terms: int = 1) -> float:
-    """Absolute tolerance for two computations of one quantity in `dtype` that may round differently:
-    SAFETY x terms x eps(dtype) x scale, where `scale` is the size of the values compared (max |x|) and `terms` the
-    number of rounded operations (e.g. additions) in which the two computations differ. float32: eps 1.2e-7,
-    bfloat16: 7.8e-3, float16: 9.8e-4."""
-    return SAFETY * max(int(terms), 1) * torch.finfo(dtype).eps * max(float(scale), 0.0)
 
 
 @dataclass

@@ -87,12 +87,12 @@ def read_text_file(path, what: str = "file") -> str:
         raise InputError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
 
 
-TOLERANCE_SAFETY = 4.0   # ulps of slack per rounded operation
+SAFETY = 4.0  # ulps of slack per rounded operation
 
 
 def tolerance(dtype: torch.dtype, scale: float = 1.0, terms: int = 1) -> float:
-    """Absolute tolerance for two computations of one quantity in `dtype` that round differently:
-    TOLERANCE_SAFETY x terms x eps(dtype) x scale, with `scale` the size of the values compared (max |x|) and
-    `terms` the number of rounded operations in which they differ. eps: float32 1.2e-7, bfloat16 7.8e-3,
-    float16 9.8e-4. (The same formula as core.check's certificate; one of the two homes goes when both land.)"""
-    return TOLERANCE_SAFETY * max(int(terms), 1) * torch.finfo(dtype).eps * max(float(scale), 0.0)
+    """Absolute tolerance for two computations of one quantity in `dtype` that may round differently:
+    SAFETY x terms x eps(dtype) x scale, where `scale` is the size of the values compared (max |x|) and `terms` the
+    number of rounded operations (e.g. additions) in which the two computations differ. float32: eps 1.2e-7,
+    bfloat16: 7.8e-3, float16: 9.8e-4. Used by `lmscope check` (core.check) and direct logit attribution."""
+    return SAFETY * max(int(terms), 1) * torch.finfo(dtype).eps * max(float(scale), 0.0)

@@ -33,7 +33,7 @@ from torch import nn
 
 from lmscope.core.checks import tolerance
 from lmscope.core.errors import InputError
-from lmscope.core.models.adapters import final_logit_softcap
+from lmscope.core.models.adapters import final_logit_softcap, scale_logits
 from lmscope.core.models.sites import resolve_position
 from lmscope.lenses.text import show_token
 from lmscope.results import Result
@@ -201,7 +201,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     scale = 1.0 / float((xc.pow(2).mean() + eps).sqrt())
     normed = xc * scale * gain + bias
     seen = at("final_norm")
-    tol = max(tolerance(model.dtype, float(seen.abs().max()), 4), 2e-3 * float(seen.abs().max()))
+    tol = max(tolerance(model.dtype, float(seen.abs().max())), 2e-3 * float(seen.abs().max()))   # one rounding
     gap = float((normed - seen).abs().max())
     if gap > tol:
         raise InputError(f"the final norm of {model.spec} ({type(norm).__name__}) differs from a (Layer|RMS)Norm "
@@ -209,7 +209,8 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                          f"({tol:.3g}): DLA's frozen-scale decomposition does not hold here")
     head = model.module(model.adapter.lm_head)
     w_u = head.weight.double()                               # [vocab, d_model]
-    u = w_u[target_id]
+    factor = float(scale_logits(model.adapter, model.hf.config, torch.ones(1, dtype=torch.float64)))
+    u = w_u[target_id] * factor                              # the family's own logit multiplier (Granite, Cohere)
     read_dir = scale * gain * u                              # contribution(c) = centre(c) . read_dir
 
     def centre(v):
@@ -225,7 +226,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     components = [Component(name, kind, layer, None, float(c), t)
                   for (name, kind, layer, _), c, t in zip(parts, contribs.tolist(), tops)]
 
-    lm_bias = float(head.bias[target_id]) if getattr(head, "bias", None) is not None else 0.0
+    lm_bias = float(head.bias[target_id]) * factor if getattr(head, "bias", None) is not None else 0.0
     norm_bias = float(bias @ u)
     raw = float(normed @ u) + lm_bias                       # the logit before soft-capping
     model_logit = float(run.logits[0, pos, target_id])
@@ -233,6 +234,12 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     softcap = (model_logit - raw) if cap else 0.0
     remainder = {"norm_bias": norm_bias, "lm_head_bias": lm_bias, "softcap": softcap,
                  "total": norm_bias + lm_bias + softcap}
+    total = float(contribs.sum()) + remainder["total"]
+    tol = max(tolerance(model.dtype, abs(model_logit) + float(contribs.abs().sum()), 2 * n + 4), 1e-4)
+    if abs(total - model_logit) > tol:     # never a silently wrong decomposition
+        raise InputError(f"the parts sum to {total:.6g}, but {model.spec} gives the target logit {model_logit:.6g} "
+                         f"(more than {model.dtype}'s rounding allows, {tol:.3g}): DLA does not account for how this "
+                         f"model forms its logits")
 
     head_rows, head_bias, note = None, None, ""
     if do_heads:

@@ -47,8 +47,8 @@ def check_train_folder(cfg, *, overwrite: bool = False) -> "Path | None":
     if saved is None or not same_run(saved, cfg) or (out / "train.json").exists():
         what = "a finished run" if (out / "train.json").exists() else "another run" if saved is not None else \
             "other files"
-        raise InputError(f"--out: folder {out} is not empty (it holds {what}); pass --overwrite (overwrite=True) to replace it "
-                         f"(an unfinished run of the same command resumes from its last checkpoint)")
+        raise InputError(f"--out: folder {out} is not empty (it holds {what}); pass --overwrite (overwrite=True) to "
+                         f"replace it (an unfinished run of the same command resumes from its last checkpoint)")
     return latest_checkpoint(out)
 
 
