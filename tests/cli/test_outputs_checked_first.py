@@ -27,13 +27,14 @@ BASE = {      # a command line that would run, less its outputs; {d} is a folder
     "dla": "dla hello --target o {M}", "patchscope": "patchscope hello {M}", "backpatch": "backpatch {M}",
     "tuned-lens train": "tuned-lens train {M} --out {d}/t.safetensors", "tuned-lens eval": "tuned-lens eval {d}/t {M}",
     "latent-language": "latent-language {M}", "lre": "lre --relation country_capital {M}",
+    "sparse train": "sparse train --preset tiny --out {d}/sp", "sparse tasks": "sparse tasks {d}",
     "icl-update": "icl-update {M}", "icl-regression": "icl-regression --tiny", "introspect": "introspect {M}",
     "direction orthogonalize": "direction orthogonalize {M} --vector {d}/v.safetensors --out {d}/o",
 }
 EXTRA = {     # outputs other than --json FILE and --html, each put in the missing folder in turn
     "harvest": ["--out"], "sae train": ["--out"], "sae synthetic": ["--out"], "sae features": ["--html"],
     "direction extract": ["--save"], "direction sweep": ["--save"], "direction orthogonalize": ["--out"],
-    "circuit": ["--out", "--graph"], "tuned-lens train": ["--out"],
+    "circuit": ["--out", "--graph"], "tuned-lens train": ["--out"], "sparse train": ["--out"],
 }
 SUFFIX = {"--json": ".json", "--html": ".html", "--save": ".safetensors", "--graph": ".html", "--out": ""}
 

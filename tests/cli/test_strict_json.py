@@ -50,6 +50,8 @@ RUNS = {
     "lre": "lre --relation country_capital --layer 1 --train 2 --ranks 4 --beta 1,2 {M}",
     "icl-update": "icl-update --model random:qwen2 --prompt 'a -> b\\nc -> d\\ne ->'",
     "icl-regression": "icl-regression --tiny",
+    "sparse train": "sparse train --preset tiny --steps 4 --out {d}/sp",
+    "sparse tasks": "sparse tasks {d}/sp --tasks paren_or_bracket --n 5",
     "introspect": "introspect {M} --concepts dog,cat --layers 1 --strengths 0.5,1 --max-new-tokens 2",
 }
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
