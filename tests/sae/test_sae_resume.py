@@ -7,7 +7,7 @@ import torch
 
 from lmscope.core.errors import InputError
 from lmscope.sae import TensorSource, TrainConfig, load_sae, train_sae
-from lmscope.sae.checkpoints import check_train_folder, latest_checkpoint
+from lmscope.sae.checkpoints import check_train_folder, latest_sae_checkpoint
 
 
 def _data(n=2048, d=12):
@@ -40,7 +40,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, architecture):
     whole = train_sae(_cfg(tmp_path / "whole", architecture), TensorSource(x), progress=False)
     with pytest.raises(KeyboardInterrupt):
         train_sae(_cfg(tmp_path / "cut", architecture), Interrupted(x, after=10), progress=False)
-    assert latest_checkpoint(tmp_path / "cut").name == "step_000008"
+    assert latest_sae_checkpoint(tmp_path / "cut").name == "step_000008"
     assert not (tmp_path / "cut" / "train.json").exists()
     resumed = train_sae(_cfg(tmp_path / "cut", architecture), TensorSource(x), progress=False)
     a, b = load_sae(tmp_path / "whole"), load_sae(tmp_path / "cut")

@@ -49,15 +49,15 @@ def check_train_folder(cfg, *, overwrite: bool = False) -> "Path | None":
             "other files"
         raise InputError(f"--out: folder {out} is not empty (it holds {what}); pass --overwrite (overwrite=True) to "
                          f"replace it (an unfinished run of the same command resumes from its last checkpoint)")
-    return latest_checkpoint(out)
+    return latest_sae_checkpoint(out)
 
 
-def latest_checkpoint(out: Path) -> "Path | None":
+def latest_sae_checkpoint(out: Path) -> "Path | None":
     steps = sorted(p for p in (out / "checkpoints").glob("step_*") if (p / STATE_JSON).is_file())
     return steps[-1] if steps else None
 
 
-def save_checkpoint(out, step: int, sae, opt, sched, since_fired: torch.Tensor, state: dict) -> Path:
+def save_sae_checkpoint(out, step: int, sae, opt, sched, since_fired: torch.Tensor, state: dict) -> Path:
     """One checkpoint folder, written as one unit."""
     folder = Path(out) / "checkpoints" / f"step_{step:06d}"
     folder.parent.mkdir(exist_ok=True)
@@ -74,7 +74,7 @@ def save_checkpoint(out, step: int, sae, opt, sched, since_fired: torch.Tensor, 
     return folder
 
 
-def load_checkpoint(folder: Path, sae, opt, sched, since_fired: torch.Tensor) -> dict:
+def load_sae_checkpoint(folder: Path, sae, opt, sched, since_fired: torch.Tensor) -> dict:
     """Restore the SAE's weights, Adam, the scheduler and `since_fired` in place; return the saved state dict."""
     state = _read_json(folder / STATE_JSON)
     try:

@@ -36,7 +36,7 @@ from lmscope.results.output import check_output
 from lmscope.sae.architectures import SAE, build_sae
 from lmscope.sae.config import SAEConfig, TrainConfig
 from lmscope.sae.data import Source
-from lmscope.sae.checkpoints import CONFIG, check_train_folder, load_checkpoint, save_checkpoint
+from lmscope.sae.checkpoints import CONFIG, check_train_folder, load_sae_checkpoint, save_sae_checkpoint
 from lmscope.sae.interop import save_sae
 
 NORMALIZED_DECODER = ("topk", "batchtopk", "jumprelu")
@@ -172,7 +172,7 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     batches = chain(first, stream)
     step = 0
     if resume is not None:      # the state at the checkpoint; the stream replayed up to it (same seed, same order)
-        state = load_checkpoint(resume, sae, opt, sched, since_fired)
+        state = load_sae_checkpoint(resume, sae, opt, sched, since_fired)
         step, tokens, dropped = state["step"], state["tokens"], state["dropped"]
         history, step_s, wall_before = state["history"], state["step_s"], state["wall_s"]
         for _ in range(step):
@@ -220,7 +220,7 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
                 bar.set_postfix(fvu=f"{history[-1]['fvu']:.3f}" if history else "-", refresh=False)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and rank == 0 and cfg.out:
                 sae_cfg.n_tokens_trained = tokens
-                save_checkpoint(cfg.out, step, sae, opt, sched, since_fired,
+                save_sae_checkpoint(cfg.out, step, sae, opt, sched, since_fired,
                                 {"tokens": tokens, "dropped": dropped, "history": history, "step_s": step_s,
                                  "wall_s": wall_before + time.perf_counter() - t0})
         if world > 1 and step < n_steps:
