@@ -304,6 +304,8 @@ CASES = [
     ("sparse-tasks-missing", "sparse tasks {d}/missing"),
     ("sparse-tasks-not-a-model", "sparse tasks {d}/emptydir"),
     ("sparse-tasks-n-zero", "sparse tasks {d}/emptydir --n 0"),
+    ("lab-port-words", "lab {M} --port abc"),
+    ("lab-bad-model", "lab --model nonsense:x --port 0"),
     ("introspect-concepts-zero", "introspect {M} --concepts 0"),
     ("introspect-layers-range", "introspect {M} --layers 99"),
     ("introspect-strengths-nan", "introspect {M} --strengths nan"),

@@ -1,5 +1,6 @@
 """Issue 14 item 6: every command's --json output is strict JSON (no bare NaN or Infinity: null, and the result says
 why), checked by parsing each command's output with json.loads(..., parse_constant=<raise>) on a random model."""
+import argparse
 import importlib
 import json
 import shlex
@@ -90,7 +91,9 @@ def small_sets(monkeypatch):
 def test_every_command_has_a_run():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert {name.split()[0] for name in RUNS} == set(sub.choices)
+    with_json = {n for n, p in sub.choices.items() if any("--json" in a.option_strings for a in p._actions)
+                 or any(isinstance(a, argparse._SubParsersAction) for a in p._actions)}
+    assert with_json <= {name.split()[0] for name in RUNS}       # lab serves pages; it prints no JSON
 
 
 @pytest.mark.parametrize("name", list(RUNS))     # in order: harvest before harvest-check, sae train before eval
