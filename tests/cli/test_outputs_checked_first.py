@@ -28,7 +28,8 @@ BASE = {      # a command line that would run, less its outputs; {d} is a folder
     "tuned-lens train": "tuned-lens train {M} --out {d}/t.safetensors", "tuned-lens eval": "tuned-lens eval {d}/t {M}",
     "latent-language": "latent-language {M}", "lre": "lre --relation country_capital {M}",
     "sparse train": "sparse train --preset tiny --out {d}/sp", "sparse tasks": "sparse tasks {d}",
-    "sparse prune": "sparse prune {M} --task paren_or_bracket", "sparse circuit": "sparse circuit {d}/c.json --task paren_or_bracket",
+    "sparse prune": "sparse prune {M} --task paren_or_bracket",
+    "sparse circuit": "sparse circuit {d}/c.json --task paren_or_bracket",
     "sparse bridge": "sparse bridge --dense hf:{d}/a --sparse hf:{d}/b",
     "sparse compare": "sparse compare --sparse {d}/a --dense {d}/b --tasks paren_or_bracket",
     "icl-update": "icl-update {M}", "icl-regression": "icl-regression --tiny", "introspect": "introspect {M}",
@@ -64,8 +65,8 @@ def _cases():
 
 
 CASES = [pytest.param(n, f, id=f"{n} {f}") for n, f in sorted(set(_cases()))]
-CASES_OUT_SUFFIX = {("circuit", "--out"): ".json", ("sparse prune", "--out"): ".json", ("tuned-lens train", "--out"): ".safetensors",
-                    ("sae features", "--html"): ""}
+CASES_OUT_SUFFIX = {("circuit", "--out"): ".json", ("sparse prune", "--out"): ".json",
+                    ("tuned-lens train", "--out"): ".safetensors", ("sae features", "--html"): ""}
 
 
 def test_every_command_is_covered():
