@@ -78,8 +78,8 @@ def inputs(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def small_sets(monkeypatch):
     """Random models have byte tokens: the bundled word sets are swapped for a few byte-sized items."""
-    items = [AgreementPrompt(f"{w} dogs", "s", "x", "plural", "subject-verb", i) for i, w in enumerate("ab")]
-    items += [AgreementPrompt(f"{w} dog", "x", "s", "singular", "subject-verb", i) for i, w in enumerate("ab")]
+    items = [AgreementPrompt(f"{w} dogs", "s", "x", "plural", "subject-verb", i) for i, w in enumerate("abcd")]
+    items += [AgreementPrompt(f"{w} dog", "x", "s", "singular", "subject-verb", i) for i, w in enumerate("abcd")]
     monkeypatch.setattr(importlib.import_module("lmscope.neurons.knowledge"), "load_number_agreement", lambda: items)
     words = [{"en": "dog", "fr": "chien", "es": "perro"}, {"en": "book", "fr": "livre", "es": "libro"},
              {"en": "water", "fr": "eau", "es": "agua"}]
