@@ -51,9 +51,11 @@ def test_sites_command(smollm2, capsys):
     assert main(["sites", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "sites" and out["model"] == "smollm2" and out["family"] == "llama"
-    # embed, final_norm, logits + 8 kinds per layer: resid_pre z pattern attn_out resid_mid neurons mlp_out resid_post
-    assert len(out["sites"]) == 3 + 8 * 30 and out["sites"][-1] == "logits"
+    # embed, final_norm, logits + 13 kinds per layer: resid_pre attn_in q k v z pattern attn_out resid_mid mlp_in
+    # neurons mlp_out resid_post
+    assert len(out["sites"]) == 3 + 13 * 30 and out["sites"][-1] == "logits"
     assert out["shapes"]["z"] == [9, 64] and out["shapes"]["neurons"] == [1536] and out["shapes"]["logits"] == [49152]
+    assert out["shapes"]["q"] == [9, 64] and out["shapes"]["k"] == [3, 64] and out["shapes"]["attn_in"] == [576]
     assert main(["sites"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == repr(smollm2) and lines[1] == "adapter: llama"
