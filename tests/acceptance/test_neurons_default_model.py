@@ -24,9 +24,13 @@ def test_neuron_profile_on_wiki(smollm2, capsys):
 
 def test_number_agreement_experiment_is_consistent(smollm2):
     result = number_agreement_experiment(smollm2, attribution_prompts=2, steps=3, layers=[27, 28, 29], sweep=(1, 5))
-    plural = [it for it in load_number_agreement() if it.number == "plural"]
+    every_plural = [it for it in load_number_agreement() if it.number == "plural"]
+    assert len(every_plural) == 150 and len(result.attribution_pairs) == 2
+    # evaluated on the plural prompts that were not used for attribution (disjoint sets)
+    plural = [it for it in every_plural if it.pair in set(result.evaluated_pairs)]
+    assert not set(result.attribution_pairs) & set(result.evaluated_pairs)
     before = agreement_margins(smollm2, plural)
-    assert result.n_prompts == len(plural) == 150
+    assert result.n_prompts == len(plural) == 148
     assert abs(result.margin_before - float(before.mean())) < 1e-4
     assert result.accuracy_before == float((before > 0).float().mean()) > 0.9
     if result.neurons:

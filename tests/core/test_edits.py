@@ -56,7 +56,12 @@ def test_positions_respect_causality(model, ids):
     clean = model.run(ids, read=["resid_post.2"]).acts["resid_post.2"]
     edited = model.run(ids, read=["resid_post.2"], edits=[lmscope.add("resid_pre.0", vector, positions=[4])])
     out = edited.acts["resid_post.2"]
-    assert torch.equal(out[:, :4], clean[:, :4])
+    if model.adapter.family == "mixtral":
+        # a mixture of experts runs each expert over the tokens routed to it: a later token routed elsewhere changes
+        # the row count of an expert's matmul, which moves earlier tokens' values by float rounding only
+        assert torch.allclose(out[:, :4], clean[:, :4], rtol=0, atol=1e-6)
+    else:
+        assert torch.equal(out[:, :4], clean[:, :4])
     assert not torch.allclose(out[:, 4:], clean[:, 4:])
 
 

@@ -31,7 +31,8 @@ def test_contrast(case, tmp_path):
 
 def test_sweep(case, tmp_path):
     m, c = case
-    _round_trip(selection_sweep(m, c, ["The weather", "A table"], ["a"], n_eval=2, layers=[0, 1]), SweepResult,
+    _round_trip(selection_sweep(m, c, ["The weather", "A table"], ["a"], n_eval=2, layers=[0, 1],
+                                protocol="same_prompts"), SweepResult,
                 tmp_path)
 
 

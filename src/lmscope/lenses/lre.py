@@ -46,7 +46,7 @@ from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers, check_numbers, read_text_file
 from lmscope.core.config import option
 from lmscope.core.errors import InputError
-from lmscope.core.runs import on_cache, prefix_cache
+from lmscope.core.runs import on_cache, prefix_cache, supports_kv_cache
 from lmscope.lenses.patchscope import configured
 from lmscope.results import Result
 
@@ -159,14 +159,15 @@ def jacobians(model, ids: torch.Tensor, pos: int, layers, *, chunk: int | None =
     site_o = f"resid_post.{last}"
     sites = {layer: f"resid_pre.{layer + 1}" if layer < last else site_o for layer in layers}   # = resid_post.layer
     run = model.run(ids, read=sorted(set(sites.values()) | {site_o}), stop_early=True)
+    begin = pos if supports_kv_cache(model) else 0      # without a KV cache the prefix runs in every pass
     with torch.no_grad():
-        prefix = prefix_cache(model, ids[:, :pos]) if pos > 0 else None
+        prefix = prefix_cache(model, ids[:, :begin]) if begin > 0 else None
     zeros = {layer: torch.zeros(1, 1, model.d_model, dtype=model.dtype, device=model.device, requires_grad=True)
              for layer in layers}
     adds = [edits.add(sites[layer], zeros[layer], positions=[pos]) for layer in layers]
     start = {} if layers[0] == last else {"resume": (layers[0] + 1, run.acts[sites[layers[0]]])}  # from the offset
     with torch.enable_grad(), model.trace(read=[site_o], edits=adds, grad=True, stop_early=True, **start) as tr:
-        model.hf(input_ids=ids[:, pos:], **on_cache(model, prefix))
+        model.hf(input_ids=ids[:, begin:], **on_cache(model, prefix))
     out = tr[site_o][0, -1]
     d = model.d_model
     step = min(chunk or d, d)
@@ -190,8 +191,9 @@ def _jacobian_plain(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: in
     run = model.run(ids, read=[site_s, site_o], stop_early=True)
     s, o = run.acts[site_s][0, pos], run.acts[site_o][0, -1]
     d = model.d_model
+    begin = pos if supports_kv_cache(model) else 0
     with torch.no_grad():
-        prefix = prefix_cache(model, ids[:, :pos]) if pos > 0 else None
+        prefix = prefix_cache(model, ids[:, :begin]) if begin > 0 else None
     rows = []
     eye = torch.eye(d, dtype=s.dtype, device=s.device)
     for first in range(0, d, chunk):
@@ -199,7 +201,7 @@ def _jacobian_plain(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: in
         value = s.detach().expand(n, d).clone().requires_grad_(True)
         edit = edits.replace(site_s, value[:, None], positions=[pos])
         with torch.enable_grad(), model.trace(read=[site_o], edits=[edit], grad=True, stop_early=True) as tr:
-            model.hf(input_ids=ids[:, pos:].expand(n, -1), **on_cache(model, prefix, n))
+            model.hf(input_ids=ids[:, begin:].expand(n, -1), **on_cache(model, prefix, n))
         (g,) = torch.autograd.grad(tr[site_o][:, -1], value, eye[first:first + n])
         rows.append(g.float())
     return torch.cat(rows), s.detach().float(), o.detach().float()
