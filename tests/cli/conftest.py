@@ -33,6 +33,19 @@ def command_path(parser, argv) -> tuple:
     return path
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any model load fails the test: outputs must be checked before the work starts."""
+    called = []
+
+    def refuse(*args, **kwargs):
+        called.append(args)
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(importlib.import_module("lmscope.cli.common"), "load", refuse)
+    monkeypatch.setattr(importlib.import_module("lmscope.harvest.cli"), "load", refuse)
+    return called
+
+
 def _recording_parser():
     parser = _build()
     parse = parser.parse_args

@@ -7,7 +7,6 @@ import time
 import pytest
 
 import lmscope
-import lmscope.cli.common
 from lmscope.circuits import circuit_graph, load_circuit_task
 from lmscope.circuits.nodes import parse_node
 from lmscope.cli import main
@@ -28,15 +27,6 @@ def pairs(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    called = []
-
-    def refuse(*args, **kwargs):
-        called.append(args)
-        raise AssertionError("the model was loaded")
-    monkeypatch.setattr(lmscope.cli.common, "load", refuse)
-    return called
 
 
 def _run_json(args, tmp_path, kind):

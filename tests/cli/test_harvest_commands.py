@@ -4,10 +4,7 @@ exception."""
 import json
 import time
 
-import pytest
 
-import lmscope.cli.common
-import lmscope.harvest.cli
 from lmscope.cli import main
 from lmscope.results.base import Result
 
@@ -19,16 +16,6 @@ def _harvest_args(out, *extra):
             "--out", str(out), "--seq-len", "16", "--shard-tokens", "40", *extra]
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    called = []
-
-    def refuse(*args, **kwargs):
-        called.append(args)
-        raise AssertionError("the model was loaded")
-    monkeypatch.setattr(lmscope.cli.common, "load", refuse)
-    monkeypatch.setattr(lmscope.harvest.cli, "load", refuse)
-    return called
 
 
 def test_harvest_and_check_print_json(tmp_path, capsys):

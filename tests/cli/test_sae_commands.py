@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-import lmscope.cli.common
 from lmscope.cli import main
 from lmscope.results.base import Result
 
@@ -33,15 +32,6 @@ def trained(tmp_path_factory):
     return folder, report
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    called = []
-
-    def refuse(*args, **kwargs):
-        called.append(args)
-        raise AssertionError("the model was loaded")
-    monkeypatch.setattr(lmscope.cli.common, "load", refuse)
-    return called
 
 
 def test_train_writes_the_sae_and_its_result(trained, tmp_path):
