@@ -52,9 +52,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from tqdm import tqdm
 
 from lmscope.core.config import with_overrides
@@ -62,8 +60,8 @@ from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
 from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, STARTS, IntrospectionConfig,
                                                  check_trial_options, concept_pattern, concept_vectors, concept_words,
-                                                 fraction, generate_injected, random_injections, selection_split,
-                                                 tokens_before)
+                                                 fraction, generate_injected, random_injections, rate_heatmaps,
+                                                 selection_split, tokens_before)
 
 DIFFERENCES = (
     "greedy decoding of max_new_tokens tokens (the paper samples at temperature 1)",
@@ -240,23 +238,11 @@ class IntrospectionResult(Result, kind="introspection"):
                 "best_reported": self.best_reported(), "grid": self.grid(), "verdict": self.verdict()}
 
     def figure(self):
-        grid = {(c["layer"], c["strength"]): c for c in self.grid()}
-        x = [str(s) for s in self.strengths]
-        y = [f"layer {layer}" for layer in self.layers]
         metrics = [("detection_rate", "detection"), ("identification_rate", "identification"),
                    ("mention_rate", "concept mentioned (any order)")]
-        fig = make_subplots(1, len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.08)
-        for i, (key, _) in enumerate(metrics):
-            z = [[grid[(layer, s)][key] for s in self.strengths] for layer in self.layers]
-            fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
-                                     text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
-                                     hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
-            fig.update_xaxes(title_text="strength (x " + ("concept vector)" if self.config.scale == "raw"
-                                                            else "residual norm)"), row=1, col=i + 1)
-        fig.update_layout(title=f"Concept injection: {self.model} | {len(self.trials)} trials | false positives "
-                                f"{self.false_positive_rate:.0%} of {len(self.controls)} controls",
-                          height=max(350, 40 * len(self.layers) + 220), width=1200)
-        return fig
+        title = (f"Concept injection: {self.model} | {len(self.trials)} trials | false positives "
+                 f"{self.false_positive_rate:.0%} of {len(self.controls)} controls")
+        return rate_heatmaps(self, metrics, title, width=1200, spacing=0.08)
 
     def transcripts_html(self) -> str:
         shown = self.trials + self.controls + self.random_controls

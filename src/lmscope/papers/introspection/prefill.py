@@ -49,17 +49,15 @@ from functools import cache
 from importlib import resources
 from typing import Sequence
 
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from tqdm import tqdm
 
 from lmscope.core.config import with_overrides
 from lmscope.core.errors import InputError
 from lmscope.papers.introspection.trials import (CONTEXT, OPENING, QUESTION, IntrospectionConfig, check_trial_options,
                                                  concept_pattern, concept_vectors, concept_words, fraction,
-                                                 generate_injected, random_injections, selection_split,
-                                                 tokens_before)
+                                                 generate_injected, random_injections, rate_heatmaps,
+                                                 selection_split, tokens_before)
 from lmscope.results import Result, transcripts
 
 INSTRUCTION = "Tell me what word you think about when you read the line below. Answer immediately.\n\n{sentence}"
@@ -231,23 +229,11 @@ class PrefillResult(Result, kind="introspection_prefill"):
                 "random_controls": rows(self.random_controls)}
 
     def figure(self):
-        grid = {(c["layer"], c["strength"]): c for c in self.grid()}
-        x = [str(s) for s in self.strengths]
-        y = [f"layer {layer}" for layer in self.layers]
         metrics = [("accept_rate", f"accepts the prefilled word (control {self.accept_rate_control:.0%})"),
                    ("disavow_rate", f"disavows it (control {self.disavow_rate_control:.0%})")]
-        fig = make_subplots(1, 2, subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.1)
-        for i, (key, _) in enumerate(metrics):
-            z = [[grid[(layer, s)][key] for s in self.strengths] for layer in self.layers]
-            fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
-                                     text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
-                                     hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
-            fig.update_xaxes(title_text="strength (x " + ("concept vector)" if self.config.scale == "raw"
-                                                            else "residual norm)"), row=1, col=i + 1)
-        fig.update_layout(title=f"Prefill + concept injection: {self.model} | {len(self.trials)} injected trials, "
-                                f"{len(self.controls)} controls", height=max(350, 40 * len(self.layers) + 220),
-                          width=1000)
-        return fig
+        title = (f"Prefill + concept injection: {self.model} | {len(self.trials)} injected trials, "
+                 f"{len(self.controls)} controls")
+        return rate_heatmaps(self, metrics, title, width=1000, spacing=0.1)
 
     def transcripts_html(self) -> str:
         shown = self.trials + self.controls + self.random_controls

@@ -34,7 +34,9 @@ from functools import cache
 from importlib import resources
 from typing import Sequence
 
+import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers, check_numbers
@@ -253,3 +255,21 @@ def generate_injected(model, rows: list[list[int]], injections: "list[tuple[int,
     batch_edits = [] if injections is None else injection_edits(
         [(layer, v.to(model.dtype).to(model.device)) for layer, v in injections], start, end)
     return model.generate_batch(rows, batch_edits, max_new_tokens=max_new_tokens)
+
+
+def rate_heatmaps(result, metrics: Sequence[tuple[str, str]], title: str, *, width: int, spacing: float):
+    """One layer x strength heatmap per (grid key, subplot title) of a trials result (its `grid()` cells, `layers`,
+    `strengths` and `config.scale`): what both protocols' pages show."""
+    grid = {(c["layer"], c["strength"]): c for c in result.grid()}
+    x = [str(s) for s in result.strengths]
+    y = [f"layer {layer}" for layer in result.layers]
+    unit = "concept vector)" if result.config.scale == "raw" else "residual norm)"
+    fig = make_subplots(1, len(metrics), subplot_titles=[m[1] for m in metrics], horizontal_spacing=spacing)
+    for i, (key, _) in enumerate(metrics):
+        z = [[grid[(layer, s)][key] for s in result.strengths] for layer in result.layers]
+        fig.add_trace(go.Heatmap(z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Blues", showscale=i == 0,
+                                 text=[[f"{v:.0%}" for v in row] for row in z], texttemplate="%{text}",
+                                 hovertemplate="%{y}, strength %{x}: %{z:.0%}<extra></extra>"), 1, i + 1)
+        fig.update_xaxes(title_text="strength (x " + unit, row=1, col=i + 1)
+    fig.update_layout(title=title, height=max(350, 40 * len(result.layers) + 220), width=width)
+    return fig
