@@ -47,7 +47,7 @@ def check_outputs(args) -> None:
     overwrite = getattr(args, "overwrite", False)
     if getattr(args, "html", None):
         check_output(args.html, overwrite=overwrite, suffixes=HTML, what="--html")
-    if getattr(args, "json", None) not in (None, False, True, JSON_STDOUT):
+    if getattr(args, "json", None) not in (None, JSON_STDOUT):
         check_output(args.json, overwrite=overwrite, suffixes=(".json",), what="--json")
 
 
@@ -76,7 +76,7 @@ def emit(args, result, summary: "str | None" = None) -> None:
         path = result.save(args.html, overwrite=overwrite)
         print(f"lmscope: wrote {path}", file=sys.stderr)
     target = getattr(args, "json", None)
-    if target is True or target == JSON_STDOUT:
+    if target == JSON_STDOUT:
         print(json.dumps(result.to_json(), allow_nan=False))
     elif target:
         path = result.save(target, overwrite=overwrite)
