@@ -7,8 +7,10 @@ Every matrix that writes into the residual stream loses its output component alo
 
 so the residual stream never has a component on u, exactly as with the hook-based `steering.ablation_edits`.
 Tied embeddings are untied in the copy: the unembedding must keep reading the original vectors.
-Gemma 2/3 normalise each sublayer's output before adding it to the residual stream; the norm's output is not a
-linear function of the projection's, so the edit cannot be baked into weights: refused with a clear error.
+Gemma 2/3 and OLMo 2 normalise each sublayer's output before adding it to the residual stream, and the
+weight-sparse model keeps only the top-k of each residual write: the written vector is not a linear function of the
+projection's output, so the edit cannot be baked into weights. These families, and mixture-of-experts blocks
+(Mixtral), are refused with a clear error; tests/directions/test_orthogonalize.py checks every other family.
 """
 from __future__ import annotations
 
@@ -34,7 +36,15 @@ from lmscope.results.output import check_output
 
 REFUSED_FAMILIES = {"gemma": "Gemma 2/3 pass each sublayer's output through a norm before the residual stream, so "
                              "a projection in the weights is not a projection of what is added; use the hook-based "
-                             "ablation (lmscope.steering.ablation_edits) instead"}
+                             "ablation (lmscope.steering.ablation_edits) instead",
+                    "olmo2": "OLMo 2 normalises each sublayer's output before the residual stream (post-norm), so a "
+                             "projection in the weights is not a projection of what is added; use the hook-based "
+                             "ablation (lmscope.steering.ablation_edits) instead",
+                    "sparse_gpt": "the weight-sparse model keeps the top-k of every residual write (AbsTopK), which "
+                                  "is not linear in the projection's output; use the hook-based ablation "
+                                  "(lmscope.steering.ablation_edits) instead",
+                    "mixtral": "a mixture-of-experts block has no single down projection to edit; use the "
+                               "hook-based ablation (lmscope.steering.ablation_edits) instead"}
 
 
 def writers(model) -> list[tuple[str, nn.Module, str]]:
