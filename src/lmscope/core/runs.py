@@ -121,8 +121,10 @@ def supports_kv_cache(model) -> bool:
     return "cache" in params or "past_key_values" in params
 
 
+@torch.no_grad()
 def prefix_cache(model, ids: torch.Tensor):
-    """The KV cache of a forward over `ids`; only the cache is wanted, so only one position's logits are made."""
+    """The KV cache of a forward over `ids` (no gradient: a prefix is a constant); only the cache is wanted, so only
+    one position's logits are made."""
     if not supports_kv_cache(model):
         raise InputError(f"{model.spec} keeps no key/value cache; run this method with resume=False")
     out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 MODEL_TYPE = "lmscope_sparse_gpt"
 
@@ -108,15 +109,20 @@ class SparseAttention(nn.Module):
         self.c_proj = nn.Linear(d, d, bias=False)
         self.write = AbsTopK(d, config.afrac)
 
-    def forward(self, x: torch.Tensor, key_mask: "torch.Tensor | None" = None):
+    def forward(self, x: torch.Tensor, key_mask: "torch.Tensor | None" = None, cache=None, layer: int = 0):
+        """cache: a transformers Cache holding the keys and values of earlier positions (this layer's entry is
+        extended in place); key_mask then covers the earlier positions and these."""
         b, t, d = x.shape
         x = self.read(x)
         heads = lambda y: y.view(b, t, self.n_head, self.d_head).transpose(1, 2)  # noqa: E731
         q = heads(self.q_act(self.q_proj(x)))
         k = heads(self.k_act(self.k_proj(x)))
         v = heads(self.v_act(self.v_proj(x)))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)             # [b, h, t, t]
-        allowed = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        if cache is not None:
+            k, v = cache.update(k, v, layer)
+        past = k.shape[2] - t
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.d_head)             # [b, h, t, past + t]
+        allowed = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
         if key_mask is not None:
             allowed = allowed & key_mask[:, None, None, :].bool()
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -147,8 +153,9 @@ class SparseBlock(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.mlp = SparseMLP(config)
 
-    def forward(self, x: torch.Tensor, key_mask: "torch.Tensor | None" = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), key_mask)[0]
+    def forward(self, x: torch.Tensor, key_mask: "torch.Tensor | None" = None, cache=None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask, cache, layer)[0]
         return x + self.mlp(self.ln_2(x))
 
 
@@ -181,15 +188,19 @@ class SparseGPTModel(SparseGPTPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: "torch.Tensor | None" = None,
-                position_ids: "torch.Tensor | None" = None) -> torch.Tensor:
+                position_ids: "torch.Tensor | None" = None, cache=None) -> torch.Tensor:
+        """cache: keys and values of the positions before input_ids (extended in place); positions continue
+        after them, and attention_mask, if given, covers them too."""
         t = input_ids.shape[1]
-        if t > self.config.n_positions:
-            raise ValueError(f"sequence of {t} tokens is longer than the model's context ({self.config.n_positions})")
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + t > self.config.n_positions:
+            raise ValueError(f"sequence of {past + t} tokens is longer than the model's context "
+                             f"({self.config.n_positions})")
         if position_ids is None:
-            position_ids = torch.arange(t, device=input_ids.device)[None]
+            position_ids = torch.arange(past, past + t, device=input_ids.device)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)
-        for block in self.h:
-            x = block(x, attention_mask)
+        for i, block in enumerate(self.h):
+            x = block(x, attention_mask, cache, i)
         return self.ln_f(x)
 
 
@@ -207,14 +218,21 @@ class SparseGPTForCausalLM(SparseGPTPreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: "torch.Tensor | None" = None,
-                position_ids: "torch.Tensor | None" = None, labels: "torch.Tensor | None" = None,
-                **kwargs) -> CausalLMOutput:
-        """kwargs from generation (use_cache, past_key_values, ...) are accepted and ignored: no KV cache."""
-        logits = self.lm_head(self.transformer(input_ids, attention_mask, position_ids))
+                position_ids: "torch.Tensor | None" = None, cache=None, labels: "torch.Tensor | None" = None,
+                use_cache: bool = False, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+        """A key/value cache as in transformers: `cache` (or `past_key_values`) holds earlier positions and is
+        extended in place; use_cache=True without one starts a new cache, returned as `.cache`. logits_to_keep=n:
+        logits of the last n positions only (0: all). Generation runs without a cache (prepare_inputs_for_generation).
+        Other generation kwargs are accepted and ignored."""
+        cache = cache if cache is not None else kwargs.get("past_key_values")
+        if cache is None and use_cache:
+            cache = DynamicCache()
+        hidden = self.transformer(input_ids, attention_mask, position_ids, cache if use_cache else None)
+        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
