@@ -24,11 +24,12 @@ def test_resumed_sweep_is_bit_exact_without_the_prefix_cache(family, direction):
     for per_position in (True, False):
         kw = dict(sites=sites, direction=direction, per_position=per_position, batch_size=3, prefix_cache=False)
         old = activation_patching(m, _task(), resume=False, **kw)
-        new = activation_patching(m, _task(), head_batch=False, **kw)
+        new = activation_patching(m, _task(), head_batch=False, layer_batch=False, **kw)
         assert new.raw == old.raw and new.effects == old.effects             # exact floats, every cell
-        batched = activation_patching(m, _task(), **kw)                      # heads of a layer in one batch
-        torch.testing.assert_close(torch.tensor(batched.raw["z"], dtype=torch.float64),
-                                   torch.tensor(old.raw["z"], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+        batched = activation_patching(m, _task(), **kw)     # heads of a layer, layers of a position: one batch
+        for kind in old.raw:
+            torch.testing.assert_close(torch.tensor(batched.raw[kind], dtype=torch.float64),
+                                       torch.tensor(old.raw[kind], dtype=torch.float64), rtol=1e-5, atol=1e-6)
         base = new.corrupt_metric if direction == "denoising" else new.clean_metric   # the unpatched run
         assert any(abs(v - base) > 1e-3 for row in new.raw["resid_pre"] for v in row)  # the patches act
     assert not m.has_hooks() and "forward" not in vars(m.block_module(0))

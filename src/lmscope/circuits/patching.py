@@ -132,7 +132,8 @@ def _check_sites(model, sites) -> list[str]:
 def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "mlp_out", "z"), *,
                         direction: str = "denoising", per_position: bool = True, layers=None,
                         batch_size: int = 32, skip_equal: bool = True, prefix_cache: bool = True,
-                        resume: bool = True, head_batch: bool = True, progress: bool = False) -> PatchResult:
+                        resume: bool = True, head_batch: bool = True, layer_batch: bool = True,
+                        progress: bool = False) -> PatchResult:
     """Patch every (site kind, layer, position) or (z, layer, head) between the task's clean and corrupt runs.
     skip_equal: where the source activation equals the one it would replace (bit for bit, every prompt of the
     batch, take the unpatched run's metric instead of running the identical forward pass again.
@@ -143,7 +144,11 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     compute exactly what the unpatched run computed), and with prefix_cache at the patched position (a patch at
     position x changes nothing before x). head_batch (with resume): the z patches of one layer run as one batch,
     every head patched in its own copy of the prompts; equal to one run per head up to float rounding (a larger
-    batch: ~1e-7 relative here), head_batch=False for bit-exact numbers. With prefix_cache=False the numbers are bit for bit those of
+    batch: ~1e-7 relative here), head_batch=False for bit-exact numbers. layer_batch (with resume, on position
+    maps): the patches of one site kind at one position run as one batch over every layer, copy j of the prompts
+    patched at layer j only, resumed from the lowest of those layers (the copies below their own layer compute the
+    unpatched run again: more arithmetic, far fewer calls); equal to one run per layer up to float rounding.
+    With prefix_cache=False, head_batch=False and layer_batch=False the numbers are bit for bit those of
     resume=False (the same blocks compute on the same inputs)."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
@@ -187,6 +192,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
             last_start = int(mask.sum(1).min()) - 1
             prefixes: dict[int, _Prefix] = {}
             pending: dict[int, list[tuple[int, int]]] = {}     # layer -> (plan index, head) of z patches to run
+            by_position: dict[tuple, list[tuple[int, int]]] = {}   # (kind, x) -> (plan index, layer) to run
             for i, (kind, layer, x) in enumerate(plan):
                 site = f"{kind}.{layer}"
                 if skip_equal and _same(source[site], target_acts[site], kind, x):
@@ -197,6 +203,9 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                     continue
                 if kind == "z" and resume and head_batch:     # all heads of the layer in one batch, below
                     pending.setdefault(layer, []).append((i, x))
+                    continue
+                if kind != "z" and x is not None and resume and layer_batch:   # all layers in one batch, below
+                    by_position.setdefault((kind, x), []).append((i, layer))
                     continue
                 if kind == "z":
                     edit = replace(site, source[site], heads=[x])
@@ -223,6 +232,16 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                     prefixed += len(prefixes) == 1
                 metric = _patch_heads(model, task, batch_rows, source, target_acts, target, mask, layer,
                                       [h for _, h in cells], prefixes.get(first))
+                for (i, _), value in zip(cells, metric):
+                    sums[i] += value
+                bar.update(len(cells))
+            for (kind, x), cells in by_position.items():
+                begin = min(max(first, x), last_start) if prefix_cache else 0
+                if begin > 0 and begin not in prefixes:
+                    prefixes[begin] = _Prefix(model, target, mask, begin)
+                    prefixed += len(prefixes) == 1
+                metric = _patch_layers(model, task, batch_rows, source, target_acts, target, mask, kind, x,
+                                       [layer for _, layer in cells], prefixes.get(begin))
                 for (i, _), value in zip(cells, metric):
                     sums[i] += value
                 bar.update(len(cells))
@@ -298,6 +317,29 @@ def _patch_heads(model, task, rows, source, target_acts, target, mask, layer, he
     else:
         logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0),
                                  [replace(site, value)], resume)
+    metric = task.metric(logits, [r for r in rows for _ in range(c)]).double()
+    return metric.view(len(rows), c).sum(0).tolist()
+
+
+def _patch_layers(model, task, rows, source, target_acts, target, mask, kind, x, layers, prefix) -> list[float]:
+    """The summed metric of each patch 'kind.layer at position x from the source run' for layer in layers, all in
+    one batch resumed at the lowest layer: copy j of every prompt is patched at layers[j] only."""
+    c, seq = len(layers), target.shape[1]
+    n = target.shape[0]
+    copy_of_row = torch.arange(n * c, device=target.device) % c
+    patches = []
+    for j, layer in enumerate(layers):
+        where = torch.zeros(n * c, seq, dtype=torch.bool, device=target.device)
+        where[copy_of_row == j, x] = True
+        site = f"{kind}.{layer}"
+        patches.append(replace(site, source[site].repeat_interleave(c, 0), positions=where))
+    low = min(layers)
+    resume = (low, target_acts[f"resid_pre.{low}"].repeat_interleave(c, 0))
+    if prefix is not None:
+        logits = prefix.logits(patches, resume, copies=c)
+    else:
+        logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0), patches,
+                                 resume)
     metric = task.metric(logits, [r for r in rows for _ in range(c)]).double()
     return metric.view(len(rows), c).sum(0).tolist()
 
