@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import html
+import importlib
 import json
 import math
 import types
@@ -67,6 +68,8 @@ class Result:
         if not isinstance(data, dict):
             raise InputError(f"a saved result is a JSON object, got {type(data).__name__}")
         kind = data.get("kind")
+        if cls is Result and kind not in _REGISTRY:
+            _register_every_kind()
         target = _REGISTRY.get(kind) if cls is Result else cls
         if target is None:
             raise InputError(f"unknown result kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
@@ -129,7 +132,24 @@ class Result:
         return Result.from_json(data)
 
 
+# The packages and modules that define result kinds. A kind registers when its module is imported; Result.load in a
+# fresh interpreter imports these (by name, at the first unknown kind) so that every kind can be read back. Names
+# only: results does not depend on the parts' code.
+KIND_PACKAGES = ("lmscope.neurons", "lmscope.directions", "lmscope.icl", "lmscope.harvest", "lmscope.sae",
+                 "lmscope.circuits", "lmscope.lenses", "lmscope.papers.icl_update", "lmscope.papers.introspection",
+                 "lmscope.papers.weight_sparse", "lmscope.papers.weight_sparse.bridges",
+                 "lmscope.papers.weight_sparse.compare", "lmscope.papers.weight_sparse.reading", "lmscope.cli.check",
+                 "lmscope.cli.sites")
+
+
+def _register_every_kind() -> None:
+    for name in KIND_PACKAGES:
+        importlib.import_module(name)
+
+
 def result_kinds() -> list[str]:
+    """Every result kind (all packages imported first)."""
+    _register_every_kind()
     return sorted(_REGISTRY)
 
 
