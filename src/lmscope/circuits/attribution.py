@@ -17,6 +17,10 @@ through that one head, its q, k and v), resid_mid.L for the MLP of layer L (resi
 resid_post of the last layer for the logits. A head's residual output is z_h W_O[h]; the sum of a node's outgoing
 edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused on
 Gemma, whose post-attention norm makes head outputs non-additive (node scores still work).
+
+Speed: positions before the first token where a batch's clean and corrupt prompts differ add nothing (their
+activation differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache);
+the interpolation steps of a batch run as one pass (step_rows).
 """
 from __future__ import annotations
 
