@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import random_model
+from lmscope.circuits import attribution
 from lmscope.circuits.attribution import attribute
 from lmscope.circuits.tasks import TaskSet
 
@@ -47,7 +48,7 @@ def _close(new, old, edges: bool):
     assert new.corrupt_metric == pytest.approx(old.corrupt_metric, rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "sparse_gpt"])
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
 def test_prefix_cache_gives_the_full_pass_scores(family, method):
     m = random_model(family)
@@ -81,8 +82,9 @@ def test_first_tokens_differ_no_prefix():
     assert set(lengths) == {9} and not new.notes
 
 
-def test_model_without_kv_cache_runs_the_full_passes():
-    m = random_model("sparse_gpt")
+def test_model_without_kv_cache_runs_the_full_passes(monkeypatch):
+    m = random_model("llama")
+    monkeypatch.setattr(attribution, "supports_kv_cache", lambda model: False)     # as a model whose forward takes none
     task = _task()
     old = attribute(m, task, "eap-ig", steps=2, edges=True, batch_size=3, prefix_cache=False)
     new, lengths = _run(m, task, method="eap-ig", steps=2, edges=True, batch_size=3)
