@@ -4,9 +4,9 @@
         [--only patching,eap-ig,eap-ig-edges,dose,patchscope,backpatch] [--json FILE]
 
 Each experiment runs its old path (what main did before issue 15: a full forward from the embedding for every
-patched run / factor, one interpolation step per pass, one generation per cell) and its new path (resume from the
-cached layer, batched steps or generations), alternating which goes first from round to round, so that a drift
-in machine speed hits both alike. Reported per experiment: the median over rounds of old / new wall time (each
+patched run / factor, one interpolation step per pass over every position, one generation per cell) and its new
+path (resume from the cached layer; EAP-IG: batched steps on a prefix cache; batched generations), alternating
+which goes first from round to round, so that a drift in machine speed hits both alike. Reported per experiment: the median over rounds of old / new wall time (each
 round's ratio is measured back to back), the absolute seconds, and the largest difference between the numbers the
 two paths report (0.0 = bit for bit the same). Knowledge neurons and LRE get their new paths on the `science-a`
 branch; their rows run where that code is present (`--only kn,lre`), else they are reported as pending.
@@ -56,26 +56,29 @@ def patching(model, args):
 def eap_ig(model, args):
     task = load_task(model, "ioi", n=args.prompts * 2)
     kw = dict(method="eap-ig", steps=5, batch_size=args.prompts * 2)
-    old = lambda: attribute(model, task, step_rows=0, **kw)  # noqa: E731
+    old = lambda: attribute(model, task, step_rows=0, prefix_cache=False, **kw)  # noqa: E731
     new = lambda: attribute(model, task, **kw)  # noqa: E731
 
     def compare(a, b):
         return {"max_abs_diff_heads": _max_diff(a.heads, b.heads), "max_abs_diff_mlps": _max_diff(a.mlps, b.mlps),
+                "abs_diff_embed": abs(a.embed - b.embed),
                 "max_abs_head_score": max(abs(v) for row in a.heads for v in row),
-                "top_old": a.top_nodes(3), "top_new": b.top_nodes(3)}
+                "top_old": a.top_nodes(3), "top_new": b.top_nodes(3), "notes_new": b.notes}
     return old, new, compare, f"IOI, {args.prompts * 2} prompts, 5 steps, node scores"
 
 
 def eap_ig_edges(model, args):
     task = load_task(model, "ioi", n=args.prompts)
     kw = dict(method="eap-ig", steps=3, edges=True, batch_size=args.prompts)
-    old = lambda: attribute(model, task, step_rows=0, **kw)  # noqa: E731
+    old = lambda: attribute(model, task, step_rows=0, prefix_cache=False, **kw)  # noqa: E731
     new = lambda: attribute(model, task, **kw)  # noqa: E731
 
     def compare(a, b):
         flat = lambda r: [v if v is not None else float("nan") for row in r.edges for v in row]  # noqa: E731
         return {"max_abs_diff_edges": _max_diff(flat(a), flat(b)), "max_abs_diff_heads": _max_diff(a.heads, b.heads),
-                "max_abs_edge_score": max(abs(v) for v in flat(a) if v == v), "top_edges_new": b.top_edges(3)}
+                "max_abs_diff_mlps": _max_diff(a.mlps, b.mlps),
+                "max_abs_edge_score": max(abs(v) for v in flat(a) if v == v),
+                "top_edges_old": a.top_edges(3), "top_edges_new": b.top_edges(3), "notes_new": b.notes}
     return old, new, compare, f"IOI, {args.prompts} prompts, 3 steps, node and edge scores"
 
 

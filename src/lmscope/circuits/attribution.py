@@ -17,6 +17,10 @@ through that one head, its q, k and v), resid_mid.L for the MLP of layer L (resi
 resid_post of the last layer for the logits. A head's residual output is z_h W_O[h]; the sum of a node's outgoing
 edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused on
 Gemma, whose post-attention norm makes head outputs non-additive (node scores still work).
+
+Speed: positions before the first token where a batch's clean and corrupt prompts differ add nothing (their
+activation differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache);
+the interpolation steps of a batch run as one pass (step_rows).
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ from torch import nn
 
 from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError
+from lmscope.core.runs import prefix_cache as cache_of, supports_kv_cache
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, task_last_logits
+from lmscope.circuits.tasks import TaskSet, first_change, task_last_logits
 
 METHODS = ("eap", "eap-ig")
 
@@ -125,23 +130,32 @@ def _node_names(model) -> tuple[list[str], list[str]]:
     return up, down
 
 
-def _reaches(u: str, v: str, parallel: bool) -> bool:
-    """Whether upstream node u writes into the residual stream that downstream node v reads."""
-    if u == "embed" or v == "logits":
-        return True
-    lu, lv = int(u.split(".")[1]), int(v.split(".")[1])
-    if lu != lv:
-        return lu < lv
-    return u.startswith("head.") and v.startswith("mlp.") and not parallel
+def _place(node: str, n: int) -> tuple[int, int]:
+    """(layer, 0 for a head or 1 for the MLP) of a node; the embedding comes before layer 0, the logits after all."""
+    if node in ("embed", "logits"):
+        return (-1 if node == "embed" else n, 0)
+    kind, layer = node.split(".")[:2]
+    return int(layer), int(kind == "mlp")
+
+
+def _reaches(u: tuple[int, int], v: tuple[int, int], parallel: bool) -> bool:
+    """Whether upstream node u writes into the residual stream that downstream node v reads (nodes by _place)."""
+    return u[0] < v[0] or (u[0] == v[0] and u[1] < v[1] and not parallel)
 
 
 def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edges: bool = False,
-              batch_size: int = 16, step_rows: int = 128, progress: bool = False) -> AttributionResult:
+              batch_size: int = 16, step_rows: int = 128, prefix_cache: bool = True,
+              progress: bool = False) -> AttributionResult:
     """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG.
     step_rows: EAP-IG runs several interpolation steps of a batch in one forward and backward pass (the batch
     repeated, one interpolation point per copy), up to this many rows, and edge gradients take one backward per
     layer for all its heads (batched gradients); 0 runs one step per pass and one backward per head (the old
-    path). The scores are the same up to float rounding (a larger matrix product may sum in another order)."""
+    path). The scores are the same up to float rounding (a larger matrix product may sum in another order).
+    prefix_cache: the positions before the first token where a batch's clean and corrupt prompts differ hold the
+    same activations in the clean run, the corrupt run and every interpolation between them (the models are
+    causal), so their activation differences, and their share of every score, are zero: they run once per batch
+    into the model's KV cache and every pass runs the positions after them only. The same scores up to float
+    rounding (attention sums split differently); False, or a model without a KV cache, runs every pass in full."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(task, TaskSet):
@@ -168,14 +182,20 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     embed_sum = 0.0
     edge_sum = torch.zeros(len(up), len(down), dtype=torch.float64) if edges else None
     clean_sum = corrupt_sum = 0.0
-    bar = tqdm(total=math.ceil(len(task) / batch_size) * k, unit="pass", desc=method, disable=not progress)
-    start = time.perf_counter()
-    for clean, corrupt, mask, rows in task.batches(model, batch_size):
-        with torch.no_grad():
-            clean_logits, ca = task_last_logits(model, clean, mask, read=base_reads)
-            corrupt_logits, ka = task_last_logits(model, corrupt, mask, read=base_reads)
-        clean_sum += float(task.metric(clean_logits, rows).double().sum())
-        corrupt_sum += float(task.metric(corrupt_logits, rows).double().sum())
+    cached = prefix_cache and supports_kv_cache(model)
+    ordered = _by_shared_prefix(task) if cached else task     # the scores are sums over prompts: order is free
+    n_batches, prefixed = math.ceil(len(task) / batch_size), 0
+    bar = tqdm(total=n_batches * k, unit="pass", desc=method, disable=not progress)
+    begin = time.perf_counter()
+    for clean, corrupt, mask, rows in ordered.batches(model, batch_size):
+        start = first_change(clean, corrupt, mask) if cached else 0
+        prefixed += start > 0
+        with torch.no_grad():   # from here on every site read holds the positions start.. only
+            prefix = cache_of(model, clean[:, :start]) if start > 0 else None
+            clean_logits, ca = task_last_logits(model, clean, mask, read=base_reads, prefix=prefix)
+            corrupt_logits, ka = task_last_logits(model, corrupt, mask, read=base_reads, prefix=prefix)
+        clean_sum += float(ordered.metric(clean_logits, rows).double().sum())
+        corrupt_sum += float(ordered.metric(corrupt_logits, rows).double().sum())
         delta = {s: ka[s] - ca[s] for s in base_reads}
         # a no-op scale on z makes the per-head tensor the one the model computes with, so it gets a gradient
         flow = [scale(s, 1.0) for s in z_sites]
@@ -193,10 +213,11 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 # alpha = 1 gives the clean embedding bit for bit (one step = EAP exactly); copy i of the batch
                 # takes alphas[i]
                 point = torch.cat([(1 - a) * ka["embed"] + a * ca["embed"] for a in alphas]).requires_grad_()
-                edits.append(replace("embed", point))
+                # an edit's value covers the whole sequence (the trace takes positions start.. of it)
+                edits.append(replace("embed", nn.functional.pad(point, (0, 0, start, 0))))
             logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits, read=grad_reads,
-                                            grad=True)
-            metric = task.metric(logits, rows * c).sum()
+                                            grad=True, prefix=prefix, copies=c)
+            metric = ordered.metric(logits, rows * c).sum()
             nodes = [acts[s] for s in z_sites + mlp_sites + ["resid_pre.0"]]
             grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)
             for total, g in zip(g_nodes, grads):
@@ -216,14 +237,26 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
             edge_sum += out.flatten(1).double() @ gin.flatten(1).double().T / k
     bar.close()
     count = len(task)
+    notes = [f"prefix cache: in {prefixed} of {n_batches} batches the positions before the first token where clean "
+             f"and corrupt differ ran once, every pass the rest"] if prefixed else []
     edge_rows = None
     if edges:
         parallel = model.parallel
-        edge_rows = [[float(edge_sum[i, j]) / count if _reaches(u, v, parallel) else None
-                      for j, v in enumerate(down)] for i, u in enumerate(up)]
+        ups, downs = [_place(u, n) for u in up], [_place(v, n) for v in down]
+        edge_rows = [[s if _reaches(u, v, parallel) else None for s, v in zip(row, downs)]
+                     for row, u in zip((edge_sum / count).tolist(), ups)]
     return AttributionResult(model.spec, task.name, method, k, task.metric_name, count, clean_sum / count,
                              corrupt_sum / count, (head_sum / count).tolist(), (mlp_sum / count).tolist(),
-                             embed_sum / count, up, down, edge_rows, time.perf_counter() - start, [])
+                             embed_sum / count, up, down, edge_rows, time.perf_counter() - begin, notes)
+
+
+def _by_shared_prefix(task: TaskSet) -> TaskSet:
+    """The task's prompts ordered by the position where clean and corrupt first differ, then by length, so that
+    the prompts of a batch share a prefix as long as their own (and need little padding)."""
+    def key(i: int) -> tuple[int, int]:
+        clean, corrupt = task.clean[i], task.corrupt[i]
+        return next((p for p, (a, b) in enumerate(zip(clean, corrupt)) if a != b), len(clean)), len(clean)
+    return task.subset(sorted(range(len(task)), key=key))
 
 
 def _sum_copies(g: torch.Tensor, copies: int) -> torch.Tensor:

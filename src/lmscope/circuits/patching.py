@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, task_last_logits
+from lmscope.circuits.tasks import TaskSet, first_change, task_last_logits
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
@@ -188,7 +188,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
             else:
                 source, target, target_acts, target_logits = corrupt_acts, clean, clean_acts, clean_logits
             unpatched = task.metric(target_logits, batch_rows).double().sum()
-            first = _first_change(clean, corrupt, mask) if prefix_cache else 0
+            first = first_change(clean, corrupt, mask) if prefix_cache else 0
             last_start = int(mask.sum(1).min()) - 1
             prefixes: dict[int, _Prefix] = {}
             pending: dict[int, list[tuple[int, int]]] = {}     # layer -> (plan index, head) of z patches to run
@@ -352,13 +352,6 @@ def _resumed_logits(model, ids, mask, edits, resume) -> torch.Tensor:
         model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
     last = mask.sum(1) - 1
     return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
-
-
-def _first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor) -> int:
-    """The first position where any prompt of the batch differs, kept below every prompt's last real token."""
-    differs = (clean != corrupt).any(0).nonzero()
-    first = int(differs[0]) if len(differs) else clean.shape[1]
-    return max(0, min(first, int(mask.sum(1).min()) - 1))
 
 
 def _same(source: torch.Tensor, target: torch.Tensor, kind: str, x) -> bool:

@@ -44,6 +44,7 @@ import torch
 from lmscope.core.checks import read_text_file
 from lmscope.core.edits import Edit
 from lmscope.core.errors import InputError
+from lmscope.core.runs import on_cache
 
 BUILTIN = ("ioi", "greater-than", "quote-type", "bracket-depth")
 
@@ -162,22 +163,34 @@ def _mass(probs: torch.Tensor, sets: list[list[int]]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Running a task
 
-def task_last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), read=(), *, grad: bool = False):
+def task_last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), read=(), *, grad: bool = False,
+                     prefix=None, copies: int = 1):
     """Logits at each row's last real token [batch, vocab] and the sites read, from one forward pass with edits.
     The pass stops after the last block and unembeds only the last real tokens (through the model's own final
-    norm and head), unless an edit or a read needs the final norm or the logits."""
+    norm and head), unless an edit or a read needs the final norm or the logits.
+    prefix: the KV cache of the first positions of the rows (core.runs.prefix_cache; ids' rows being `copies`
+    copies of the cache's rows, as ids.repeat): only the positions after it run, so the sites read hold those."""
     touched = [e.site for e in edits if isinstance(e, Edit)] + [r for r in read if isinstance(r, str)]
     late = any(site.kind in ("final_norm", "logits") for site in model.sites(touched)) if touched else False
     last_block = f"resid_post.{model.n_layers - 1}"
     reads = list(read) + ([] if late else [last_block])
+    start = 0 if prefix is None else prefix.get_seq_length()
     with torch.set_grad_enabled(grad):
         with model.trace(reads, edits, stop_early=not late, grad=grad) as tr:
-            out = model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
+            out = model.hf(input_ids=ids[:, start:], attention_mask=mask, **on_cache(model, prefix, copies=copies))
         acts = tr.acts()
-        last = mask.sum(1) - 1
+        last = mask.sum(1) - 1 - start
         rows = torch.arange(len(last), device=last.device)
         logits = out.logits[rows, last] if late else model.unembed(acts[last_block][rows, last])
     return logits, acts
+
+
+def first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor) -> int:
+    """The first position where any prompt of the batch differs, kept below every prompt's last real token: the
+    positions before it hold the same activations in the clean and the corrupt run (the models are causal)."""
+    differs = (clean != corrupt).any(0).nonzero()
+    first = int(differs[0]) if len(differs) else clean.shape[1]
+    return max(0, min(first, int(mask.sum(1).min()) - 1))
 
 
 def task_logits(model, task: TaskSet, edits=(), *, which: str = "clean", batch_size: int = 32,
