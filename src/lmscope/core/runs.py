@@ -6,7 +6,7 @@
     length_groups(model, prompts_or_rows)          batches of equal token length (no padding)
     last_logits(model, prompts_or_rows, edits)     [n, vocab] logits at each prompt's last token
     prefix_cache(model, ids)                       the key/value cache of a prefix
-    on_cache(model, cache, rows=1, copies=1)       forward kwargs that run on a fresh copy of that cache
+    on_cache(model, cache, rows=1, copies=1, select=None)  forward kwargs that run on a fresh copy of that cache
 """
 from __future__ import annotations
 
@@ -131,13 +131,16 @@ def prefix_cache(model, ids: torch.Tensor):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def on_cache(model, cache, rows: int = 1, copies: int = 1) -> dict:
+def on_cache(model, cache, rows: int = 1, copies: int = 1, select=None) -> dict:
     """Keyword arguments for `model.hf(...)` that run the next tokens on top of a copy of `cache` (from
-    prefix_cache), each of its rows repeated `rows` times (row b * rows + j, as repeat_interleave), then the whole
-    batch `copies` times (row j * batch + b, as Tensor.repeat); the cache itself is left unchanged. None: no cache."""
+    prefix_cache): its rows `select` (a list of row indices, repeats allowed; None: all), each repeated `rows` times
+    (row b * rows + j, as repeat_interleave), then the whole batch `copies` times (row j * batch + b, as
+    Tensor.repeat); the cache itself is left unchanged. None: no cache."""
     if cache is None:
         return {"use_cache": False}
     fresh = copy.deepcopy(cache)
+    if select is not None:
+        fresh.batch_select_indices(torch.as_tensor(select, dtype=torch.long, device=model.device))
     if rows > 1:
         fresh.batch_repeat_interleave(rows)
     if copies > 1:

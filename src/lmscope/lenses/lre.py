@@ -24,11 +24,17 @@ to the next training pair with another object and edited with the W of the pairs
 the mean probability of the other object, then the smaller rank). Held-out
 faithfulness and causality are then measured once, at that choice.
 
-Speed: resid_post.l is resid_pre.(l+1), so every pass that edits s resumes there (model.run's resume) from the
-cached clean stream; the Jacobians of all layers of a prompt come from one such pass on a cached prefix (the
-tokens before the subject) with a zero added to s at every layer, and one backward pass whose d_model rows are
-batched vector-Jacobian products. resume=False runs the plain path instead
-(every pass from the embedding, d_model copies of the prompt for the Jacobian): same numbers to float round-off.
+Speed: nothing before the query subject's last token changes when s is edited. Prompts with the same length and
+subject position form a block that runs as one batch: its tokens before the subject's last one run once into a
+key/value cache, and every pass after that (the clean run, the Jacobians, the edited passes) runs only the tokens
+from there on, on that cache. resid_post.l is resid_pre.(l+1), so every pass that edits s resumes there
+(model.run's resume) from the clean stream, and all the edits of one layer on one block (the leave-one-out pairs
+at every rank; the held-out pairs) run as one batch. The Jacobians of all layers of a prompt come from one resumed
+pass with a zero added to s at every layer and one backward pass whose d_model rows are batched vector-Jacobian
+products. A model without a key/value cache (the weight-sparse paper's) runs whole prompts in those passes, still
+batched and resumed. resume=False runs the plain path instead (each prompt alone, every pass over the whole
+prompt from the embedding, one per edit, d_model copies of the prompt for the Jacobian): the same numbers to float
+round-off.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from lmscope.core import edits
@@ -150,28 +157,31 @@ def jacobians(model, ids: torch.Tensor, pos: int, layers, *, chunk: int | None =
     resume=True: a zero that requires grad is added to s at every layer, in one forward from resid_pre.(l + 1) of
     the lowest layer l over the tokens from `pos` on (those before it cached); one backward pass then gives every
     layer's W (d o / d s counts every path, through the higher layers' s too), its rows as batched vector-Jacobian
-    products, `chunk` rows each (None: all). resume=False: the plain path, per layer d_model copies of the prompt
-    through every layer, `chunk` (default 192) rows per forward and backward."""
+    products, at most `chunk` rows each, split evenly (None: about 192, the fastest here). resume=False: the plain
+    path, per layer d_model copies of the prompt through every layer, `chunk` (default 192) rows per forward and
+    backward."""
     layers = sorted(set(layers))
     if not resume:
         return {layer: _jacobian_plain(model, ids, pos, layer, chunk=chunk or 192) for layer in layers}
+    clean = _clean_runs(model, {0: (ids, pos)}, layers, batched=True)[0]
+    return _jacobians_resumed(model, clean, layers, chunk)
+
+
+def _jacobians_resumed(model, clean: "_Clean", layers, chunk: int | None) -> dict:
+    """jacobians(resume=True) from a prompt's clean run: its cached prefix and its stream at every layer."""
     last = model.n_layers - 1
-    site_o = f"resid_post.{last}"
+    site_o, block, row = f"resid_post.{last}", clean.block, [clean.row]
     sites = {layer: f"resid_pre.{layer + 1}" if layer < last else site_o for layer in layers}   # = resid_post.layer
-    run = model.run(ids, read=sorted(set(sites.values()) | {site_o}), stop_early=True)
-    begin = pos if supports_kv_cache(model) else 0      # without a KV cache the prefix runs in every pass
-    with torch.no_grad():
-        prefix = prefix_cache(model, ids[:, :begin]) if begin > 0 else None
     zeros = {layer: torch.zeros(1, 1, model.d_model, dtype=model.dtype, device=model.device, requires_grad=True)
              for layer in layers}
-    adds = [edits.add(sites[layer], zeros[layer], positions=[pos]) for layer in layers]
-    start = {} if layers[0] == last else {"resume": (layers[0] + 1, run.acts[sites[layers[0]]])}  # from the offset
-    with torch.enable_grad(), model.trace(read=[site_o], edits=adds, grad=True, stop_early=True, **start) as tr:
-        model.hf(input_ids=ids[:, begin:], **on_cache(model, prefix))
+    adds = [edits.add(sites[layer], zeros[layer], positions=[block.pos]) for layer in layers]
+    start = {} if layers[0] == last else {"resume": (layers[0] + 1, block.states[layers[0]][row])}
+    with torch.enable_grad():
+        _, tr = block.forward(model, row, read=[site_o], edits=adds, grad=True, stop_early=True, **start)
     out = tr[site_o][0, -1]
     d = model.d_model
-    step = min(chunk or d, d)
-    n_chunks = -(-d // step)
+    n_chunks = -(-d // (chunk or 192))
+    step = -(-d // n_chunks)
     # every batch has `step` rows (the last padded with zeros): autograd's batched backward wants one batch size
     eye = torch.eye(n_chunks * step, d, dtype=out.dtype, device=out.device)
     rows = {layer: [] for layer in layers}
@@ -180,8 +190,7 @@ def jacobians(model, ids: torch.Tensor, pos: int, layers, *, chunk: int | None =
                                     retain_graph=c + 1 < n_chunks, is_grads_batched=True, allow_unused=True)
         for layer, g in zip(layers, grads):
             rows[layer].append(torch.zeros(step, d) if g is None else g[:, 0, 0].float())
-    o = run.acts[site_o][0, -1].float()
-    return {layer: (torch.cat(rows[layer])[:d], run.acts[sites[layer]][0, pos].float(), o) for layer in layers}
+    return {layer: (torch.cat(rows[layer])[:d], clean.s(layer), clean.o) for layer in layers}
 
 
 def _jacobian_plain(model, ids: torch.Tensor, pos: int, layer: int, *, chunk: int):
@@ -284,45 +293,93 @@ class LreResult(Result, kind="lre"):
 
 
 @dataclass
+class _Block:
+    """Prompts with the same length and subject position, run as one batch. The tokens before `start` are in the
+    key/value cache `prefix` (one row per prompt), and no pass runs them again."""
+    ids: torch.Tensor                   # [rows, seq]
+    pos: int                            # the query subject's last token
+    start: int                          # pos on the cached path, else 0 (and prefix None)
+    prefix: object
+    states: dict = field(default_factory=dict)   # layer -> resid_post.layer [rows, seq, d], zeros before start
+
+    def forward(self, model, rows: list[int], **trace_options):
+        """The last position's logits of the prompts `rows` (repeats allowed) run from `start` on a copy of their
+        cached prefix in model.trace(**trace_options): (logits [len(rows), vocab] or None if stopped early, trace)."""
+        out = None
+        with model.trace(**trace_options) as tr:
+            out = model.hf(input_ids=self.ids[rows, self.start:], logits_to_keep=1,
+                           **on_cache(model, self.prefix, select=rows))
+        return (None if out is None else out.logits[:, -1]), tr
+
+
+@dataclass
 class _Clean:
-    """One prompt's clean run: its ids, the subject position, the stream at every layer's s, o and the top-1."""
-    ids: torch.Tensor
-    pos: int
-    states: dict[int, torch.Tensor]     # layer -> resid_post.layer [1, seq, d] (= resid_pre.layer+1)
+    """One prompt's clean run: its block and row there, o and the model's top-1."""
+    block: _Block
+    row: int
     o: torch.Tensor                     # [d] float32
     top: int
 
+    @property
+    def pos(self) -> int:
+        return self.block.pos
+
+    def s(self, layer: int) -> torch.Tensor:
+        """resid_post.layer at the subject's last token, [d] float32."""
+        return self.block.states[layer][self.row, self.block.pos].float()
+
+
+_BLOCK_ROWS = 64    # prompts per batch at most
+
 
 @torch.no_grad()
-def _clean_runs(model, prompts: dict, layers) -> dict:
+def _clean_runs(model, prompts: dict, layers, batched: bool) -> dict:
+    """{key: _Clean} for prompts {key: (ids [1, seq], pos)}. batched: prompts with the same length and subject
+    position run as one block, on a model with a key/value cache their tokens before pos first into a cache, then
+    those from pos on; else (the plain path) each prompt alone, whole, from the embedding."""
+    cached = batched and supports_kv_cache(model)
     last = model.n_layers - 1
     reads = sorted({f"resid_post.{layer}" for layer in layers} | {f"resid_post.{last}"})
-    out = {}
+    same = {}
     for key, (ids, pos) in prompts.items():
-        run = model.run(ids, read=reads, forward_kwargs={"logits_to_keep": 1})
-        out[key] = _Clean(ids, pos, {layer: run.acts[f"resid_post.{layer}"] for layer in layers},
-                          run.acts[f"resid_post.{last}"][0, -1].float(), int(run.logits[0, -1].argmax()))
+        same.setdefault((ids.shape[1], pos) if batched else key, []).append(key)
+    out = {}
+    for keys in (k[i:i + _BLOCK_ROWS] for k in same.values() for i in range(0, len(k), _BLOCK_ROWS)):
+        ids, pos = torch.cat([prompts[key][0] for key in keys]), prompts[keys[0]][1]
+        start = pos if cached else 0
+        block = _Block(ids, pos, start, prefix_cache(model, ids[:, :start]) if start else None)
+        logits, tr = block.forward(model, list(range(len(keys))), read=reads)
+        block.states = {layer: F.pad(tr[f"resid_post.{layer}"], (0, 0, start, 0)) for layer in layers}
+        o = tr[f"resid_post.{last}"][:, -1].float()
+        out.update({key: _Clean(block, row, o[row], int(logits[row].argmax())) for row, key in enumerate(keys)})
     return out
 
 
 @torch.no_grad()
-def _edited_logits(model, clean: _Clean, layer: int, s_new: torch.Tensor, resume: bool) -> torch.Tensor:
-    """Last-position logits (float32) with s replaced by s_new; resumed from resid_pre.(layer + 1) if allowed."""
+def _edited_logits(model, clean: dict, layer: int, requests, resume: bool) -> torch.Tensor:
+    """Last-position logits [len(requests), vocab] (float32) for requests (key, s_new): the prompt `key` with s
+    replaced by s_new. resume: the requests on one block as one batch on its cached prefix, resumed from
+    resid_pre.(layer + 1); else one pass per request over the whole prompt from the embedding (the plain path)."""
     last = model.n_layers - 1
-    value = s_new.to(model.dtype)
-    if resume and layer < last:
-        edit = edits.replace(f"resid_pre.{layer + 1}", value, positions=[clean.pos])
-        run = model.run(clean.ids, edits=[edit], resume=(layer + 1, clean.states[layer]),
-                        forward_kwargs={"logits_to_keep": 1})
-    else:
-        edit = edits.replace(f"resid_post.{layer}", value, positions=[clean.pos])
-        run = model.run(clean.ids, edits=[edit], forward_kwargs={"logits_to_keep": 1})
-    return run.logits[0, -1].float()
+    out = torch.empty(len(requests), model.vocab_size)
+    batches = {}
+    for n, (key, s_new) in enumerate(requests):
+        batches.setdefault(id(clean[key].block) if resume else n, []).append((n, clean[key], s_new))
+    for batch in batches.values():
+        index, rows = [n for n, _, _ in batch], [c.row for _, c, _ in batch]
+        block = batch[0][1].block
+        values = torch.stack([s_new for _, _, s_new in batch]).to(model.dtype)[:, None]     # [n, 1, d]
+        site, start = ((f"resid_pre.{layer + 1}", {"resume": (layer + 1, block.states[layer][rows])})
+                       if resume and layer < last else (f"resid_post.{layer}", {}))
+        edit = edits.replace(site, values, positions=[block.pos])
+        out[index] = block.forward(model, rows, edits=[edit], **start)[0].float().cpu()
+    return out
 
 
-def _pinv(W: torch.Tensor, rank: int) -> torch.Tensor:
+def _pinvs(W: torch.Tensor, ranks) -> dict[int, torch.Tensor]:
+    """{rank: pseudo-inverse of W through its top-rank singular vectors} (float64), from one SVD."""
     U, sig, Vh = torch.linalg.svd(W.double())
-    return Vh[:rank].T @ torch.diag(1 / sig[:rank]) @ U[:, :rank].T
+    return {r: Vh[:r].T @ torch.diag(1 / sig[:r]) @ U[:, :r].T for r in ranks}
 
 
 def _causal_pairs(subjects, target) -> list[tuple[int, int]]:
@@ -348,26 +405,23 @@ def _leave_one_out(model, layer, fit, jacs, clean, target, betas, ranks, resume)
     other training pairs."""
     k = len(fit)
     loo = [_affine([jacs[j] for j in range(k) if j != i]) for i in range(k)]
-    faith = {}
-    for beta in betas:
-        hits = 0
-        for i, name in enumerate(fit):
-            W, b = loo[i]
-            with torch.no_grad():
-                hits += int(model.unembed((beta * W @ jacs[i][1] + b).to(model.dtype)).argmax()) == clean[name].top
-        faith[f"{beta:g}"] = hits / k
+    with torch.no_grad():
+        lres = torch.stack([beta * W @ jacs[i][1] + b for beta in betas for i, (W, b) in enumerate(loo)])
+        preds = model.unembed(lres.to(model.dtype)).argmax(-1).view(len(betas), k).cpu()
+    tops = torch.tensor([clean[name].top for name in fit])
+    faith = {f"{beta:g}": int((p == tops).sum()) / k for beta, p in zip(betas, preds)}
     cpairs = _causal_pairs(fit, target)
-    caus, prob = {}, {}
-    pinvs = {i: {r: _pinv(loo[i][0], r) for r in ranks} for i in {i for i, _ in cpairs}}
-    for r in ranks:
-        hits, p = 0, 0.0
-        for i, j in cpairs:
-            a, other = clean[fit[i]], clean[fit[j]]
-            s_new = jacs[i][1] + (pinvs[i][r] @ (other.o - a.o).double()).float()
-            logits = _edited_logits(model, a, layer, s_new, resume)
-            hits += int(logits.argmax()) == target[fit[j]]
-            p += float(torch.softmax(logits.double(), -1)[target[fit[j]]])
-        caus[str(r)], prob[str(r)] = hits / max(1, len(cpairs)), p / max(1, len(cpairs))
+    requests = []
+    for i, j in cpairs:                                  # one edit per rank, sent to the other pair's o
+        pinvs, delta = _pinvs(loo[i][0], ranks), (clean[fit[j]].o - clean[fit[i]].o).double()
+        requests += [(fit[i], jacs[i][1] + (pinvs[r] @ delta).float()) for r in ranks]
+    logits = _edited_logits(model, clean, layer, requests, resume).view(len(cpairs), len(ranks), model.vocab_size)
+    others = torch.tensor([target[fit[j]] for _, j in cpairs], dtype=torch.long)
+    n = max(1, len(cpairs))
+    hits = (logits.argmax(-1) == others[:, None]).sum(0)
+    p_other = torch.softmax(logits.double(), -1).gather(-1, others[:, None, None].expand(-1, len(ranks), 1))[..., 0]
+    caus = {str(r): int(h) / n for r, h in zip(ranks, hits)}
+    prob = {str(r): float(q) / n for r, q in zip(ranks, p_other.sum(0))}
     best = max(ranks, key=lambda r: (caus[str(r)], prob[str(r)], -r))
     return LayerFit(layer, faith, caus, prob, best)
 
@@ -397,14 +451,16 @@ def lre(model, relation: Relation, config: LreConfig | None = None, *, progress:
     train, held = pairs[:k], pairs[k:]
     demos_for = lambda subj: [p for p in train if p[0] != subj][:n_demo]  # noqa: E731
     target = {s: object_token(model, o) for s, o in pairs}
-    clean = _clean_runs(model, {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}, layers)
+    prompts = {s: relation_prompt(model, relation, demos_for(s), s) for s, _ in pairs}
+    clean = _clean_runs(model, prompts, layers, batched=resume)
     known = {s for s, _ in pairs if clean[s].top == target[s]}
     fit = [s for s, _ in train if s in known]
     fit = fit if len(fit) >= 2 else [s for s, _ in train]   # fit on pairs the model knows, where there are two
     test = [s for s, _ in held if s in known]
     fits, affine = [], {}
     subjects = tqdm(fit, desc=f"LRE {relation.name} Jacobians", unit="prompt") if progress else fit
-    per_subject = {s: jacobians(model, clean[s].ids, clean[s].pos, layers, resume=resume) for s in subjects}
+    per_subject = {s: _jacobians_resumed(model, clean[s], layers, None) if resume
+                   else jacobians(model, *prompts[s], layers, resume=False) for s in subjects}
     for layer in layers:
         jacs = [per_subject[s][layer] for s in fit]
         affine[layer] = _affine(jacs)
@@ -429,14 +485,12 @@ def _held_out(model, layer, beta, rank, affine, test, clean, target, resume):
     if not test:
         return 0.0, [], 0.0, 0
     W, b = affine
-    S = torch.stack([clean[s].states[layer][0, clean[s].pos].float() for s in test])
+    S = torch.stack([clean[s].s(layer) for s in test])
     preds = model.unembed((beta * S @ W.T + b).to(model.dtype)).argmax(-1).tolist()
     faith = sum(p == clean[s].top for p, s in zip(preds, test)) / len(test)
     cpairs = _causal_pairs(test, target)
-    pinv = _pinv(W, rank)
-    hits = 0
-    for i, j in cpairs:
-        a, other = clean[test[i]], clean[test[j]]
-        s_new = S[i] + (pinv @ (other.o - a.o).double()).float()
-        hits += int(_edited_logits(model, a, layer, s_new, resume).argmax()) == target[test[j]]
+    pinv = _pinvs(W, [rank])[rank]
+    requests = [(test[i], S[i] + (pinv @ (clean[test[j]].o - clean[test[i]].o).double()).float()) for i, j in cpairs]
+    tops = _edited_logits(model, clean, layer, requests, resume).argmax(-1).tolist()
+    hits = sum(t == target[test[j]] for t, (_, j) in zip(tops, cpairs))
     return faith, preds, hits / len(cpairs) if cpairs else 0.0, len(cpairs)
