@@ -1,6 +1,6 @@
 """The key/value cache of a prefix (core.runs.prefix_cache / on_cache) continues a forward with the full run's
-logits, for every family that keeps one (the weight-sparse model included), also with its rows repeated or the
-whole batch tiled, and a copy leaves the cache unchanged."""
+logits, for every family that keeps one (the weight-sparse model included), also with its rows repeated, the
+whole batch tiled or some rows picked, and a copy leaves the cache unchanged."""
 import torch
 
 from conftest import plain_logits
@@ -16,9 +16,11 @@ def test_a_cached_prefix_continues_with_the_full_runs_logits(model, ids):
         rest = model.hf(input_ids=ids[:, 4:], **on_cache(model, cache)).logits
         rows = model.hf(input_ids=ids[:, 4:].repeat_interleave(3, 0), **on_cache(model, cache, rows=3)).logits
         tiled = model.hf(input_ids=ids[:, 4:].repeat(2, 1), **on_cache(model, cache, copies=2)).logits
+        picked = model.hf(input_ids=ids[[1, 0, 1], 4:], **on_cache(model, cache, select=[1, 0, 1])).logits
     assert torch.allclose(rest, full[:, 4:], atol=1e-5, rtol=1e-4)
     assert torch.allclose(rows, full[:, 4:].repeat_interleave(3, 0), atol=1e-5, rtol=1e-4)   # row b * 3 + j
     assert torch.allclose(tiled, full[:, 4:].repeat(2, 1, 1), atol=1e-5, rtol=1e-4)          # row j * 2 + b
+    assert torch.allclose(picked, full[[1, 0, 1], 4:], atol=1e-5, rtol=1e-4)                 # rows 1, 0, 1
     assert cache.get_seq_length() == length == 4             # on_cache ran on copies
 
 

@@ -1,6 +1,7 @@
 """LRE's fast path (lre(resume=True): prompts in blocks of one length and subject position, a cached prefix, each
 layer's edits of a block in one resumed batch) against the plain path (resume=False: each prompt alone, every pass
-from the embedding, one pass per edit): the same fit, on families with a KV cache and without one."""
+from the embedding, one pass per edit): the same fit, on families with a KV cache and on a model without one
+(supports_kv_cache patched to say so, as for a forward that takes none: the fallback runs whole prompts)."""
 import importlib
 
 import pytest
@@ -29,17 +30,25 @@ def _prompts(m):
     return {s: relation_prompt(m, rel, [], s) for s in SUBJECTS}
 
 
+def _without_kv_cache(monkeypatch):
+    monkeypatch.setattr(lre_mod, "supports_kv_cache", lambda model: False)
+
+
 def _forward_calls(m):
     calls = []
     return calls, m.hf.register_forward_pre_hook(lambda *_: calls.append(1))
 
 
 # llama: rotary positions and a grouped KV cache; gemma3: sliding-window layers shorter than the cached prefix;
-# falcon_rw: ALiBi positions; sparse_gpt: no KV cache (the fallback: whole prompts, still batched and resumed)
-@pytest.mark.parametrize("family,n_demo", [("llama", 0), ("llama", 1), ("gemma3", 0), ("falcon_rw", 0),
-                                           ("sparse_gpt", 0)])
-def test_fast_fit_equals_the_plain_fit(family, n_demo, monkeypatch):
+# falcon_rw: ALiBi positions; sparse_gpt: the weight-sparse model, with its KV cache and without (the fallback:
+# whole prompts, still batched and resumed)
+@pytest.mark.parametrize("family,n_demo,kv_cache", [("llama", 0, True), ("llama", 1, True), ("gemma3", 0, True),
+                                                    ("falcon_rw", 0, True), ("sparse_gpt", 0, True),
+                                                    ("sparse_gpt", 0, False)])
+def test_fast_fit_equals_the_plain_fit(family, n_demo, kv_cache, monkeypatch):
     m = random_model(family)
+    if not kv_cache:
+        _without_kv_cache(monkeypatch)
     rel = _own_answers(m, monkeypatch)
     # (not the last layer: there s, before the last token, cannot reach o; W = 0. test_lre.py fits it with the
     # subject as the last token)
@@ -55,21 +64,22 @@ def test_fast_fit_equals_the_plain_fit(family, n_demo, monkeypatch):
     assert not m.has_hooks()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "sparse_gpt"])
+@pytest.mark.parametrize("family,kv_cache", [("llama", True), ("gemma3", True), ("sparse_gpt", False)])
 @pytest.mark.parametrize("layer", [0, -2])   # at the last layer s (not the last token) cannot reach o
-def test_one_batch_per_block_gives_every_edits_logits(family, layer):
+def test_one_batch_per_block_gives_every_edits_logits(family, kv_cache, layer, monkeypatch):
     m = random_model(family)
+    if not kv_cache:
+        _without_kv_cache(monkeypatch)
     layer %= m.n_layers
     prompts = _prompts(m)
     fast = lre_mod._clean_runs(m, prompts, [layer], batched=True)
     plain = lre_mod._clean_runs(m, prompts, [layer], batched=False)
     blocks = {id(c.block): c.block for c in fast.values()}
     assert len(blocks) == 4
-    cached = family != "sparse_gpt"
     for s, (ids, pos) in prompts.items():
         block = fast[s].block
-        assert torch.equal(block.ids[fast[s].row], ids[0]) and block.pos == pos
-        assert block.start == (pos if cached else 0) and (block.prefix is None) != cached
+        assert torch.equal(block.ids[fast[s].row], ids[0]) and block.pos == pos > 0
+        assert block.start == (pos if kv_cache else 0) and (block.prefix is None) != kv_cache
         torch.testing.assert_close(fast[s].s(layer), plain[s].s(layer), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fast[s].o, plain[s].o, rtol=1e-5, atol=1e-5)
         assert fast[s].top == plain[s].top

@@ -31,7 +31,7 @@ from there on, on that cache. resid_post.l is resid_pre.(l+1), so every pass tha
 (model.run's resume) from the clean stream, and all the edits of one layer on one block (the leave-one-out pairs
 at every rank; the held-out pairs) run as one batch. The Jacobians of all layers of a prompt come from one resumed
 pass with a zero added to s at every layer and one backward pass whose d_model rows are batched vector-Jacobian
-products. A model without a key/value cache (the weight-sparse paper's) runs whole prompts in those passes, still
+products. A model whose forward takes no key/value cache runs whole prompts in those passes, still
 batched and resumed. resume=False runs the plain path instead (each prompt alone, every pass over the whole
 prompt from the embedding, one per edit, d_model copies of the prompt for the Jacobian): the same numbers to float
 round-off.
