@@ -1,7 +1,8 @@
 """Knowledge neurons, LRE and the function-vector CIE: the resumed path (each pass starts at the edited layer, on a
 cached prefix) against the plain path (every pass from the embedding), timed in the same run, and their numbers.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/resume_speedups.py [--model smollm2] [--rounds 2] [--only kn,lre,fv,lre-whole]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/resume_speedups.py [--model smollm2] [--rounds 2]
+        [--only kn,lre,fv,lre-whole]
 
 Rounds interleave the two paths and alternate which goes first, so drifts in machine speed hit both alike; the
 ratio (plain / resumed) is printed per round, with the largest difference between the two paths' results.
@@ -77,7 +78,8 @@ def lre_whole(model, rounds):
     def diff(a, b):
         a, b = a.to_json(), b.to_json()
         keys = ("layer", "beta", "rank", "faithfulness", "causality", "majority_baseline", "n_test", "n_causal_pairs")
-        scores = lambda r: [(f["loo_faithfulness"], f["loo_causality"], f["best_rank"]) for f in r["layers"]]  # noqa
+        def scores(r):
+            return [(f["loo_faithfulness"], f["loo_causality"], f["best_rank"]) for f in r["layers"]]
         probs = [(p, q) for fa, fb in zip(a["layers"], b["layers"])
                  for p, q in zip(fa["loo_object_prob"].values(), fb["loo_object_prob"].values())]
         return {"plain": {k: a[k] for k in keys}, "resumed": {k: b[k] for k in keys},
