@@ -103,3 +103,10 @@ def test_bad_locations_fail_before_the_model_loads(pairs, tmp_path, capsys, no_m
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "does not exist" in err
     assert not no_model_load
+
+
+def test_corruption_is_an_option_of_task_patch_and_attribute(pairs, capsys):
+    for command in ("task", "patch", "attribute"):
+        assert main([command, "--pairs", str(pairs), "--corruption", "abc", "--model", "random:llama"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "applies to the ioi task only" in err

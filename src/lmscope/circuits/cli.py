@@ -68,9 +68,7 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHODS, default="prune", help="how the circuit is found (default prune)")
     p.add_argument("--n", type=int, default=200, help="prompts of a built-in task (default 200)")
     p.add_argument("--ig-steps", type=int, default=8, help="eap-ig: integrated-gradient steps (default 8)")
-    p.add_argument("--corruption", choices=("s2", "abc"), default=None,
-                   help="ioi only: s2 = only S2 replaced (the EAP-IG repository's), abc = all three names resampled "
-                        "(Wang et al.) (default: s2)")
+    _corruption_arg(p)
     add_config_options(p, PruneConfig)
     p.add_argument("--out", metavar="FILE.json", help="write the circuit file (default: not written)")
     p.add_argument("--graph", metavar="FILE.html", help="write the circuit graph (EAP edge scores) as a page "
@@ -78,6 +76,12 @@ def register(sub) -> None:
     model_options(p)
     output_options(p)
     p.set_defaults(func=cmd_circuit)
+
+
+def _corruption_arg(p) -> None:
+    p.add_argument("--corruption", choices=("s2", "abc"), default=None,
+                   help="ioi only: s2 = only S2 replaced (the EAP-IG repository's), abc = all three names resampled "
+                        "(Wang et al.) (default: s2)")
 
 
 def _task_args(p, batch_size: int = 32) -> None:
@@ -88,6 +92,7 @@ def _task_args(p, batch_size: int = 32) -> None:
                                                        "patch, 32 for attribute)")
     p.add_argument("--seed", type=int, default=0, help="which prompts of a built-in task (default 0)")
     p.add_argument("--template", help="comma-separated template ids of a built-in task (default: all)")
+    _corruption_arg(p)
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"prompts per forward pass (default "
                                                                       f"{batch_size})")
     model_options(p)
@@ -104,7 +109,7 @@ def _check_task_args(args) -> None:
 def _task(args, model, default_n: int):
     n = default_n if args.n is None else args.n
     return load_circuit_task(model, args.pairs or args.task, n=n, seed=args.seed,
-                             templates=numbers(args.template, int, "--template"))
+                             templates=numbers(args.template, int, "--template"), corruption=args.corruption)
 
 
 def cmd_task(args) -> None:
