@@ -9,7 +9,8 @@ import torch
 from lmscope.core.errors import InputError
 from lmscope.papers.weight_sparse.config import preset_config
 from lmscope.papers.weight_sparse.data import split_texts, train_tokenizer
-from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task, evaluate_tasks, task_accuracy
+from lmscope.papers.weight_sparse.tasks import (SPARSE_TASKS, both_ways, build_task, circuit_task_builder,
+                                                evaluate_tasks, task_accuracy)
 from lmscope.papers.weight_sparse.train import train_sparse
 
 
@@ -78,3 +79,23 @@ def test_not_a_sparse_model_and_mismatched_tokenizer_are_refused(tmp_path, tiny_
     tokenizer_2k().save_pretrained(mixed)  # a 2,048-token tokenizer beside a 300-token model
     with pytest.raises(InputError, match="do not belong together"):
         evaluate_tasks(str(mixed))
+
+
+@pytest.mark.parametrize("name", SPARSE_TASKS)
+def test_circuits_see_both_answers_equally_often(name):
+    """Pruning and scoring run on both_ways tasks: a constant answer scores 0.5 there (on the clean prompts alone
+    most tasks have one answer, and the empty circuit of a constant model would look faithful)."""
+    class Tok:          # the tokenizer is all a builder needs of a model
+        tokenizer = tokenizer_2k()
+    train, held = circuit_task_builder(name, 40, 0)(Tok)
+    for task in (train, held):
+        assert sorted(task.answer) == sorted(task.wrong) and len(task) == 40
+        n = len(task) // 2
+        assert task.clean[n:] == task.corrupt[:n] and task.answer[n:] == task.wrong[:n]
+        x = task.answer[0]
+        constant = torch.zeros(len(task), 2048)
+        constant[:, x] = 1.0                               # always the same token
+        rows = [i for i in range(len(task)) if x in (task.answer[i], task.wrong[i])]
+        assert float(task.accuracy(constant)[rows].float().mean()) == 0.5
+    one = build_task(tokenizer_2k(), name, 10, "test")
+    assert len(both_ways(one)) == 2 * len(one)

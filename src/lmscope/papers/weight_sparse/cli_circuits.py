@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-from lmscope.circuits import load_circuit_task
 from lmscope.cli.common import check_outputs, emit, load_model, model_options, output_options
 from lmscope.core.errors import InputError, LmscopeError
 from lmscope.core.models import load
@@ -28,7 +27,7 @@ from lmscope.papers.weight_sparse.compare import candidate_folders, compare_spar
 from lmscope.papers.weight_sparse.data import split_texts
 from lmscope.papers.weight_sparse.edges import count_edges
 from lmscope.papers.weight_sparse.reading import NodeCircuit, head_attention, node_activations
-from lmscope.papers.weight_sparse.tasks import SPARSE_TASKS, build_task
+from lmscope.papers.weight_sparse.tasks import circuit_task_builder
 from lmscope.results import check_output, write_atomic
 
 
@@ -114,16 +113,6 @@ def _load(spec: str, args):
     return load(spec, dtype=args.dtype, device=args.device)
 
 
-def task_builder(name: str, n: int, seed: int):
-    """model -> (task to prune on, held-out task or None). The Python tasks of lmscope.papers.weight_sparse.tasks
-    come as a train-words task and a test-words task; lmscope's built-in circuit tasks as one task, which pruning
-    splits."""
-    if name in SPARSE_TASKS:
-        return lambda model: (build_task(model.tokenizer, name, n=n, split="train", seed=seed),
-                              build_task(model.tokenizer, name, n=n, split="test", seed=seed))
-    return lambda model: (load_circuit_task(model, name, n=n, seed=seed), None)
-
-
 def _split_windows(model, split: str, n: int, ctx: int) -> list[list[int]]:
     """n windows of ctx tokens of the Python files of one split (lmscope.papers.weight_sparse.data splits them by
     hash), each file tokenized on its own (any tokenizer: no end-of-text token needed)."""
@@ -148,7 +137,7 @@ def cmd_prune(args) -> None:
     _check_outputs(args, out=".json")
     config = _config(args)
     model = load_model(args)
-    task, held = task_builder(args.task, args.n, args.seed)(model)
+    task, held = circuit_task_builder(args.task, args.n, args.seed)(model)
     circuit = find_node_circuit(model, task, _split_windows(model, "validation", args.reference, args.ctx), config,
                                 heldout=held, progress=not args.json)
     if args.out:
@@ -177,7 +166,7 @@ def cmd_circuit(args) -> None:
     _check_outputs(args)
     model = load_model(args)
     data = load_circuit_nodes(args.circuit, model)
-    task, held = task_builder(args.task, args.n, args.seed)(model)
+    task, held = circuit_task_builder(args.task, args.n, args.seed)(model)
     task = held if held is not None else task      # the held-out words where the task has them
     shell = NodeCircuit(model.spec, task.name, len(task), data["nodes"], {}, {})
     masks = shell.masks(model)
@@ -217,7 +206,7 @@ def cmd_bridge(args) -> None:
     bridges, result = train_bridges(dense, sparse, train, held, config, progress=not args.json)
     if args.circuit:
         data = load_circuit_nodes(args.circuit, sparse)
-        task, held = task_builder(args.task, args.n, args.seed + 1)(sparse)   # prompts not used to find it
+        task, held = circuit_task_builder(args.task, args.n, args.seed + 1)(sparse)   # prompts not used to find it
         task = held if held is not None else task
         task = task.subset(task.largest_group())                              # one token length: positions align
         means = reference_means(sparse, _split_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
@@ -237,7 +226,7 @@ def cmd_compare(args) -> None:
         candidate_folders(folder)                       # one clear error before any work
     names = [t for t in args.tasks.replace(",", " ").split()]
     sparse = _load(f"hf:{args.sparse}", args)
-    tasks = {name: task_builder(name, args.n, args.seed) for name in names}
+    tasks = {name: circuit_task_builder(name, args.n, args.seed) for name in names}
     result = compare_sparse_dense(sparse, args.dense, lambda p: _load(f"hf:{p}", args), tasks,
                      _split_windows(sparse, "validation", args.reference, args.ctx),
                      _split_windows(sparse, "test", args.heldout_windows, args.ctx), _config(args),

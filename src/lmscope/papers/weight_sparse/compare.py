@@ -118,13 +118,17 @@ class CompareResult(Result, kind="sparse_compare"):
         for name, t in self.tasks.items():
             for which in ("sparse", "dense"):
                 r = t[which]
-                lines.append(f"{name[:24]:<25} {which:<6} {r['accuracy']:.2f} {r['nodes']:>7} {r['edges']:>8}  "
-                             f"{r['faithfulness']:>7.3f}  {r['necessity_drop']:>8.3f}  "
-                             f"{r['random_circuit_faithfulness']:>6.3f}  {r['zero_ablation_faithfulness']:>7.3f}")
-            lines.append(f"{'':<25} edges dense / sparse = {t['edge_ratio_dense_to_sparse']:.2f}")
+                lines.append(f"{name[:24]:<25} {which:<6} {_num(r['accuracy'], '.2f')} {r['nodes']:>7} "
+                             f"{r['edges']:>8}  {_num(r['faithfulness'], '>7.3f')}  "
+                             f"{_num(r['necessity_drop'], '>8.3f')}  {_num(r['random_circuit_faithfulness'], '>6.3f')}"
+                             f"  {_num(r['zero_ablation_faithfulness'], '>7.3f')}")
+            ratio = t["edge_ratio_dense_to_sparse"]
+            lines.append(f"{'':<25} edges dense / sparse = "
+                         + (_num(ratio, ".2f") if ratio is not None else "undefined (the sparse circuit has no edges)"))
         for name, r in self.controls.items():
             lines.append(f"control {name} ({r['task']}): nodes {r['nodes']} of {r['nodes_total']}, faithfulness "
-                         f"{r['faithfulness']:.3f}, target reached {r['target_reached']}, accuracy {r['accuracy']:.2f}")
+                         f"{_num(r['faithfulness'], '.3f')}, target reached {r['target_reached']}, accuracy "
+                         f"{_num(r['accuracy'], '.2f')}")
         return "\n".join(lines)
 
     def figure(self):
@@ -144,10 +148,18 @@ class CompareResult(Result, kind="sparse_compare"):
         return "Gao et al. 2025 comparison at matched pretraining loss; every circuit number on held-out prompts."
 
     def page_body(self) -> str:
-        rows = [[n, w, f"{t[w]['accuracy']:.2f}", t[w]["nodes"], t[w]["edges"], f"{t[w]['faithfulness']:.3f}",
-                 f"{t[w]['necessity_drop']:.3f}"] for n, t in self.tasks.items() for w in ("sparse", "dense")]
+        rows = [[n, w, _num(t[w]['accuracy'], ".2f"), t[w]["nodes"], t[w]["edges"], _num(t[w]['faithfulness'], ".3f"),
+                 _num(t[w]['necessity_drop'], ".3f")] for n, t in self.tasks.items() for w in ("sparse", "dense")]
         return f"<pre>{html.escape(self.summary())}</pre>" + table(
             ["task", "model", "accuracy", "nodes", "edges", "faithfulness", "necessity drop"], rows)
+
+
+def _num(x, spec: str) -> str:
+    """A number for the summary; NaN (null in a saved JSON) prints as n/a."""
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return f"{'n/a':>{width or 0}}"
+    return format(x, spec)
 
 
 def _ratio(a: int, b: int) -> float:

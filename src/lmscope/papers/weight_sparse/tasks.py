@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lmscope.circuits import TaskSet
+from lmscope.circuits import TaskSet, load_circuit_task
 from lmscope.core.errors import InputError, LmscopeError
 from lmscope.papers.weight_sparse.checkpoints import open_model
 from lmscope.results import Result
@@ -145,6 +145,27 @@ def build_task(tokenizer, name: str, n: int = 200, split: str = "test", seed: in
     c, k, a, w, tids = (list(x) for x in zip(*rows))
     return TaskSet(name, c, k, a, w, "logit_diff", sum(filtered.values()), filtered, tids,
                    info={"split": split, "seed": seed, "source": "lmscope.papers.weight_sparse.tasks"})
+
+
+def both_ways(task):
+    """Each pair as two prompts: the clean prompt with its answer, and the corrupt prompt with the other token as its
+    answer (its pair the clean prompt), so both answers are equally common and a model that always says one token
+    gets accuracy 0.5 and binary cross-entropy ~log 2. Circuits are pruned and scored on these: on the clean prompts
+    alone (one answer for most tasks) the empty circuit of a model that always says that token is 'faithful'."""
+    return TaskSet(task.name, task.clean + task.corrupt, task.corrupt + task.clean, task.answer + task.wrong,
+                   task.wrong + task.answer, task.metric_name, task.n_filtered, task.filtered,
+                   task.templates + task.templates, info={**task.info, "both_ways": True})
+
+
+def circuit_task_builder(name: str, n: int, seed: int):
+    """model -> (task to prune on, held-out task or None). The Python tasks of lmscope.papers.weight_sparse.tasks
+    come as a train-words task and a test-words task of n prompts each (n // 2 pairs, both ways: tasks.both_ways);
+    lmscope's built-in circuit tasks as one task, which pruning splits."""
+    if name in SPARSE_TASKS:
+        half = max(1, n // 2)
+        return lambda model: (both_ways(build_task(model.tokenizer, name, n=half, split="train", seed=seed)),
+                              both_ways(build_task(model.tokenizer, name, n=half, split="test", seed=seed)))
+    return lambda model: (load_circuit_task(model, name, n=n, seed=seed), None)
 
 
 def _check(tok, t: Template, slots: dict, clean: str, corrupt: str, seen: set):
