@@ -20,6 +20,7 @@ LMSCOPE_README=<file> runs the commands of another copy of the README (to try pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -72,9 +73,9 @@ OVERRIDES = {
     "neuron": ["--tokens", "2000"],                                   # README: 100,000 corpus tokens
     "knowledge-neurons": ["--prompts", "4", "--steps", "2", "--sweep", "1,5"],   # 16 prompts, 10 IG steps, k to 500
     "steer": ["--max-new-tokens", "4", "--kl-tokens", "64"],          # 30 greedy tokens, 512 KL tokens
-    "direction extract": ["--batch-size", "64"],                      # fewer, larger passes over the prompt set
+    "direction extract": ["--batch-size", "64", "--layers", "0,18,29"],   # 16 prompts a pass, all 30 layers
     "direction sweep": ["--n-eval", "2", "--batch-size", "64"],        # 16 selection prompts per side
-    "fv": ["--mean-prompts", "4", "--cie-prompts", "2"],             # 32 mean and 20 CIE prompts
+    "fv": ["--mean-prompts", "4", "--cie-prompts", "2", "--layers", "13,17"],   # 32 + 20 prompts, every layer
     "harvest": ["--tokens", "4096", "--shard-tokens", "1024"],       # 2M tokens; several shards all the same
     "sae train": ["--n-tokens", "4096", "--batch-size", "512", "--expansion", "64"],   # 2M tokens, batch 4096;
     # d_sae = 72 x 64 = 4608, the README's (576 x 8), so `sae steer --latent 3685` names a latent that exists
@@ -82,7 +83,7 @@ OVERRIDES = {
     "sae features": ["--tokens", "1024"],                             # 50,000 held-out tokens
     "sae steer": ["--max-new-tokens", "4"],                           # 20 generated tokens
     "sae synthetic": ["--tokens", "4096"],                            # 150,000 samples
-    "patch": ["--n", "4"],                                            # 64 prompts
+    "patch": ["--n", "4", "--layers", "0,12,29"],                     # 64 prompts, every layer
     "attribute": ["--n", "4"],                                        # 32 prompts (default)
     "circuit": ["--n", "16", "--steps", "3", "--random-draws", "2"],   # 200 prompts, 100 steps, 10 draws
     "circuit eval": ["--n", "16", "--random-draws", "2"],             # 200 prompts of a built-in task, 10 draws
@@ -93,11 +94,15 @@ OVERRIDES = {
     "tuned-lens eval": ["--tokens", "128"],                           # 512 tokens
     "icl-regression": ["--tiny"],                                     # 3,000 training steps (the smoke-test size)
     "introspect": ["--concepts", "2", "--max-new-tokens", "4"],       # 10 concepts, 24 tokens per answer
-    "sparse train": ["--preset", "tiny"],                             # the cpu preset trains for ~50 min
+    "sparse train": ["--preset", "tiny", "--ctx", "64"],              # the cpu preset trains for ~50 min; ctx 64:
+    # the windows of prune / bridge / compare (--ctx 64) must fit the model (the tiny preset has 32)
     "sparse tasks": ["--n", "10"],                                    # 200 prompts per task
     "sparse prune": ["--n", "8", "--steps", "4", "--reference", "4"],  # 200 prompts, 200-300 steps, 64 windows
     "sparse circuit": ["--n", "8", "--steps", "4", "--reference", "4"],
-    "sparse bridge": ["--steps", "4", "--train-windows", "8", "--heldout-windows", "4", "--n", "8"],
+    "sparse bridge": ["--steps", "4", "--train-windows", "8", "--heldout-windows", "4", "--n", "8",   # 120-200 steps
+                      "--circuit", "quote.json"],   # the circuit of `sparse prune` with the paper's target: the
+    # tiny model is at chance, so "own loss + 0.1" (runs/ws_quote_circuit.json) is met by an empty circuit, which
+    # has no node to flip
     "sparse compare": ["--n", "8", "--steps", "4", "--heldout-windows", "4", "--reference", "4"],
 }
 
@@ -302,3 +307,36 @@ def test_readme_command_runs(command: Command, tiny_model, workdir, monkeypatch)
         json.loads(out)                 # --json without a file prints the result as strict JSON
     if argv == ["--help"]:
         assert out.rstrip("\n").split("\n") == command.shown, "the README's `lmscope --help` differs"
+
+
+# The README's Python blocks outside the tour (tests/acceptance/test_readme.py runs the tour on the default model):
+# each runs as written on the tiny model, bound to `model`, in the folder where the commands above ran (the harvest
+# block reads their runs/harvest_l12). Costly arguments are replaced, each replacement in BLOCK_OVERRIDES.
+PYTHON_BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S)
+                 if 'model = lmscope.load("smollm2")' not in b]
+BLOCK_OVERRIDES = {
+    "n_tokens=100_000": "n_tokens=2_000",        # record_neurons: 100,000 wiki tokens
+    "concepts=10,": "concepts=2,",                # introspect: 10 concepts x 3 layers x 4 strengths, 24 tokens each
+    "n=200)": "n=16)",                            # load_circuit_task: 200 IOI prompts
+}
+
+
+def test_every_block_override_is_still_in_the_readme():
+    assert len(PYTHON_BLOCKS) >= 5
+    assert all(any(old in b for b in PYTHON_BLOCKS) for old in BLOCK_OVERRIDES), BLOCK_OVERRIDES
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.split("\n", 1)[0][:40])
+def test_readme_python_block_runs(block: str, tiny_model, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    for old, new in BLOCK_OVERRIDES.items():
+        block = block.replace(old, new)
+    namespace = {"model": _loaded(tiny_model)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, "README", "exec"), namespace)
+    assert not namespace["model"].has_hooks()
+
+
+@functools.cache
+def _loaded(spec: str) -> lmscope.Model:
+    return lmscope.load(spec)
