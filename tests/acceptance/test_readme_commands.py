@@ -16,11 +16,14 @@ write (harvest -> sae train -> sae eval; circuit --out -> circuit eval; sparse t
 for later ones. A command whose README output is `lmscope: error: ...` must exit 2 with that one line; every other
 must exit 0 and write every file it names (--html, --json FILE, --out, --graph, --save).
 
+The README's Python blocks outside the tour (test_readme.py runs the tour on the default model) then run on the same
+tiny model, bound to `model`, in the same folder (the harvest block reads the harvest command's folder). The tests
+depend on running in file order: select them with -k and a later command may miss an earlier one's files.
+
 LMSCOPE_README=<file> runs the commands of another copy of the README (to try proposed README fixes)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import io
 import json
@@ -226,6 +229,12 @@ def named_outputs(argv: list) -> list:
     return out
 
 
+def prints_json(argv: list) -> bool:
+    """`--json` with no FILE after it: the result goes to stdout."""
+    at = argv.index("--json") + 1 if "--json" in argv else 0
+    return bool(at) and (at == len(argv) or argv[at].startswith("-"))
+
+
 def error_pattern(shown: str) -> re.Pattern:
     """The README's error line as a pattern: another model's name and config hash may stand in the message, and a
     trailing ' ...' means the README cut the line."""
@@ -303,7 +312,7 @@ def test_readme_command_runs(command: Command, tiny_model, workdir, monkeypatch)
     assert code == 0, f"README line {command.line}: exit {code}\n{err[-3000:]}"
     missing = [p for p in named_outputs(argv) if not (workdir / p).exists()]
     assert not missing, f"README line {command.line}: not written: {missing}"
-    if "--json" in argv and argv.index("--json") + 1 in (len(argv), *[i for i, a in enumerate(argv) if a[:1] == "-"]):
+    if prints_json(argv):
         json.loads(out)                 # --json without a file prints the result as strict JSON
     if argv == ["--help"]:
         assert out.rstrip("\n").split("\n") == command.shown, "the README's `lmscope --help` differs"
@@ -327,16 +336,15 @@ def test_every_block_override_is_still_in_the_readme():
 
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.split("\n", 1)[0][:40])
-def test_readme_python_block_runs(block: str, tiny_model, workdir, monkeypatch):
+def test_readme_python_block_runs(block: str, tiny_loaded, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     for old, new in BLOCK_OVERRIDES.items():
         block = block.replace(old, new)
-    namespace = {"model": _loaded(tiny_model)}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(block, "README", "exec"), namespace)
-    assert not namespace["model"].has_hooks()
+        exec(compile(block, "README", "exec"), {"model": tiny_loaded})
+    assert not tiny_loaded.has_hooks()
 
 
-@functools.cache
-def _loaded(spec: str) -> lmscope.Model:
-    return lmscope.load(spec)
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_model) -> lmscope.Model:
+    return lmscope.load(tiny_model)
