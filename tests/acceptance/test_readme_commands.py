@@ -58,6 +58,7 @@ SKIP = {
         "output of `lmscope check --model gemma3-270m`",
     "lmscope task T --n 200": "placeholder (T: a task of the table)",
     "lmscope lre --relation NAME --layer 6,12 --train 4 --model smollm2": "placeholder (NAME: a relation)",
+    "lmscope fv --task NAME --json fv.json": "placeholder (NAME: a task of the table)",
     "lmscope sae train": "names the command in prose (its full lines run)",
     "lmscope harvest": "names the command in prose (its full line runs)",
     "lmscope sae": "names the command group in prose",
