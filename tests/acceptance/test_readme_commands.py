@@ -246,11 +246,8 @@ def error_pattern(shown: str) -> re.Pattern:
 
 
 def run_cli(argv: list) -> tuple:
-    """main(argv) -> (exit code, stdout, stderr); torch's thread count is restored (`--threads` sets it).
-    transformers' "Loading weights" bar, which an hf: folder shows on stderr, is off, so an error is one line."""
-    from transformers.utils import logging as hf_logging
-    out, err, threads, bar = io.StringIO(), io.StringIO(), torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    """main(argv) -> (exit code, stdout, stderr); torch's thread count is restored (`--threads` sets it)."""
+    out, err, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = cli_main.main(argv)
@@ -258,8 +255,6 @@ def run_cli(argv: list) -> tuple:
             code = exc.code
         finally:
             torch.set_num_threads(threads)
-            if bar:
-                hf_logging.enable_progress_bar()
     return code, out.getvalue(), err.getvalue()
 
 

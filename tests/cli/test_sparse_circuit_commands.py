@@ -31,6 +31,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["sparse", "compare", "--sparse", str(tmp_path), "--dense", str(tmp_path), "--tasks", "quote-type"]) == 2
     assert "not a model folder" in capsys.readouterr().err
     assert main(["sparse", "prune", "--model", "random:llama", "--task", "no-such-task"]) == 2
+    capsys.readouterr()
+    assert main(["sparse", "prune", "--model", "random:llama", "--task", "quote-type", "--ctx", "4096"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "longer than random:llama's context (256 tokens)" in err
 
 
 def test_bridge_between_two_tiny_models(tmp_path, capsys):

@@ -17,6 +17,7 @@ it. The one opt-in is explicit: `load(..., trust_remote_code=True)` / `--trust-r
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -133,9 +134,10 @@ def _load_hf(name: str, dtype, device_map, trust_remote_code: bool = False):
     elif _looks_like_path(name):
         raise ModelSpecError(f"cannot load '{spec}': the path {folder} does not exist")
     try:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map,
-                                                  trust_remote_code=trust_remote_code)
+        with no_progress_bar():   # stderr stays for lmscope's own lines (an error is one line)
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map,
+                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise ModelSpecError(_hf_load_message(spec, exc)) from exc
     except ValueError as exc:  # transformers asks for trust_remote_code=True (a hub model with custom code)
@@ -244,16 +246,23 @@ def _load_gguf(path: Path, dtype, device_map):
                                                   trust_remote_code=False)
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         _write_float_cache(hf, tok, cached)
-    from transformers.utils import logging as hf_logging
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # loading the float cache takes a second: no bar needed
-    try:
+    with no_progress_bar():  # loading the float cache takes a second: no bar needed
         tok = AutoTokenizer.from_pretrained(cached, trust_remote_code=False)
         hf = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype, device_map=device_map, trust_remote_code=False)
+    return hf, tok
+
+
+@contextlib.contextmanager
+def no_progress_bar():
+    """transformers' loading progress bars off for the block (restored after)."""
+    from transformers.utils import logging as hf_logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-    return hf, tok
 
 
 def _write_float_cache(hf, tok, target: Path) -> None:

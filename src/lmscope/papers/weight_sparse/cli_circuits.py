@@ -118,6 +118,10 @@ def _split_windows(model, split: str, n: int, ctx: int) -> list[list[int]]:
     hash), each file tokenized on its own (any tokenizer: no end-of-text token needed)."""
     if model.tokenizer is None:
         raise InputError(f"{model.spec} has no tokenizer")
+    longest = getattr(model.hf.config, "max_position_embeddings", None)
+    if longest is not None and ctx > longest:
+        raise InputError(f"--ctx {ctx} is longer than {model.spec}'s context ({longest} tokens); pass --ctx {longest} "
+                         f"or less")
     texts = split_texts(split, max_chars=max(200_000, n * ctx * 8))
     windows = [w.input_ids for w in iter_token_windows(model.tokenizer, texts, n_tokens=2 * (n + 1) * ctx, window=ctx)]
     windows = [w for w in windows if len(w) == ctx][:n]
