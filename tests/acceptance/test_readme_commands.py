@@ -63,7 +63,6 @@ SKIP = {
     "lmscope harvest": "names the command in prose (its full line runs)",
     "lmscope sae": "names the command group in prose",
     "lmscope circuit": "names the command in prose (its full lines run)",
-    "lmscope circuit eval": "names the command in prose (its full lines run)",
     "lmscope direction sweep": "names the command in prose (its full lines run)",
     "lmscope sparse train --preset cpu": "names the two `sparse train --preset cpu ... --out` lines, which run",
     "lmscope lab": "a server that runs until Ctrl-C; tests/lab and tests/cli/test_lab_command.py cover it",
