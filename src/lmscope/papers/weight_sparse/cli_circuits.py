@@ -189,12 +189,14 @@ def cmd_circuit(args) -> None:
 
 
 def _top_node(circuit_data: dict, model, task, means) -> tuple[str, tuple]:
-    """The circuit node whose last-token activation separates clean from corrupt prompts most."""
+    """The circuit node whose last-token activation separates the two answers most (the prompts of a both-ways task
+    hold both answers on each side, so clean vs corrupt is not the contrast; without answer labels, clean vs
+    corrupt)."""
     masks = NodeCircuit(model.spec, "", 0, circuit_data["nodes"], {}, {}).masks(model)
     rows = node_activations(model, task, means, masks)
     if not rows:
         raise InputError("the circuit has no nodes to flip")
-    best = max(rows, key=lambda r: abs(r["separation"]))
+    best = max(rows, key=lambda r: abs(r.get("label_separation_last", r["separation"])))
     return best["site"], tuple(best["index"])
 
 
@@ -212,9 +214,9 @@ def cmd_bridge(args) -> None:
         data = load_circuit_nodes(args.circuit, sparse)
         task, held = circuit_task_builder(args.task, args.n, args.seed + 1)(sparse)   # prompts not used to find it
         task = held if held is not None else task
-        task = task.subset(task.largest_group())                              # one token length: positions align
         means = reference_means(sparse, _split_windows(sparse, "validation", 64, args.ctx), node_sites(sparse))
-        site, index = _top_node(data, sparse, task, means)
+        site, index = _top_node(data, sparse, task, means)                 # chosen on every held-out prompt
+        task = task.subset(task.largest_group())                              # one token length: positions align
         layer = int(site.split(".")[1])
         pair = result.pairs[layer]
         result.steering = bridge_steering(dense, sparse, bridges[layer], tuple(pair), task, site, index,
