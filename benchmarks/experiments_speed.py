@@ -184,7 +184,7 @@ def main() -> None:
               f"  speed-up x{row['speedup_median']:.2f}  ({what})", flush=True)
         print("            ", json.dumps(row["results"], default=str)[:400], flush=True)
     report = {"model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(), "rounds": args.rounds,
-              "pending": ["knowledge neurons and LRE: new paths on the science-a branch"], "rows": rows}
+              "elsewhere": ["knowledge neurons, LRE, FV CIE: benchmarks/resume_speedups.py"], "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1, default=str)
