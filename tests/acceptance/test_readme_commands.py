@@ -106,7 +106,9 @@ OVERRIDES = {
                       "--circuit", "quote.json"],   # the circuit of `sparse prune` with the paper's target: the
     # tiny model is at chance, so "own loss + 0.1" (runs/ws_quote_circuit.json) is met by an empty circuit, which
     # has no node to flip
-    "sparse compare": ["--n", "8", "--steps", "4", "--heldout-windows", "4", "--reference", "4"],
+    "sparse compare": ["--n", "8", "--steps", "4", "--heldout-windows", "4", "--reference", "4",
+                       # the tiny preset's 300-token tokenizer has single-token answers for these two tasks only
+                       "--tasks", "single_double_quote,bracket_counting"],
 }
 
 # model specs that load real weights: replaced by the tiny model
