@@ -47,3 +47,19 @@ def test_resumed_sweep_with_position_prefixes_matches_full_runs(family):
                                    torch.tensor(full.raw[kind], dtype=torch.float64), rtol=0, atol=1e-5)
     # the prefix cache splits the attention sums differently: float rounding (1.8e-5 on gemma3, soft-capped)
     assert new.effects["resid_pre"][0][2] == pytest.approx(1.0, abs=5e-5)
+
+
+def test_layer_batches_split_when_rows_are_capped(monkeypatch):
+    import lmscope.circuits.patching as patching
+    m = random_model("llama")
+    kw = dict(sites=["resid_pre", "mlp_out"], batch_size=4)
+    whole = activation_patching(m, _task(), **kw)
+    calls = []
+    original = patching._patch_layers
+    monkeypatch.setattr(patching, "_patch_layers", lambda *a: calls.append(len(a[-2])) or original(*a))
+    monkeypatch.setattr(patching, "MAX_BATCH_ROWS", 8)                 # 4 prompts: 2 layers per pass
+    split = activation_patching(m, _task(), **kw)
+    assert calls and max(calls) == 2
+    for kind in whole.raw:
+        torch.testing.assert_close(torch.tensor(split.raw[kind], dtype=torch.float64),
+                                   torch.tensor(whole.raw[kind], dtype=torch.float64), rtol=1e-5, atol=1e-6)

@@ -116,6 +116,9 @@ class PatchResult(Result, kind="activation_patching"):
         return f"h{x}" if axis == "head" else "all"
 
 
+MAX_BATCH_ROWS = 1024     # layer_batch: prompts x layers of one pass at most (more layers: several passes)
+
+
 def _check_sites(model, sites) -> list[str]:
     if isinstance(sites, str):
         sites = [s for s in sites.replace(",", " ").split()]
@@ -235,16 +238,19 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                 for (i, _), value in zip(cells, metric):
                     sums[i] += value
                 bar.update(len(cells))
-            for (kind, x), cells in by_position.items():
+            per_pass = max(1, MAX_BATCH_ROWS // len(batch_rows))     # layers per pass: bounded memory
+            for (kind, x), all_cells in by_position.items():
                 begin = min(max(first, x), last_start) if prefix_cache else 0
                 if begin > 0 and begin not in prefixes:
                     prefixes[begin] = _Prefix(model, target, mask, begin)
                     prefixed += len(prefixes) == 1
-                metric = _patch_layers(model, task, batch_rows, source, target_acts, target, mask, kind, x,
-                                       [layer for _, layer in cells], prefixes.get(begin))
-                for (i, _), value in zip(cells, metric):
-                    sums[i] += value
-                bar.update(len(cells))
+                for at in range(0, len(all_cells), per_pass):
+                    cells = all_cells[at:at + per_pass]
+                    metric = _patch_layers(model, task, batch_rows, source, target_acts, target, mask, kind, x,
+                                           [layer for _, layer in cells], prefixes.get(begin))
+                    for (i, _), value in zip(cells, metric):
+                        sums[i] += value
+                    bar.update(len(cells))
     bar.close()
     count = len(task)
     m_clean, m_corrupt = clean_sum / count, corrupt_sum / count
