@@ -143,3 +143,15 @@ def test_cli_score_methods_keep_the_top_heads(tmp_path, capsys, method):
     top = sorted(((float(scores[l, h]), l, h) for l in range(3) for h in range(4)), reverse=True)[:4]
     assert got["method"] == method and sorted(got["heads"]) == sorted([l, h] for _, l, h in top)
     assert got["mlps"] == [0, 1, 2] and got["heads_kept"] == 4
+
+
+def test_the_result_names_the_tasks_corruption(setup):
+    m, task, means = setup
+    plain = evaluate_circuit(m, task, means, *gates(m, ["head.0.1"]), n_random=0)
+    assert not any(n.startswith("corruption:") for n in plain.notes)
+    task.info = {"corrupt": "all three names resampled (Wang et al.'s ABC)"}
+    try:
+        named = evaluate_circuit(m, task, means, *gates(m, ["head.0.1"]), n_random=0)
+    finally:
+        del task.info
+    assert "corruption: all three names resampled (Wang et al.'s ABC)" in named.notes

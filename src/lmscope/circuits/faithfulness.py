@@ -200,6 +200,7 @@ def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", 
     reason = (f"the model ({m_full:.6g}) and the empty circuit ({m_empty:.6g}) score the same within "
               f"{UNDEFINED_GAP:g} (relative): there is no effect to normalise by" if undefined else "")
     nan = float("nan")
+    corruption = getattr(task, "info", {}).get("corrupt")     # built-in tasks say how their corrupt prompts differ
     return FaithfulnessResult(
         task=task.name, model=model.spec, method=method, ablation=ablation, n_prompts=len(task),
         heads=[[int(a), int(b)] for a, b in (heads == 1).nonzero().tolist()],
@@ -211,4 +212,5 @@ def evaluate_circuit(model, task, means, heads, mlps, *, method: str = "given", 
         random_std=nan if undefined or not draws else statistics.pstdev(draws) if len(draws) > 1 else 0.0,
         random_draws=draws,
         accuracy_full=float(acc_full.double().mean()), accuracy_circuit=float(acc_c.double().mean()),
-        curve=curve, notes=[], undefined_reason=reason)
+        curve=curve, notes=[f"corruption: {corruption}"] if corruption else [],
+        undefined_reason=reason)
