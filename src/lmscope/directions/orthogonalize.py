@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers.utils import logging as hf_logging
 
 from lmscope.core import __version__
 from lmscope.core.errors import InputError
+from lmscope.core.models.loading import no_progress_bar
 from lmscope.core.models.model import Model
 from lmscope.directions.steering import as_vector
 from lmscope.directions.vector_files import Direction
@@ -109,21 +109,18 @@ def save_model(model, folder, *, metadata: "dict | None" = None, overwrite: bool
     is refused unless overwrite=True (then it is replaced once the new one is complete)."""
     folder = check_output(folder, overwrite=overwrite, folder=True, what="output folder")
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()        # a one-shard write needs no progress bar
     try:
-        model.hf.save_pretrained(tmp, safe_serialization=True)
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(tmp)
-        if metadata is not None:
-            (tmp / "lmscope_orthogonalization.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
-        if folder.exists():                    # empty, or overwrite=True: replaced by the finished folder
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        os.chmod(folder, 0o777 & ~current_umask())
+        with no_progress_bar():                # a one-shard write needs no progress bar
+            model.hf.save_pretrained(tmp, safe_serialization=True)
+            if model.tokenizer is not None:
+                model.tokenizer.save_pretrained(tmp)
+            if metadata is not None:
+                (tmp / "lmscope_orthogonalization.json").write_text(json.dumps(metadata, indent=1), encoding="utf-8")
+            if folder.exists():                    # empty, or overwrite=True: replaced by the finished folder
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+            os.chmod(folder, 0o777 & ~current_umask())
     finally:
-        if bar:
-            hf_logging.enable_progress_bar()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from lmscope.core.errors import InputError
 from lmscope.core.models import load
+from lmscope.core.models.loading import no_progress_bar
 from lmscope.papers.weight_sparse.model import MODEL_TYPE
 from lmscope.results import check_output
 
@@ -52,22 +53,18 @@ def save_folder(folder: Path, model, tokenizer, files: dict, tensors: "dict[str,
     sibling, then each file moved into place (so an existing folder, e.g. the run's own, keeps its other files)."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    from transformers.utils import logging as hf_logging
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a few MB: no bar needed
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name, data in files.items():
-            _write_json(tmp, name, data)
-        for name, named in (tensors or {}).items():
-            save_file({k: v.contiguous() for k, v in named.items()}, str(tmp / name))
-        for item in tmp.iterdir():
-            os.replace(item, folder / item.name)
+        with no_progress_bar():    # a few MB: no bar needed
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name, data in files.items():
+                _write_json(tmp, name, data)
+            for name, named in (tensors or {}).items():
+                save_file({k: v.contiguous() for k, v in named.items()}, str(tmp / name))
+            for item in tmp.iterdir():
+                os.replace(item, folder / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
