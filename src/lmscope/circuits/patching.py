@@ -15,7 +15,6 @@ layer at all positions (a layer x head map). Every patched run is one real forwa
 """
 from __future__ import annotations
 
-import copy
 import html
 import math
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
+from lmscope.core.runs import on_cache, prefix_cache as kv_prefix
 from lmscope.results.base import Result
 from lmscope.circuits.tasks import TaskSet, first_change, task_last_logits
 
@@ -289,22 +289,18 @@ class _Prefix:
 
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, start: int):
         self.model, self.ids, self.mask, self.start = model, ids, mask, start
-        out = model.hf(input_ids=ids[:, :start], attention_mask=mask[:, :start], use_cache=True)
-        self.cache = getattr(out, "cache", None) or out.past_key_values
+        self.cache = kv_prefix(model, ids[:, :start], mask[:, :start])
 
     def logits(self, edits, resume=None, copies: int = 1) -> torch.Tensor:
         """Last-token logits of the target with edits; with copies > 1 every row is repeated that many times in
         place (row b * copies + j), the edits' values and the resumed stream given for the repeated batch."""
         model, start = self.model, self.start
         last_block = f"resid_post.{model.n_layers - 1}"
-        cache = copy.deepcopy(self.cache)        # a forward appends to the cache it is given
         ids, mask = self.ids.repeat_interleave(copies, 0), self.mask.repeat_interleave(copies, 0)
-        if copies > 1:
-            cache.batch_repeat_interleave(copies)
         # the trace counts positions over prefix + suffix, so edits' positions and full-length values (the resumed
         # resid_pre too) apply as is; skipped blocks leave their cache layers as they are, which nothing reads
         with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
-            model.hf(input_ids=ids[:, start:], attention_mask=mask, cache=cache, use_cache=True)
+            model.hf(input_ids=ids[:, start:], attention_mask=mask, **on_cache(model, self.cache, rows=copies))
         last = mask.sum(1) - 1 - start
         return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
 
@@ -317,14 +313,7 @@ def _patch_heads(model, task, rows, source, target_acts, target, mask, layer, he
     value = target_acts[site].repeat_interleave(c, 0).clone()
     for j, h in enumerate(heads):
         value[j::c, :, h] = source[site][:, :, h]
-    resume = (layer, target_acts[f"resid_pre.{layer}"].repeat_interleave(c, 0))
-    if prefix is not None:
-        logits = prefix.logits([replace(site, value)], resume, copies=c)
-    else:
-        logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0),
-                                 [replace(site, value)], resume)
-    metric = task.metric(logits, [r for r in rows for _ in range(c)]).double()
-    return metric.view(len(rows), c).sum(0).tolist()
+    return _copies_metric(model, task, rows, target_acts, target, mask, layer, [replace(site, value)], c, prefix)
 
 
 def _patch_layers(model, task, rows, source, target_acts, target, mask, kind, x, layers, prefix) -> list[float]:
@@ -339,13 +328,17 @@ def _patch_layers(model, task, rows, source, target_acts, target, mask, kind, x,
         where[copy_of_row == j, x] = True
         site = f"{kind}.{layer}"
         patches.append(replace(site, source[site].repeat_interleave(c, 0), positions=where))
-    low = min(layers)
-    resume = (low, target_acts[f"resid_pre.{low}"].repeat_interleave(c, 0))
+    return _copies_metric(model, task, rows, target_acts, target, mask, min(layers), patches, c, prefix)
+
+
+def _copies_metric(model, task, rows, target_acts, target, mask, layer, edits, c, prefix) -> list[float]:
+    """Run c copies of every prompt (row b * c + j) with `edits`, resumed at `layer` from the target's resid_pre
+    (on the prefix cache if given); the metric of copy j summed over the prompts, for each j."""
+    resume = (layer, target_acts[f"resid_pre.{layer}"].repeat_interleave(c, 0))
     if prefix is not None:
-        logits = prefix.logits(patches, resume, copies=c)
+        logits = prefix.logits(edits, resume, copies=c)
     else:
-        logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0), patches,
-                                 resume)
+        logits = _resumed_logits(model, target.repeat_interleave(c, 0), mask.repeat_interleave(c, 0), edits, resume)
     metric = task.metric(logits, [r for r in rows for _ in range(c)]).double()
     return metric.view(len(rows), c).sum(0).tolist()
 

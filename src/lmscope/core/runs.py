@@ -5,7 +5,7 @@
     mean_activations(model, prompts, sites)        their float64 means
     length_groups(model, prompts_or_rows)          batches of equal token length (no padding)
     last_logits(model, prompts_or_rows, edits)     [n, vocab] logits at each prompt's last token
-    prefix_cache(model, ids)                       the key/value cache of a prefix
+    prefix_cache(model, ids, mask=None)            the key/value cache of a prefix
     on_cache(model, cache, rows=1, copies=1, select=None)  forward kwargs that run on a fresh copy of that cache
 """
 from __future__ import annotations
@@ -116,18 +116,18 @@ def last_logits(model, prompts: Sequence, edits=(), *, batch_size: int = 64) -> 
 
 
 def supports_kv_cache(model) -> bool:
-    """Whether the model's forward takes a key/value cache (the weight-sparse paper's model does not)."""
+    """Whether the model's forward takes a key/value cache (every built-in family does; a custom model may not)."""
     params = inspect.signature(model.hf.forward).parameters
     return "cache" in params or "past_key_values" in params
 
 
 @torch.no_grad()
-def prefix_cache(model, ids: torch.Tensor):
-    """The KV cache of a forward over `ids` (no gradient: a prefix is a constant); only the cache is wanted, so only
-    one position's logits are made."""
+def prefix_cache(model, ids: torch.Tensor, mask: "torch.Tensor | None" = None):
+    """The KV cache of a forward over `ids` (with its attention `mask`, if padded; no gradient: a prefix is a
+    constant); only the cache is wanted, so only one position's logits are made."""
     if not supports_kv_cache(model):
         raise InputError(f"{model.spec} keeps no key/value cache; run this method with resume=False")
-    out = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+    out = model.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
     return getattr(out, "cache", None) or out.past_key_values
 
 
