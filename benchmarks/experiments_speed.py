@@ -1,15 +1,16 @@
 """Experiments, old path against new path in the same run: wall time and the numbers each path reports.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiments_speed.py [--model smollm2] [--rounds 2]
-        [--only patching,eap-ig,eap-ig-edges,dose,patchscope,backpatch] [--json FILE]
+        [--only patching,eap-ig,eap-ig-cli,eap-ig-edges,dose,patchscope,backpatch] [--json FILE]
 
 Each experiment runs its old path (what main did before issue 15: a full forward from the embedding for every
-patched run / factor, one interpolation step per pass over every position, one generation per cell) and its new
-path (resume from the cached layer; EAP-IG: batched steps on a prefix cache; batched generations), alternating
-which goes first from round to round, so that a drift in machine speed hits both alike. Reported per experiment: the median over rounds of old / new wall time (each
-round's ratio is measured back to back), the absolute seconds, and the largest difference between the numbers the
-two paths report (0.0 = bit for bit the same). Knowledge neurons and LRE get their new paths on the `science-a`
-branch; their rows run where that code is present (`--only kn,lre`), else they are reported as pending.
+patched run / factor, a clean pass and one interpolation step per pass over every position, one generation per
+cell) and its new path (resume from the cached layer; EAP-IG: batched steps on each prompt's prefix cache, the
+clean run from the last step; batched generations), alternating which goes first from round to round, so that a
+drift in machine speed hits both alike. Reported per experiment: the median over rounds of old / new wall time
+(each round's ratio is measured back to back), the absolute seconds, and the largest difference between the
+numbers the two paths report (0.0 = bit for bit the same). Knowledge neurons, LRE and the function-vector CIE are
+measured by benchmarks/resume_speedups.py.
 """
 from __future__ import annotations
 
@@ -56,6 +57,17 @@ def patching(model, args):
 def eap_ig(model, args):
     task = load_task(model, "ioi", n=args.prompts * 2)
     kw = dict(method="eap-ig", steps=5, batch_size=args.prompts * 2)
+    return _eap_ig_nodes(model, task, kw, f"IOI, {args.prompts * 2} prompts, 5 steps, node scores")
+
+
+def eap_ig_cli(model, args):
+    """`lmscope attribute ioi --method eap-ig` as the README runs it: 32 prompts, batches of 16, 5 steps."""
+    task = load_task(model, "ioi", n=32)
+    return _eap_ig_nodes(model, task, dict(method="eap-ig", steps=5, batch_size=16),
+                         "IOI, 32 prompts in batches of 16, 5 steps, node scores (the attribute command's defaults)")
+
+
+def _eap_ig_nodes(model, task, kw, what):
     old = lambda: attribute(model, task, step_rows=0, prefix_cache=False, **kw)  # noqa: E731
     new = lambda: attribute(model, task, **kw)  # noqa: E731
 
@@ -64,7 +76,7 @@ def eap_ig(model, args):
                 "abs_diff_embed": abs(a.embed - b.embed),
                 "max_abs_head_score": max(abs(v) for row in a.heads for v in row),
                 "top_old": a.top_nodes(3), "top_new": b.top_nodes(3), "notes_new": b.notes}
-    return old, new, compare, f"IOI, {args.prompts * 2} prompts, 5 steps, node scores"
+    return old, new, compare, what
 
 
 def eap_ig_edges(model, args):
@@ -144,7 +156,7 @@ def backpatch_row(model, args):
     return old, new, compare, f"4 queries, layers {layers}, own and control donors"
 
 
-EXPERIMENTS = {"patching": patching, "eap-ig": eap_ig, "eap-ig-edges": eap_ig_edges, "dose": dose, "patchscope": patchscope_row,
+EXPERIMENTS = {"patching": patching, "eap-ig": eap_ig, "eap-ig-cli": eap_ig_cli, "eap-ig-edges": eap_ig_edges, "dose": dose, "patchscope": patchscope_row,
                "backpatch": backpatch_row}
 
 

@@ -32,7 +32,9 @@ def test_batched_steps_equal_one_pass_per_step(family):
     _close([new.embed], [old.embed])
     _close([[v or 0.0 for v in row] for row in new.edges], [[v or 0.0 for v in row] for row in old.edges])
     assert max(abs(v) for row in old.heads for v in row) > 1e-3          # scores that are not all zero
-    assert new.clean_metric == old.clean_metric and new.corrupt_metric == old.corrupt_metric
+    # the batched path's clean run is the alpha = 1 copy of its last pass (a larger batch: float rounding)
+    assert new.clean_metric == pytest.approx(old.clean_metric, rel=1e-5, abs=1e-6)
+    assert new.corrupt_metric == old.corrupt_metric
 
 
 def test_eap_is_untouched_by_step_batching():

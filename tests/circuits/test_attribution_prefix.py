@@ -6,7 +6,7 @@ import torch
 from conftest import random_model
 from lmscope.circuits import attribution
 from lmscope.circuits.attribution import attribute
-from lmscope.circuits.tasks import TaskSet
+from lmscope.circuits.tasks import TaskSet, align_changes
 
 
 def _task(firsts=(4, 5, 4, 6, 4), length=9):
@@ -90,3 +90,41 @@ def test_model_without_kv_cache_runs_the_full_passes(monkeypatch):
     new, lengths = _run(m, task, method="eap-ig", steps=2, edges=True, batch_size=3)
     assert set(lengths) == {9} and not new.notes
     assert {**new.to_json(), "seconds": 0} == {**old.to_json(), "seconds": 0}      # the same path, bit for bit
+
+
+def _ragged_task():
+    """Rows whose first changes differ (2, 6, 6) and the row that changes first is the shortest (5 tokens, the
+    others 9): one shared prefix (2 tokens) would leave 7 positions a pass; each row's own leaves 3."""
+    g = torch.Generator().manual_seed(11)
+    clean = torch.randint(0, 256, (3, 9), generator=g).tolist()
+    clean[0] = clean[0][:5]
+    corrupt = [row[:f] + [(row[f] + 13) % 256] + row[f + 1:] for row, f in zip(clean, (2, 6, 6))]
+    return TaskSet(name="toy", clean=clean, corrupt=corrupt, answer=[30, 31, 32], wrong=[60, 61, 62],
+                   metric_name="logit_diff", n_filtered=0, filtered={}, templates=[0] * 3)
+
+
+def test_align_changes_moves_each_row_to_its_own_first_change():
+    m = random_model("llama")
+    task = _ragged_task()
+    (clean, corrupt, mask, _), = task.batches(m, 3)
+    c, k, msk, pos, start = align_changes(clean, corrupt, mask)
+    assert start == 6 and c.shape == (3, 9)       # 6 columns for the prefixes, 3 for what follows each change
+    assert msk.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1]] + [[1] * 9] * 2
+    assert c[0, 4:].tolist() == task.clean[0] and c[1].tolist() == task.clean[1]
+    assert k[0, 4:].tolist() == task.corrupt[0] and (c[:, :start] == k[:, :start]).all()   # prefixes: no change
+    assert (c[:, start] != k[:, start]).all()                                 # every row's first change at start
+    assert pos.tolist() == [[0, 0, 0, 0, 0, 1, 2, 3, 4]] + [list(range(9))] * 2
+    # a batch where one shared prefix is as short: returned as it is
+    same = align_changes(clean[1:], corrupt[1:], mask[1:])
+    assert same[3] is None and same[4] == 6 and torch.equal(same[0], clean[1:]) and torch.equal(same[2], mask[1:])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen2", "gemma3", "sparse_gpt"])
+def test_rows_with_their_own_prefixes_give_the_full_pass_scores(family):
+    m = random_model(family)
+    task = _ragged_task()
+    kw = dict(method="eap-ig", steps=3, edges=family != "gemma3", batch_size=3)
+    old, _ = _run(m, task, prefix_cache=False, step_rows=0, **kw)
+    new, lengths = _run(m, task, **kw)
+    _close(new, old, edges=family != "gemma3")
+    assert sorted(set(lengths)) == [3, 6]         # the 6 prefix columns once, then 3 positions a pass (not 7)

@@ -18,9 +18,11 @@ resid_post of the last layer for the logits. A head's residual output is z_h W_O
 edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused on
 Gemma, whose post-attention norm makes head outputs non-additive (node scores still work).
 
-Speed: positions before the first token where a batch's clean and corrupt prompts differ add nothing (their
-activation differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache);
-the interpolation steps of a batch run as one pass (step_rows).
+Speed: the positions before a prompt's first token where clean and corrupt differ add nothing (their activation
+differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache; the rows of
+a batch are laid out so that each row's own first change sits at one column, tasks.align_changes); the
+interpolation steps of a batch run as one pass, and the clean run is the alpha = 1 copy of the last one
+(step_rows).
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ from torch import nn
 
 from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError
-from lmscope.core.runs import prefix_cache as cache_of, supports_kv_cache
+from lmscope.core.runs import on_cache, prefix_cache as cache_of, supports_kv_cache
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, first_change, task_last_logits
+from lmscope.circuits.tasks import TaskSet, align_changes, task_last_logits
 
 METHODS = ("eap", "eap-ig")
 
@@ -148,14 +150,18 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
               progress: bool = False) -> AttributionResult:
     """Node (and with edges=True, edge) attribution scores of `task` by EAP or EAP-IG.
     step_rows: EAP-IG runs several interpolation steps of a batch in one forward and backward pass (the batch
-    repeated, one interpolation point per copy), up to this many rows, and edge gradients take one backward per
-    layer for all its heads (batched gradients); 0 runs one step per pass and one backward per head (the old
-    path). The scores are the same up to float rounding (a larger matrix product may sum in another order).
-    prefix_cache: the positions before the first token where a batch's clean and corrupt prompts differ hold the
+    repeated, one interpolation point per copy), up to this many rows; the clean run is not a pass of its own
+    but the alpha = 1 copy of the last pass (EAP: its one pass), whose input is the clean embedding bit for bit;
+    edge gradients take one backward per layer for all its heads (batched gradients). 0 runs a clean pass, one
+    step per pass and one backward per head (the old path). The scores are the same up to float rounding (a
+    larger matrix product may sum in another order).
+    prefix_cache: the positions before the first token where a prompt's clean and corrupt tokens differ hold the
     same activations in the clean run, the corrupt run and every interpolation between them (the models are
     causal), so their activation differences, and their share of every score, are zero: they run once per batch
-    into the model's KV cache and every pass runs the positions after them only. The same scores up to float
-    rounding (attention sums split differently); False, or a model without a KV cache, runs every pass in full."""
+    into the model's KV cache and every pass runs the positions after them only. Where the rows' first changes
+    differ, each row is moved so that its own sits at one column (tasks.align_changes: padding inside the rows,
+    position ids per row). The same scores up to float rounding (attention sums split differently); False, or a
+    model without a KV cache, runs every pass in full."""
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(task, TaskSet):
@@ -172,7 +178,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     mlp_in = [f"resid_pre.{layer}" if model.parallel else f"resid_mid.{layer}" for layer in range(n)]
     head_in = [f"resid_pre.{layer}" for layer in range(n)]
     last = f"resid_post.{n - 1}"
-    base_reads = z_sites + mlp_sites + ["embed", "resid_pre.0"]
+    node_sites = z_sites + mlp_sites + ["resid_pre.0"]
+    base_reads = node_sites + ["embed"]
     grad_reads = list(dict.fromkeys(z_sites + mlp_sites + ["resid_pre.0"]
                                     + (head_in + mlp_in + [last] if edges else [])))
     up, down = _node_names(model) if edges else ([], [])
@@ -183,27 +190,35 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     edge_sum = torch.zeros(len(up), len(down), dtype=torch.float64) if edges else None
     clean_sum = corrupt_sum = 0.0
     cached = prefix_cache and supports_kv_cache(model)
+    reuse = step_rows > 0   # the clean run is the alpha = 1 copy of the last gradient pass, not a pass of its own
     ordered = _by_shared_prefix(task) if cached else task     # the scores are sums over prompts: order is free
     n_batches, prefixed = math.ceil(len(task) / batch_size), 0
     bar = tqdm(total=n_batches * k, unit="pass", desc=method, disable=not progress)
     begin = time.perf_counter()
     for clean, corrupt, mask, rows in ordered.batches(model, batch_size):
-        start = first_change(clean, corrupt, mask) if cached else 0
+        positions, start = None, 0
+        if cached:   # each row's own first change at one column: the columns before it run once
+            clean, corrupt, mask, positions, start = align_changes(clean, corrupt, mask)
         prefixed += start > 0
+        b = len(rows)
         with torch.no_grad():   # from here on every site read holds the positions start.. only
-            prefix = cache_of(model, clean[:, :start]) if start > 0 else None
-            clean_logits, ca = task_last_logits(model, clean, mask, read=base_reads, prefix=prefix)
-            corrupt_logits, ka = task_last_logits(model, corrupt, mask, read=base_reads, prefix=prefix)
-        clean_sum += float(ordered.metric(clean_logits, rows).double().sum())
+            prefix = None if start == 0 else cache_of(model, clean[:, :start], mask[:, :start],
+                                                      None if positions is None else positions[:, :start])
+            corrupt_logits, ka = task_last_logits(model, corrupt, mask, read=base_reads, prefix=prefix,
+                                                  positions=positions)
+            if not reuse:
+                clean_logits, ca = task_last_logits(model, clean, mask, read=base_reads, prefix=prefix,
+                                                    positions=positions)
+            elif method == "eap-ig":
+                ca = {"embed": _embedding(model, clean, mask, prefix, positions)}
         corrupt_sum += float(ordered.metric(corrupt_logits, rows).double().sum())
-        delta = {s: ka[s] - ca[s] for s in base_reads}
         # a no-op scale on z makes the per-head tensor the one the model computes with, so it gets a gradient
         flow = [scale(s, 1.0) for s in z_sites]
         # gradients summed over steps in float32 at least (bfloat16 models too)
-        acc = torch.promote_types(ca[mlp_sites[0]].dtype, torch.float32)
-        g_nodes = [torch.zeros_like(ca[s], dtype=acc) for s in z_sites + mlp_sites + ["resid_pre.0"]]
-        g_in = [torch.zeros_like(ca[mlp_sites[0]], dtype=acc) for _ in down] if edges else []
-        per_pass = 1 if not step_rows or method != "eap-ig" else max(1, min(k, step_rows // len(rows)))
+        acc = torch.promote_types(ka[mlp_sites[0]].dtype, torch.float32)
+        g_nodes = [torch.zeros_like(ka[s], dtype=acc) for s in node_sites]
+        g_in = [torch.zeros_like(ka[mlp_sites[0]], dtype=acc) for _ in down] if edges else []
+        per_pass = 1 if not step_rows or method != "eap-ig" else max(1, min(k, step_rows // b))
         for first in range(1, k + 1, per_pass):
             alphas = [j / k for j in range(first, min(k, first + per_pass - 1) + 1)]
             c = len(alphas)
@@ -216,9 +231,13 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 # an edit's value covers the whole sequence (the trace takes positions start.. of it)
                 edits.append(replace("embed", nn.functional.pad(point, (0, 0, start, 0))))
             logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits, read=grad_reads,
-                                            grad=True, prefix=prefix, copies=c)
+                                            grad=True, prefix=prefix, copies=c,
+                                            positions=None if positions is None else positions.repeat(c, 1))
+            if reuse and alphas[-1] == 1:   # the last copy is the clean run itself (alpha = 1; EAP: every pass)
+                clean_logits = logits[-b:].detach()
+                ca = {s: acts[s][-b:].detach().clone() for s in node_sites}
             metric = ordered.metric(logits, rows * c).sum()
-            nodes = [acts[s] for s in z_sites + mlp_sites + ["resid_pre.0"]]
+            nodes = [acts[s] for s in node_sites]
             grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)
             for total, g in zip(g_nodes, grads):
                 total += _sum_copies(g.detach(), c)
@@ -227,6 +246,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 g_in[-1] += _sum_copies(grads[-1].detach(), c)   # the logits read resid_post of the last block
             del acts, logits, metric, grads
             bar.update(c)
+        clean_sum += float(ordered.metric(clean_logits, rows).double().sum())
+        delta = {s: ka[s] - ca[s] for s in node_sites}
         for layer in range(n):
             head_sum[layer] += (delta[z_sites[layer]] * g_nodes[layer]).double().sum((0, 1, 3)) / k
             mlp_sum[layer] += float((delta[mlp_sites[layer]] * g_nodes[n + layer]).double().sum()) / k
@@ -237,8 +258,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
             edge_sum += out.flatten(1).double() @ gin.flatten(1).double().T / k
     bar.close()
     count = len(task)
-    notes = [f"prefix cache: in {prefixed} of {n_batches} batches the positions before the first token where clean "
-             f"and corrupt differ ran once, every pass the rest"] if prefixed else []
+    notes = [f"prefix cache: in {prefixed} of {n_batches} batches the positions before each prompt's first token "
+             f"where clean and corrupt differ ran once, every pass the rest"] if prefixed else []
     edge_rows = None
     if edges:
         parallel = model.parallel
@@ -248,6 +269,15 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     return AttributionResult(model.spec, task.name, method, k, task.metric_name, count, clean_sum / count,
                              corrupt_sum / count, (head_sum / count).tolist(), (mlp_sum / count).tolist(),
                              embed_sum / count, up, down, edge_rows, time.perf_counter() - begin, notes)
+
+
+def _embedding(model, ids, mask, prefix, positions) -> torch.Tensor:
+    """The embed site of ids' positions after the cached prefix (the pass stops right there)."""
+    start = 0 if prefix is None else prefix.get_seq_length()
+    extra = {} if positions is None else {"position_ids": positions[:, start:]}
+    with model.trace(["embed"], stop_early=True) as tr:
+        model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra, **on_cache(model, prefix))
+    return tr["embed"]
 
 
 def _by_shared_prefix(task: TaskSet) -> TaskSet:

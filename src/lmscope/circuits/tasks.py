@@ -164,22 +164,26 @@ def _mass(probs: torch.Tensor, sets: list[list[int]]) -> torch.Tensor:
 # Running a task
 
 def task_last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), read=(), *, grad: bool = False,
-                     prefix=None, copies: int = 1):
+                     prefix=None, copies: int = 1, positions: "torch.Tensor | None" = None):
     """Logits at each row's last real token [batch, vocab] and the sites read, from one forward pass with edits.
     The pass stops after the last block and unembeds only the last real tokens (through the model's own final
     norm and head), unless an edit or a read needs the final norm or the logits.
     prefix: the KV cache of the first positions of the rows (core.runs.prefix_cache; ids' rows being `copies`
-    copies of the cache's rows, as ids.repeat): only the positions after it run, so the sites read hold those."""
+    copies of the cache's rows, as ids.repeat): only the positions after it run, so the sites read hold those.
+    positions: each token's position id [batch, seq] where rows are padded inside (align_changes); None: the
+    model's own (0, 1, ... after any cache)."""
     touched = [e.site for e in edits if isinstance(e, Edit)] + [r for r in read if isinstance(r, str)]
     late = any(site.kind in ("final_norm", "logits") for site in model.sites(touched)) if touched else False
     last_block = f"resid_post.{model.n_layers - 1}"
     reads = list(read) + ([] if late else [last_block])
     start = 0 if prefix is None else prefix.get_seq_length()
+    extra = {} if positions is None else {"position_ids": positions[:, start:]}
     with torch.set_grad_enabled(grad):
         with model.trace(reads, edits, stop_early=not late, grad=grad) as tr:
-            out = model.hf(input_ids=ids[:, start:], attention_mask=mask, **on_cache(model, prefix, copies=copies))
+            out = model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra,
+                           **on_cache(model, prefix, copies=copies))
         acts = tr.acts()
-        last = mask.sum(1) - 1 - start
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - start       # each row's last real token
         rows = torch.arange(len(last), device=last.device)
         logits = out.logits[rows, last] if late else model.unembed(acts[last_block][rows, last])
     return logits, acts
@@ -191,6 +195,35 @@ def first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor)
     differs = (clean != corrupt).any(0).nonzero()
     first = int(differs[0]) if len(differs) else clean.shape[1]
     return max(0, min(first, int(mask.sum(1).min()) - 1))
+
+
+def align_changes(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", int]:
+    """A right-padded batch laid out so that the tokens where clean and corrupt are the same (each row's tokens
+    before its own first change, kept below its last real token) come first, in columns 0..start-1, and can run
+    once into a KV cache, while every later pass runs the columns from `start` on. Returns (clean, corrupt, mask,
+    positions, start). When the rows' first changes differ, each row gets start - f_i padding columns before its
+    tokens (start: the largest f_i) and positions (each row's own position ids, padding 0), so that the columns
+    after `start` hold only the tokens after each row's own first change; when that would not shorten them (the
+    row that changes first is also the longest), the batch is returned as it is, positions None and start its
+    first_change."""
+    lengths = mask.sum(1)
+    differs = (clean != corrupt) & mask.bool()
+    firsts = torch.where(differs.any(1), differs.int().argmax(1), lengths)
+    firsts = torch.minimum(firsts, lengths - 1).clamp(min=0)
+    start, after = int(firsts.max()), int((lengths - firsts).max())
+    if after >= clean.shape[1] - int(firsts.min()):
+        return clean, corrupt, mask, None, int(firsts.min())
+    column = torch.arange(clean.shape[1], device=clean.device)[None] + (start - firsts)[:, None]   # new column
+    real = mask.bool()
+    rows = torch.arange(len(clean), device=clean.device)[:, None].expand_as(column)
+    out = []
+    for ids in (clean, corrupt, mask):
+        moved = torch.zeros(len(clean), start + after, dtype=ids.dtype, device=ids.device)
+        moved[rows[real], column[real]] = ids[real]
+        out.append(moved)
+    positions = ((out[2].cumsum(1) - 1).clamp(min=0) * out[2]).long()
+    return out[0], out[1], out[2], positions, start
 
 
 def task_logits(model, task: TaskSet, edits=(), *, which: str = "clean", batch_size: int = 32,

@@ -5,7 +5,7 @@
     mean_activations(model, prompts, sites)        their float64 means
     length_groups(model, prompts_or_rows)          batches of equal token length (no padding)
     last_logits(model, prompts_or_rows, edits)     [n, vocab] logits at each prompt's last token
-    prefix_cache(model, ids, mask=None)            the key/value cache of a prefix
+    prefix_cache(model, ids, mask=None, positions=None)   the key/value cache of a prefix
     on_cache(model, cache, rows=1, copies=1, select=None)  forward kwargs that run on a fresh copy of that cache
 """
 from __future__ import annotations
@@ -122,12 +122,15 @@ def supports_kv_cache(model) -> bool:
 
 
 @torch.no_grad()
-def prefix_cache(model, ids: torch.Tensor, mask: "torch.Tensor | None" = None):
-    """The KV cache of a forward over `ids` (with its attention `mask`, if padded; no gradient: a prefix is a
-    constant); only the cache is wanted, so only one position's logits are made."""
+def prefix_cache(model, ids: torch.Tensor, mask: "torch.Tensor | None" = None,
+                 positions: "torch.Tensor | None" = None):
+    """The KV cache of a forward over `ids` (with its attention `mask`, if padded, and its position ids, if the
+    padding is on the left; no gradient: a prefix is a constant); only the cache is wanted, so only one
+    position's logits are made."""
     if not supports_kv_cache(model):
         raise InputError(f"{model.spec} keeps no key/value cache; run this method with resume=False")
-    out = model.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+    extra = {} if positions is None else {"position_ids": positions}
+    out = model.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **extra)
     return getattr(out, "cache", None) or out.past_key_values
 
 
