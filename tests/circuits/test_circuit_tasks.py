@@ -193,6 +193,7 @@ def test_ioi_abc_corruption_resamples_all_three_names(smollm2):
     abc = load_circuit_task(m, "ioi", n=30, seed=1, corruption="abc")
     s2 = load_circuit_task(m, "ioi", n=30, seed=1)
     assert abc.info["corruption"] == "abc" and s2.info["corruption"] == "s2" and "not ABC" in s2.info["corrupt"]
+    assert abc.name == "ioi-abc" and s2.name == "ioi"          # results name the task with its corruption
     for c, k, a, w in zip(abc.clean, abc.corrupt, abc.answer, abc.wrong):
         changed = [i for i, (x, y) in enumerate(zip(c, k)) if x != y]
         assert len(c) == len(k) and len(changed) == 3                  # A, B and S2

@@ -357,7 +357,7 @@ def ioi_task(model, n: int = 200, seed: int = 0, templates=None, corruption: str
     names = _data("ioi_names.json")["names"]
     texts = _data("ioi_templates.json")["templates"]
     allowed = _allowed(templates, len(texts))
-    b = _Builder(model, "ioi", "logit_diff")
+    b = _Builder(model, "ioi" if corruption == "s2" else f"ioi-{corruption}", "logit_diff")
     tok = model.tokenizer
     single = {name: len(tok(" " + name, add_special_tokens=False)["input_ids"]) == 1 for name in names}
     rng = random.Random(seed)
