@@ -268,6 +268,7 @@ CASES = [
     ("tl-train-tokens-zero", "tuned-lens train {M} --tokens 0 --out {d}/t.safetensors"),
     ("tl-train-steps-zero", "tuned-lens train {M} --steps 0 --out {d}/t.safetensors"),
     ("tl-train-lr-nan", "tuned-lens train {M} --lr nan --out {d}/t.safetensors"),
+    ("tl-train-validation-zero", "tuned-lens train {M} --validation-tokens 0 --out {d}/t.safetensors"),
     ("tl-train-out-bad-suffix", "tuned-lens train {M} --out {d}/t.txt"),
     ("tl-train-out-missing-parent", "tuned-lens train {M} --out {d}/missing/t.safetensors"),
     ("tl-train-bad-corpus", "tuned-lens train {M} --corpus nosuch --out {d}/t.safetensors"),

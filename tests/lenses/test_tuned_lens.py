@@ -85,6 +85,15 @@ def test_mismatched_model_or_file_is_one_clear_error(trained, tmp_path):
         TunedLens.load(tmp_path / "missing.safetensors")
     with pytest.raises(InputError, match="positive integer"):
         train_tuned_lens(m, n_tokens=0)
+    with pytest.raises(InputError, match="validation_tokens"):
+        train_tuned_lens(m, n_tokens=100, validation_tokens=0)
+
+
+def test_scale_selection_scores_the_validation_tokens_asked_for(trained):
+    m, lens = trained
+    assert lens.meta["validation_tokens"] == 256                 # the default, scored in full
+    small = train_tuned_lens(m, n_tokens=200, steps=5, validation_tokens=40, seed=0)
+    assert small.meta["validation_tokens"] == 40 and len(small.meta["layer_scales"]) == m.n_layers - 1
 
 
 def test_figure_and_html(trained, tmp_path):

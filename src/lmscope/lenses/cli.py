@@ -53,11 +53,12 @@ def cmd_tuned_lens_train(args) -> None:
     out = check_output(args.out, overwrite=args.overwrite, suffixes=(".safetensors",), what="--out")
     check_count("--tokens", args.tokens)
     check_count("--steps", args.steps)
+    check_count("--validation-tokens", args.validation_tokens)
     check_number("--lr", args.lr, positive=True)
     check_corpus(args.corpus)
     model = load_model(args)
     lens = train_tuned_lens(model, args.corpus, n_tokens=args.tokens, steps=args.steps, lr=args.lr,
-                            seed=args.seed, progress=not args.json)
+                            seed=args.seed, validation_tokens=args.validation_tokens, progress=not args.json)
     print(f"lmscope: wrote {lens.save(out, overwrite=args.overwrite)}", file=sys.stderr)
     if args.json not in (None, JSON_STDOUT):   # the lens's metadata (it is not a result: its file is the lens)
         path = write_atomic(check_output(args.json, overwrite=args.overwrite, suffixes=(".json",)),
@@ -137,6 +138,8 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="corpus order and sampled positions (default 0)")
     q.add_argument("--steps", type=int, default=200, help="Adam steps (default 200)")
     q.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    q.add_argument("--validation-tokens", type=int, default=256,
+                   help="tokens of the corpus's validation documents that choose each layer's scale (default 256)")
     q.add_argument("--out", default="tuned_lens.safetensors", metavar="FILE.safetensors",
                    help="where the lens is written (default tuned_lens.safetensors)")
     output_options(q, html=False)

@@ -169,11 +169,14 @@ class TunedLens:
 
 def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, steps: int = 200,
                      positions_per_step: int = 16, lr: float = 1e-3, window: int = 128, batch_windows: int = 4,
-                     seed: int = 0, bf16: bool | None = None, progress: bool = False) -> TunedLens:
-    """Train translators for layers 0..L-2 on the training side of `corpus` (Adam, float32 parameters).
+                     seed: int = 0, bf16: bool | None = None, validation_tokens: int = 256,
+                     progress: bool = False) -> TunedLens:
+    """Train translators for layers 0..L-2 on the training side of `corpus` (Adam, float32 parameters), then
+    choose each layer's scale on `validation_tokens` tokens of its validation side (_select_layer_scales).
     `bf16` runs the unembedding matmuls of the training steps under bfloat16 autocast (default: on CPU, where it
     is ~3x faster); evaluation is always float32."""
-    for name, v in (("steps", steps), ("positions_per_step", positions_per_step), ("batch_windows", batch_windows)):
+    for name, v in (("steps", steps), ("positions_per_step", positions_per_step), ("batch_windows", batch_windows),
+                    ("validation_tokens", validation_tokens)):
         check_count(name, v)
     if model.n_layers < 2:
         raise InputError("a tuned lens needs a model with at least 2 layers")
@@ -219,9 +222,9 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
         raise InputError(f"corpus {corpus!r} gave no training text")
     lens.weight[:n_train] = weight.detach().cpu()
     lens.bias[:n_train] = bias.detach().cpu()
-    identity_layers = _select_layer_scales(model, lens, corpus, window, seed)
+    identity_layers, validated = _select_layer_scales(model, lens, corpus, window, seed, validation_tokens)
     lens.meta.update(corpus=corpus, train_tokens=seen, tokens=seen, seed=seed, steps=step,
-                     identity_layers=identity_layers,
+                     identity_layers=identity_layers, validation_tokens=validated,
                      positions_per_step=positions_per_step, lr=lr, window=window, bf16=bf16,
                      wall_s=round(time.perf_counter() - start, 2), loss_first=round(losses[0], 6),
                      loss_last=round(sum(losses[-10:]) / len(losses[-10:]), 6))
@@ -230,16 +233,18 @@ def train_tuned_lens(model, corpus: str = "wiki", *, n_tokens: int = 20_000, ste
 
 @torch.no_grad()
 def _select_layer_scales(model, lens: "TunedLens", corpus: str, window: int, seed: int,
-                                n_tokens: int = 256) -> list[int]:
+                         n_tokens: int = 256) -> tuple[list[int], int]:
     """Model selection on validation documents (neither trained on nor used by evaluate_tuned_lens): per layer, the
     trained translator scaled by the best of 1, 1/2, 1/4 or 0 (0 = the identity, i.e. the logit lens). Short
     training overshoots at late layers, where the logit lens is already good (Adam moves every layer alike).
-    Returns the layers left at the identity."""
+    Returns the layers left at the identity and the number of validation positions scored."""
     scales = (1.0, 0.5, 0.25, 0.0)
     trained_w, trained_b = lens.weight.clone(), lens.bias.clone()
     sums = torch.zeros(len(scales), model.n_layers - 1, dtype=torch.float64)
+    scored = 0
     for rows in _batches(model, corpus, n_tokens, window, 4, seed, "validation"):
         resid, logp, _ = _forward(model, rows)
+        scored += logp.shape[0]
         p = logp.exp()
         for layer in range(model.n_layers - 1):
             for k, scale in enumerate(scales):
@@ -251,7 +256,7 @@ def _select_layer_scales(model, lens: "TunedLens", corpus: str, window: int, see
         scale = scales[int(best[layer])]
         lens.weight[layer], lens.bias[layer] = trained_w[layer] * scale, trained_b[layer] * scale
     lens.meta["layer_scales"] = [scales[int(k)] for k in best]
-    return [layer for layer in range(model.n_layers - 1) if scales[int(best[layer])] == 0.0]
+    return [layer for layer in range(model.n_layers - 1) if scales[int(best[layer])] == 0.0], scored
 
 
 @dataclass
