@@ -47,6 +47,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, architecture):
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), name
     assert resumed.n_steps == whole.n_steps == 14 and resumed.n_tokens == whole.n_tokens
+    assert resumed.resumed_from == 8 and whole.resumed_from == 0 and "resumed from" in resumed.summary()
     assert [h["fvu"] for h in resumed.history] == [h["fvu"] for h in whole.history]
 
 

@@ -54,6 +54,7 @@ class TrainResult(Result, kind="sae_train"):
     world_size: int
     out: str = ""
     final: dict = field(default_factory=dict)   # mean of the last logged rows: fvu, l0, dead_frac
+    resumed_from: int = 0                        # the checkpoint's step this run continued from (0: a fresh start)
     sae: InitVar["SAE | None"] = None            # the trained SAE (result.sae); not in the JSON, None when read back
 
     @property
@@ -91,7 +92,9 @@ class TrainResult(Result, kind="sae_train"):
                 f"({self.n_steps} steps, {self.world_size} rank(s)) in {self.wall_s:.1f} s: "
                 f"{self.tokens_per_s:.0f} tokens/s overall, {self.n_tokens / max(self.step_s, 1e-9):.0f} tokens/s "
                 f"in SAE steps\nlast steps: FVU {f.get('fvu', float('nan')):.4f}  L0 {f.get('l0', float('nan')):.1f}"
-                f"  dead {f.get('dead_frac', float('nan')):.1%}" + (f"\nsaved to {self.out}" if self.out else ""))
+                f"  dead {f.get('dead_frac', float('nan')):.1%}"
+                + (f"\nresumed from the checkpoint of step {self.resumed_from}" if self.resumed_from else "")
+                + (f"\nsaved to {self.out}" if self.out else ""))
 
 
 def _allreduce(t: torch.Tensor, op=None) -> torch.Tensor:
@@ -170,10 +173,11 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
     history, step_s, tokens, dropped, wall_before = [], 0.0, 0, 0, 0.0
     batches = chain(first, stream)
-    step = 0
+    step = resumed_from = 0
     if resume is not None:      # the state at the checkpoint; the stream replayed up to it (same seed, same order)
         state = load_sae_checkpoint(resume, sae, opt, sched, since_fired)
         step, tokens, dropped = state["step"], state["tokens"], state["dropped"]
+        resumed_from = step
         history, step_s, wall_before = state["history"], state["step_s"], state["wall_s"]
         for _ in range(step):
             next(batches, None)
@@ -238,7 +242,7 @@ def train_sae(cfg: TrainConfig, source: Source, *, progress: bool = True, device
     final["outlier_rows_dropped"] = dropped
     final["max_norm"] = sae_cfg.max_norm
     result = TrainResult(cfg, sae_cfg.to_json(), history, tokens, step, wall, step_s, world, cfg.out, final,
-                         sae=sae)
+                         resumed_from, sae=sae)
     if rank == 0 and cfg.out:
         if not Path(cfg.out, CONFIG).is_file():
             _start_folder(cfg, overwrite)
