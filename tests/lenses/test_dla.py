@@ -6,7 +6,10 @@ import torch
 import lmscope
 from conftest import random_model
 from lmscope.core.errors import InputError
-from lmscope.lenses.dla import direct_logit_attribution
+from lmscope.core.models.random_models import FAMILIES
+from lmscope.lenses.dla import direct_logit_attribution, norm_affine
+from transformers.models.cohere.modeling_cohere import CohereLayerNorm
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +44,28 @@ def test_parts_sum_to_logit_llama():
     e = run.acts["resid_pre.0"][0, -1].double()
     want = float((e * s * norm.weight.detach().double()) @ m.module(m.adapter.lm_head).weight.detach().double()[m.token_id("o")])
     assert r.components[0].name == "embed" and r.components[0].contribution == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parts_sum_to_logit_in_every_family(family):
+    """Every family's final norm is a (Layer|RMS)Norm with a gain, so DLA holds on all of them (Cohere's own
+    mean-centring LayerNorm class included: the norm is probed, not recognised by its class)."""
+    _sum_check(direct_logit_attribution(random_model(family), "hello world", "o"))
+
+
+def test_norm_probe_tells_centred_from_rms():
+    d = 8
+    rms, ln = LlamaRMSNorm(d, eps=1e-6), torch.nn.LayerNorm(d)
+    cohere = CohereLayerNorm(d, eps=1e-5)
+    with torch.no_grad():
+        for norm in (rms, ln, cohere):
+            norm.weight.copy_(torch.linspace(0.5, 2.0, d))
+        ln.bias.copy_(torch.linspace(-1, 1, d))
+    for norm, centred in ((rms, False), (ln, True), (cohere, True)):
+        gain, bias, got, _ = norm_affine(norm, d)
+        assert got == centred, type(norm).__name__
+        torch.testing.assert_close(gain, torch.linspace(0.5, 2.0, d, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    assert norm_affine(ln, d)[1].abs().max() > 0.5 and norm_affine(cohere, d)[1].abs().max() == 0
 
 
 def test_parts_sum_to_logit_gpt2_with_biases(gpt2_biased):

@@ -132,8 +132,9 @@ class DLAResult(Result, kind="direct_logit_attribution"):
 
 def norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
     """(gain, bias, centred, eps) of a (Layer|RMS)Norm module (e.g. the model's final norm), read by probing the
-    module itself with +-v: gain as the model applies it (Gemma's 1 + weight included), float64."""
-    centred = isinstance(norm, nn.LayerNorm)
+    module itself with +-v: gain as the model applies it (Gemma's 1 + weight included), float64. `centred` (a
+    LayerNorm, which subtracts the mean: also one of its own class, as Cohere's) is probed too: a centred norm
+    gives the same output for v and v + 1, an RMSNorm does not (v + 1 = 2, 0, 2, 0, ... has another mean square)."""
     eps = getattr(norm, "eps", None)
     if eps is None:
         eps = getattr(norm, "variance_epsilon", None)
@@ -147,6 +148,9 @@ def norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bo
     v[1::2] = -1                                          # mean 0, mean square 1, variance 1
     with torch.no_grad():
         plus, minus = norm(v[None]).double()[0], norm(-v[None]).double()[0]
+        shifted = norm((v + 1)[None]).double()[0]
+    # RMSNorm's output moves by about |gain| per channel under the shift; rounding is far below a tenth of it
+    centred = bool((shifted - plus).abs().max() <= 0.1 * (plus - minus).abs().max() / 2)
     gain = (plus - minus) / 2 * (1 + float(eps)) ** 0.5 / v.double()
     bias = (plus + minus) / 2
     return gain, bias, centred, float(eps)
