@@ -26,7 +26,6 @@ interpolation steps of a batch run as one pass, and the clean run is the alpha =
 """
 from __future__ import annotations
 
-import html
 import math
 import time
 from dataclasses import dataclass, field
@@ -96,7 +95,7 @@ class AttributionResult(Result, kind="circuit_attribution"):
         return f"Attribution patching - {self.task}"
 
     def page_intro(self) -> str:
-        return html.escape(f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig"
+        return (f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig"
                                                              else "")
                            + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
                            f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")

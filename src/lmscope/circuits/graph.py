@@ -71,7 +71,7 @@ class CircuitGraph(Result, kind="circuit_graph"):
         return f"Circuit graph - {self.task}"
 
     def page_intro(self) -> str:
-        return html.escape(f"{self.model}: nodes by layer, edges weighted by EAP edge scores on {self.n_prompts} "
+        return (f"{self.model}: nodes by layer, edges weighted by EAP edge scores on {self.n_prompts} "
                            f"prompts.")
 
     def page_body(self) -> str:

@@ -15,7 +15,6 @@ layer at all positions (a layer x head map). Every patched run is one real forwa
 """
 from __future__ import annotations
 
-import html
 import math
 import time
 from dataclasses import dataclass, field
@@ -90,7 +89,7 @@ class PatchResult(Result, kind="activation_patching"):
         return f"Activation patching - {self.task}"
 
     def page_intro(self) -> str:
-        return html.escape(f"{self.model}. {self.direction}: "
+        return (f"{self.model}. {self.direction}: "
                            + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
                               else "clean prompts with one corrupt activation put in")
                            + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "

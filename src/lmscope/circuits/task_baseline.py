@@ -1,7 +1,6 @@
 """How well the unedited model does a circuit task: the metric and accuracy on the clean and the corrupt prompts."""
 from __future__ import annotations
 
-import html
 import statistics
 from dataclasses import dataclass, field
 
@@ -40,7 +39,7 @@ class TaskBaseline(Result, kind="circuit_task"):
         return f"Task baseline - {self.task}"
 
     def page_intro(self) -> str:
-        return html.escape(self.summary())
+        return (self.summary())
 
     def page_body(self) -> str:
         rows = [[e["clean"], e["corrupt"], e["answer"], e["wrong"], f"{e['metric']:.3f}"] for e in self.examples]

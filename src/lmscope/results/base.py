@@ -15,7 +15,8 @@
     result                    # in a notebook: its summary and its figure (_repr_html_)
 
 A subclass may add `json_extras()` (derived values for readers of the JSON; ignored by from_json), `figures()`
-(several figures on its page), `page_intro()` and `page_body()` (already-escaped HTML between intro and figures).
+(several figures on its page), `page_intro()` (plain text: the page escapes it) and `page_body()` (already-escaped
+HTML between intro and figures).
 """
 from __future__ import annotations
 

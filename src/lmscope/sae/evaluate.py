@@ -16,7 +16,6 @@ are left untouched in every variant, so the four runs differ only where the SAE 
 """
 from __future__ import annotations
 
-import html
 import sys
 from dataclasses import dataclass
 
@@ -84,7 +83,7 @@ class EvalResult(Result, kind="sae_eval"):
         return "SAE evaluation"
 
     def page_intro(self) -> str:
-        return html.escape(self.summary().replace("\n", "; "))
+        return (self.summary().replace("\n", "; "))
 
     def page_body(self) -> str:
         rows = [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in self.to_json().items()]

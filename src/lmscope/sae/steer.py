@@ -7,7 +7,6 @@ stream, so only the latent's own change reaches the model. Generation is greedy,
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -47,7 +46,7 @@ class SaeSteerResult(Result, kind="sae_steer"):
         return f"Steering with latent {self.latent}"
 
     def page_intro(self) -> str:
-        return html.escape(self.summary().split("\n")[0])
+        return (self.summary().split("\n")[0])
 
     def page_body(self) -> str:
         return table(["run", "continuation"], [["clean", self.clean], [f"{self.mode} {self.value:g}", self.steered]])

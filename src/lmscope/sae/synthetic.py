@@ -9,7 +9,6 @@ cosine with any decoder row, averaged over features ("mean max cosine", Sharkey 
 from __future__ import annotations
 
 import dataclasses
-import html
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -104,7 +103,7 @@ class SyntheticResult(Result, kind="sae_synthetic"):
         return "Synthetic SAE check"
 
     def page_intro(self) -> str:
-        return html.escape(self.summary())
+        return (self.summary())
 
 
 @dataclass

@@ -17,7 +17,6 @@ import os
 import shutil
 import sys
 import time
-import html
 from dataclasses import InitVar, dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -81,7 +80,7 @@ class TrainResult(Result, kind="sae_train"):
         return "SAE training"
 
     def page_intro(self) -> str:
-        return html.escape(self.summary())
+        return (self.summary())
 
     def summary(self) -> str:
         f = self.final
