@@ -61,3 +61,25 @@ def test_graph_page_and_refusal(tmp_path):
     assert len(g.figure().data) >= 3 and "strongest" in g.summary()
     with pytest.raises(InputError):
         circuit_graph(m, task, [])
+
+
+def test_figure_labels_the_strongest_edges_and_bows_edges_within_a_row():
+    from lmscope.circuits.graph import CircuitGraph
+    nodes = ([{"name": "embed", "layer": -1, "y": 1.0, "kind": "embed"}]
+             + [{"name": f"head.{layer}.0", "layer": layer, "y": 0, "kind": "head"} for layer in range(4)]
+             + [{"name": "mlp.3", "layer": 3, "y": 2.5, "kind": "mlp"},
+                {"name": "logits", "layer": 4, "y": 1.0, "kind": "logits"}])
+    edges = [{"src": "head.0.0", "dst": "head.3.0", "score": -2.0},     # along the head-0 row: an arc
+             {"src": "head.2.0", "dst": "logits", "score": 1.0},
+             {"src": "embed", "dst": "head.1.0", "score": 0.1}]
+    fig = CircuitGraph("m", "toy", nodes, edges, 4).figure(labelled_edges=2)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    arc = next(t for t in lines if t.text.startswith("head.0.0 -> head.3.0"))
+    assert len(arc.x) > 2 and max(arc.y) > 0                          # bows above the row
+    assert all(len(t.x) == 2 for t in lines if t is not arc)
+    heads = next(t for t in fig.data if t.name == "head")
+    assert list(heads.hovertext) == [f"head.{layer}.0" for layer in range(4)]
+    assert list(heads.text) == ["0.0", "", "2.0", "3.0"]              # the 2 strongest edges' nodes only
+    assert next(t for t in fig.data if t.name == "embed").text == ("",)
+    assert fig.layout.xaxis.ticktext[0] == "embed" and fig.layout.xaxis.ticktext[-1] == "logits"
+    assert list(fig.layout.yaxis.ticktext) == ["head 0", "MLP"]

@@ -25,6 +25,12 @@ from lmscope.results.base import Result
 from lmscope.circuits.nodes import Node
 
 
+def _short(name: str) -> str:
+    """head.23.3 -> 23.3, mlp.20 -> mlp 20 (the axes give the rest)."""
+    kind, _, rest = name.partition(".")
+    return rest if kind == "head" else f"mlp {rest}" if kind == "mlp" else name
+
+
 @dataclass
 class CircuitGraph(Result, kind="circuit_graph"):
     model: str
@@ -41,30 +47,52 @@ class CircuitGraph(Result, kind="circuit_graph"):
         lines += [f"  {e['src']:>12} -> {e['dst']:<12} {e['score']:+.4f}" for e in self.edges[:n]]
         return "\n".join(lines + self.notes)
 
-    def figure(self, max_edges: int = 80):
+    def figure(self, max_edges: int = 80, labelled_edges: int = 12):
+        """Nodes at (layer, head; the MLP row above the heads), the `max_edges` strongest edges (width ~ |score|;
+        edges within one row bow upwards, so they do not run along it); only the nodes of the `labelled_edges`
+        strongest edges carry a label (head L.h, mlp L), every node names itself on hover."""
         where = {nd["name"]: (nd["layer"], nd["y"]) for nd in self.nodes}
         shown = self.edges[:max_edges]
         top = max((abs(e["score"]) for e in shown), default=1.0) or 1.0
+        labelled = {name for e in shown[:labelled_edges] for name in (e["src"], e["dst"])}
+        n_heads = max((nd["y"] for nd in self.nodes if nd["kind"] == "head"), default=0) + 1
         fig = go.Figure()
         for e in reversed(shown):  # strongest drawn last, on top
             (x0, y0), (x1, y1) = where[e["src"]], where[e["dst"]]
-            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text", showlegend=False,
+            xs, ys = [x0, x1], [y0, y1]
+            if y0 == y1 and abs(x1 - x0) > 1:     # along one row: an arc above it
+                ts = [i / 16 for i in range(17)]
+                xs = [x0 + (x1 - x0) * t for t in ts]
+                ys = [y0 + min(2.0, 0.12 * abs(x1 - x0)) * 4 * t * (1 - t) for t in ts]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="text", showlegend=False,
                                      text=f"{e['src']} -> {e['dst']}: {e['score']:+.4f}",
-                                     line={"width": 0.5 + 6 * abs(e["score"]) / top,
+                                     line={"width": 0.5 + 6 * abs(e["score"]) / top, "shape": "spline",
                                            "color": "rgba(36,113,163,0.6)" if e["score"] < 0
                                            else "rgba(192,57,43,0.6)"}))
-        colours = {"head": "#2471a3", "mlp": "#d68910", "embed": "#555", "logits": "#555"}
+        colours = {"head": "#2471a3", "mlp": "#d68910", "embed": "#1e8449", "logits": "#17202a"}
         for kind in ("embed", "head", "mlp", "logits"):
             nds = [nd for nd in self.nodes if nd["kind"] == kind]
             if nds:
                 fig.add_trace(go.Scatter(x=[nd["layer"] for nd in nds], y=[nd["y"] for nd in nds],
-                                         mode="markers+text", text=[nd["name"] for nd in nds], name=kind,
-                                         textposition="top center", textfont={"size": 8},
+                                         mode="markers+text", name=kind, hoverinfo="text",
+                                         hovertext=[nd["name"] for nd in nds],
+                                         text=[_short(nd["name"]) if nd["name"] in labelled else "" for nd in nds],
+                                         textposition="top center", textfont={"size": 10},
                                          marker={"size": 11, "color": colours[kind], "symbol":
                                                  "square" if kind in ("mlp", "embed", "logits") else "circle"}))
+        layers = [nd["layer"] for nd in self.nodes]
+        first, last = min(layers, default=0), max(layers, default=0)
+        ticks = {nd["layer"]: nd["name"] for nd in self.nodes if nd["kind"] in ("embed", "logits")}
         fig.update_layout(title=f"Circuit graph - {self.task} ({len(self.nodes)} nodes; {len(shown)} strongest "
-                                f"edges: blue supports the answer, red opposes; width ~ |EAP edge score|)",
-                          xaxis_title="layer", yaxis_title="head (MLP above the heads)", width=1200, height=650)
+                                f"edges: blue supports the answer, red opposes; width ~ |EAP edge score|; "
+                                f"labels on the {min(labelled_edges, len(shown))} strongest)",
+                          xaxis={"title": "layer", "tickvals": list(range(first, last + 1)),
+                                 "ticktext": [ticks.get(x, str(x)) for x in range(first, last + 1)],
+                                 "range": [first - 0.7, last + 0.7]},
+                          yaxis={"title": "", "tickvals": list(range(n_heads)) + [n_heads + 0.5],
+                                 "ticktext": [f"head {h}" for h in range(n_heads)] + ["MLP"],
+                                 "range": [-0.6, n_heads + 2.8]},
+                          width=1200, height=650)
         return fig
 
     def title(self) -> str:
