@@ -84,6 +84,25 @@ def test_filter_and_ranking(setup):
     with pytest.raises(InputError, match="no candidate passed"):
         best_direction(c, strict)
     assert strict.figure().data and strict.to_json()["max_kl"] == -1.0
+    assert "No candidate passes the filter" in strict.page_body()
+
+
+def test_figure_shows_the_arditi_filter_quantity_and_one_colour_per_position(tmp_path):
+    m = random_model("llama")
+    pos, neg, sel_p, sel_n = sweep_split(MANY_POS, MANY_NEG, 3, 0)
+    c = contrast(m, pos, neg, last_k=2, probe=False)
+    s = selection_sweep(m, c, None, ["a", "e"], n_eval=3, selection=(sel_p, sel_n), max_kl=1e9,
+                        max_layer_fraction=1.0)
+    fig = s.figure()
+    titles = [a.text for a in fig.layout.annotations]
+    assert any("metric under addition" in t for t in titles)       # the quantity the filter needs > 0
+    by_position = {}
+    for trace in fig.data:
+        by_position.setdefault(trace.name, set()).add(trace.line.color)
+    assert len(by_position) == len(s.positions) == 2 and all(len(c) == 1 for c in by_position.values())
+    assert len({next(iter(c)) for c in by_position.values()}) == 2
+    added = next(t for t in fig.data if t.yaxis == "y2")
+    assert list(added.y) == pytest.approx(s.induce_score[0])
 
 
 def test_bad_input(setup):

@@ -149,8 +149,9 @@ class FaithfulnessResult(Result, kind="circuit_faithfulness"):
         return (f"{self.model}, method {self.method}, {self.n_prompts} prompts.")
 
     def page_body(self) -> str:
-        rows = [["model", self.metric_full], ["empty", self.metric_empty], ["circuit", self.metric_circuit],
-                ["model without circuit", self.metric_without_circuit]]
+        rows = [[run, f"{value:.4f}"] for run, value in (
+            ("model", self.metric_full), ("empty", self.metric_empty), ("circuit", self.metric_circuit),
+            ("model without circuit", self.metric_without_circuit))]
         return f"<pre>{html.escape(self.summary())}</pre>" + table(["run", self.metric_name], rows)
 
 

@@ -87,6 +87,9 @@ class SweepConfig:
     split_seed: int = option(0, "arditi: seed of the build / selection split")
 
 
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
+
+
 @dataclass
 class SweepResult(Result, kind="direction_sweep"):
     model: str
@@ -117,18 +120,31 @@ class SweepResult(Result, kind="direction_sweep"):
         return self.ranking[0] if self.ranking else None
 
     def figure(self):
-        fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=(
-            "induce: add r on negative prompts (toward positive > 0)",
-            "bypass: ablate r on positive prompts (toward negative > 0)",
-            f"{self.kl_direction} (edited = ablated) on {self.kl_prompts}, last token"))
+        """induce, (arditi: the metric under addition, which the filter needs > 0), bypass and KL per layer; dotted
+        lines mark the filter's thresholds."""
+        scored = bool(self.induce_score) and self.protocol == "arditi"
+        titles = ["induce: add r on negative prompts (toward positive > 0)"]
+        titles += ["metric under addition on negative prompts (filter: > 0)"] if scored else []
+        titles += ["bypass: ablate r on positive prompts (toward negative > 0)",
+                   f"{self.kl_direction} (edited = ablated) on {self.kl_prompts}, last token (filter: <= "
+                   f"{self.max_kl})"]
+        rows = len(titles)
+        fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.05, subplot_titles=titles)
         for p, (pos, tok) in enumerate(zip(self.positions, self.position_tokens)):
             name = f"pos {pos} {tok!r}"
-            for row, values in enumerate((self.induce[p], self.bypass[p], self.kl[p]), start=1):
+            panels = [self.induce[p]] + ([self.induce_score[p]] if scored else []) + [self.bypass[p], self.kl[p]]
+            colour = PALETTE[p % len(PALETTE)]                 # one colour per position in every panel
+            for row, values in enumerate(panels, start=1):
                 fig.add_trace(go.Scatter(x=self.layers, y=values, name=name, legendgroup=name,
-                                         showlegend=row == 1, mode="lines+markers"), row, 1)
-        fig.add_hline(y=self.max_kl, line_dash="dot", row=3, col=1)
-        fig.update_xaxes(title_text=f"layer ({self.site_kind})", row=3, col=1)
-        fig.update_layout(height=900, width=950, title=f"Direction selection sweep - {self.model}")
+                                         showlegend=row == 1, mode="lines+markers", line={"color": colour}), row, 1)
+        if scored:
+            fig.add_hline(y=0, line_dash="dot", row=2, col=1)
+        fig.add_hline(y=self.max_kl, line_dash="dot", row=rows, col=1)
+        fig.add_vrect(x0=self.max_layer - 0.5, x1=max(self.layers, default=self.max_layer) + 0.5,
+                      fillcolor="grey", opacity=0.12, line_width=0)      # layers the filter leaves out
+        fig.update_xaxes(title_text=f"layer ({self.site_kind}); shaded: layer >= {self.max_layer}, left out",
+                         row=rows, col=1)
+        fig.update_layout(height=300 * rows, width=950, title=f"Direction selection sweep - {self.model}")
         return fig
 
     def title(self) -> str:
@@ -138,6 +154,9 @@ class SweepResult(Result, kind="direction_sweep"):
         return self._intro()
 
     def page_body(self) -> str:
+        if not self.ranking:
+            return ("<p><b>No candidate passes the filter</b>, so no direction is selected (the panels below show "
+                    "how far each layer is from it).</p>")
         return table(["rank", "layer", "position", "induce", "bypass", "kl"],
                      [[i + 1, c["layer"], c["position"], f"{c['induce']:+.3f}", f"{c['bypass']:+.3f}",
                        f"{c['kl']:.4f}"] for i, c in enumerate(self.ranking[:20])])

@@ -183,7 +183,8 @@ class AgreementExperiment(Result, kind="knowledge_neurons_agreement"):
         fig.update_xaxes(type="log", title_text="top-k 'plural' neurons zeroed")
         fig.update_yaxes(range=[0, 1], title_text="share of plural prompts flipped", secondary_y=False)
         fig.update_yaxes(title_text="log P(correct) - log P(wrong)", secondary_y=True)
-        fig.update_layout(title=f"How many neurons does it take? ({self.model})", height=420, width=780)
+        fig.update_layout(title=f"How many neurons does it take? ({self.model})", height=460, width=820,
+                          legend={"orientation": "h", "y": -0.28, "x": 0})        # clear of the right axis
         return fig
 
 

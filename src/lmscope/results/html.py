@@ -16,8 +16,15 @@ def write_page(path: "str | Path", figures, title: str, intro: str = "", body_ht
              for i, fig in enumerate(figures)]
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>body{{font-family:system-ui,sans-serif;margin:1.5em}} p{{max-width:60em}}</style></head>"
-            f"<body><h2>{html.escape(title)}</h2><p>{html.escape(intro)}</p>{body_html}{''.join(parts)}</body></html>\n")
+            f"<body><h2>{html.escape(title)}</h2>{_intro(intro)}{body_html}{''.join(parts)}</body></html>\n")
     return write_atomic(path, page)
+
+
+def _intro(text: str) -> str:
+    """Plain text as a paragraph; several lines (a result's summary, aligned columns) keep their lines."""
+    if "\n" in text.strip():
+        return f"<pre style='white-space:pre-wrap'>{html.escape(text.strip())}</pre>"
+    return f"<p>{html.escape(text)}</p>"
 
 
 def table(headers: list[str], rows: list[list], long_text: "list[str] | None" = None) -> str:

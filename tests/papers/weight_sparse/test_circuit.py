@@ -180,6 +180,11 @@ def test_circuit_page_activations_are_the_circuit_runs(tmp_path):
     assert "Node circuit" in page and page.count("plotly") > 3
     back = lmscope.results.Result.load(circuit.save(tmp_path / "circuit.json"))
     assert type(back).__name__ == "NodeCircuit" and back.nodes == circuit.nodes and back.n_nodes == circuit.n_nodes
+    # the removal curve is drawn where there is one; an evaluation without one (a circuit read back from its file)
+    # gets no empty figure
+    assert len(circuit.figures()) == 3 and circuit.evaluation["curve"]
+    back.evaluation["curve"] = []
+    assert len(back.figures()) == 2
 
 
 def test_head_attention_reads_the_pattern_at_the_differing_positions():

@@ -184,7 +184,8 @@ def cmd_circuit(args) -> None:
     circuit = NodeCircuit(model.spec, task.name, len(task), data["nodes"], asdict(ev),
                           count_edges(model, masks, list_limit=2000), node_activations(model, task, means, masks),
                           head_attention(model, task, means, masks), data.get("training", {}),
-                          [f"found on {data.get('task')}; evaluated on {len(task)} prompts of seed {args.seed}"])
+                          [f"found on {data.get('task')}; evaluated on {len(task)} prompts of seed {args.seed}",
+                           "no removal curve: a circuit file keeps no gate logits to order its nodes by"])
     emit(args, circuit)
 
 

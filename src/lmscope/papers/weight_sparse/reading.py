@@ -241,7 +241,10 @@ class NodeCircuit(Result, kind="node_circuit"):
         return fig
 
     def figures(self) -> list:
-        return [self.figure(), self.activations_figure(), self.curve_figure()]
+        """The graph, the activations, and the removal curve where there is one (a circuit read back from its file
+        keeps no gate logits to order its nodes by, so its evaluation has no curve)."""
+        return [self.figure(), self.activations_figure()] + ([self.curve_figure()] if self.evaluation.get("curve")
+                                                             else [])
 
     def title(self) -> str:
         return f"Node circuit - {self.task} - {self.model}"

@@ -247,9 +247,11 @@ class TaskAccuracyResult(Result, kind="sparse_task_accuracy"):
     def figure(self):
         import plotly.graph_objects as go
         names = [k for k, v in self.tasks.items() if "accuracy" in v]
-        fig = go.Figure(go.Bar(x=names, y=[self.tasks[k]["accuracy"] for k in names]))
-        fig.add_hline(y=0.5, line_dash="dot")
-        fig.update_layout(title=f"task accuracy: {self.folder}", yaxis_range=[0, 1], height=380, width=800)
+        values = [self.tasks[k]["accuracy"] for k in names]
+        fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside"))
+        fig.add_hline(y=0.5, line_dash="dot", annotation_text="chance 0.5", annotation_position="top right")
+        fig.update_layout(title=f"task accuracy (held-out prompts, balanced over clean and corrupt): {self.folder}",
+                          yaxis={"range": [0, 1.08], "title": "accuracy"}, height=400, width=850)
         return fig
 
 
