@@ -45,6 +45,17 @@ def test_grid_and_decoded_flag():
     j = json.loads(json.dumps(r.to_json()))
     assert j["decoded_source_layers"] == r.decoded_layers() and len(j["cells"]) == 4
     assert "source token decoded" in r.summary()
+    grid = r.figure().data[0]                                   # a source x target grid
+    assert list(grid.x) == ["src 0", "src 1"] and list(grid.y) == ["tgt 1", "tgt 2"]
+
+
+def test_one_target_per_source_is_one_readable_column():
+    m = random_model("gpt2")
+    r = patchscope(m, "hello", layers=[0, 1, 2], max_new_tokens=2)             # the same layer: the diagonal
+    column = r.figure().data[0]
+    assert list(column.x) == ["generation"] and list(column.y) == ["L0 -> L0", "L1 -> L1", "L2 -> L2"]
+    assert [row[0] for row in column.text] == [repr(c.text) for c in r.cells]
+    assert [row[0] for row in column.z] == [1.0 if c.decoded else 0.0 for c in r.cells]
 
 
 def test_bad_input(tmp_path):

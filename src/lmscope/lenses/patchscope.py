@@ -84,6 +84,19 @@ class PatchscopeResult(Result, kind="patchscope"):
         return {"decoded_source_layers": self.decoded_layers()}
 
     def figure(self):
+        """Source x target layers; when each source layer goes to one target layer (the default: the same layer),
+        one readable column of (source -> target, generation) instead of a mostly empty square."""
+        if len({c.source_layer for c in self.cells}) == len(self.cells):
+            cells = sorted(self.cells, key=lambda c: c.source_layer)
+            fig = go.Figure(go.Heatmap(
+                z=[[1.0 if c.decoded else 0.0] for c in cells], x=["generation"],
+                y=[f"L{c.source_layer} -> L{c.target_layer}" for c in cells], text=[[repr(c.text)] for c in cells],
+                texttemplate="%{text}", textfont={"size": 12}, colorscale=[[0, "#f4f4f4"], [1, "#7fb3d5"]], zmin=0,
+                zmax=1, showscale=False, hovertemplate="%{y}<br>%{text}<extra></extra>"))
+            fig.update_layout(title=f"PatchScope: {self.source_token!r} from {self.source_prompt!r} "
+                                    f"(blue: generation starts with it)", yaxis_title="source -> target layer",
+                              height=max(350, 24 * len(cells) + 160), width=760)
+            return fig
         src = sorted({c.source_layer for c in self.cells})
         tgt = sorted({c.target_layer for c in self.cells})
         cell = {(c.source_layer, c.target_layer): c for c in self.cells}
