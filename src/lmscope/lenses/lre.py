@@ -283,7 +283,10 @@ class LreResult(Result, kind="lre"):
                                  name="leave-one-out causality (best rank)", mode="lines+markers", line_dash="dot"))
         fig.add_trace(go.Scatter(x=[self.layer, self.layer], y=[self.faithfulness, self.causality],
                                  mode="markers+text", text=["held-out faithfulness", "held-out causality"],
-                                 textposition="top center", marker={"size": 12, "symbol": "star"},
+                                 # the labels point into the plot, whichever side the chosen layer is on
+                                 textposition="middle left" if self.layer > (min(layers, default=0)
+                                                                             + max(layers, default=0)) / 2
+                                 else "middle right", cliponaxis=False, marker={"size": 12, "symbol": "star"},
                                  name="held-out, at the chosen layer"))
         fig.add_hline(y=self.majority_baseline, line_dash="dash", annotation_text="majority object (held-out)")
         fig.update_layout(title=f"Linear relational embedding: {self.relation} ({self.model})",
