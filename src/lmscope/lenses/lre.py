@@ -51,10 +51,9 @@ from tqdm import tqdm
 
 from lmscope.core import edits
 from lmscope.core.checks import check_count, check_layers, check_numbers, read_text_file
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.errors import InputError
 from lmscope.core.runs import on_cache, prefix_cache, supports_kv_cache
-from lmscope.lenses.patchscope import configured
 from lmscope.results import Result
 
 
@@ -437,7 +436,7 @@ def lre(model, relation: Relation, config: LreConfig | None = None, *, progress:
     resume=False runs the plain path (no resumed passes): the same numbers, slower (for checks and benchmarks)."""
     if not isinstance(relation, Relation):
         raise InputError("give a Relation (load_relation(name) or relation_from_pairs(path, template))")
-    config = configured(LreConfig, config, overrides)
+    config = with_overrides(LreConfig, config, overrides)
     n_train, n_demo, seed = config.n_train, config.n_demo, config.seed
     check_count("n_train", n_train, minimum=2)
     check_count("n_demo", n_demo, minimum=0)

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import torch
 
 from lmscope.core.checks import check_count, check_layers
-from lmscope.core.config import option
+from lmscope.core.config import option, with_overrides
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.core.models.sites import resolve_position
@@ -43,17 +43,6 @@ class PatchscopeConfig:
     layers: "list[int] | None" = option(None, "source layers, comma-separated (None: all)")
     target_layers: "list[int] | None" = option(None, "target layers for a grid (None: target layer = source layer)")
     max_new_tokens: int = option(4, "greedy tokens generated per cell")
-
-
-def configured(cls, config, overrides: dict):
-    """`config` (default: cls()) with keyword overrides; one clear error for an unknown name or a wrong config."""
-    config = cls() if config is None else config
-    if not isinstance(config, cls):
-        raise InputError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise InputError(f"unknown {cls.__name__} option(s): {', '.join(sorted(unknown))}")
-    return dataclasses.replace(config, **overrides)
 
 
 @dataclass
@@ -175,7 +164,7 @@ def _starts_with(text: str, token: str) -> bool:
 def patchscope(model, source_prompt: str, config: PatchscopeConfig | None = None, **overrides) -> PatchscopeResult:
     """Sweep source layers (default: all); target layer = source layer unless `target_layers` gives a grid.
     `config` holds the options (PatchscopeConfig); keyword arguments override its fields (e.g. layers=[3, 6])."""
-    config = configured(PatchscopeConfig, config, overrides)
+    config = with_overrides(PatchscopeConfig, config, overrides)
     position, max_new_tokens = config.position, config.max_new_tokens
     template, placeholder = resolve_template(config.template, config.placeholder)
     check_count("max_new_tokens", max_new_tokens)
