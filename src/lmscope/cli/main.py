@@ -15,6 +15,7 @@ from lmscope.cli import sites as sites_cli
 from lmscope.core.errors import LmscopeError
 from lmscope.directions import cli as directions_cli
 from lmscope.harvest import cli as harvest_cli
+from lmscope.harvest.distributed import leave_group
 from lmscope.icl import cli as icl_cli
 from lmscope.lenses import cli as lenses_cli
 from lmscope.neurons import cli as neurons_cli
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)     # a flag's converter may raise InputError (cli.common.numbers)
         code = args.func(args)     # a command may return its own exit code (lmscope check: 1 on a failed check)
+        leave_group()              # under torchrun: every rank is done; a gloo group left to exit can abort it
     except LmscopeError as exc:
         print(f"lmscope: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

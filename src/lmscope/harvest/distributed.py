@@ -31,6 +31,14 @@ def ensure_group(device: "torch.device | str") -> tuple[int, int]:
     return rank, world
 
 
+def leave_group() -> None:
+    """Destroy the process group, if there is one, once every rank has finished its work: a gloo group left to the
+    interpreter's exit can abort the process while its worker threads are torn down ('terminate called without an
+    active exception', exit -6), though the work itself succeeded."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
