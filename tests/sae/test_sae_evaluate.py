@@ -111,3 +111,18 @@ def test_cli_eval_json_and_bad_sae(tmp_path, capsys):
     assert out["fvu"] < 1e-10
     assert main(["sae", "eval", str(tmp_path / "s"), "--model", "random:gpt2", "--tokens", "300"]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_feature_histogram_shows_the_bins_the_latent_reaches():
+    from lmscope.sae.dashboard import feature_histogram
+    from lmscope.sae.features import LOG_EDGES, Feature
+    edges = [float(e) for e in LOG_EDGES]
+    counts = [0] * (len(edges) + 1)
+    counts[20], counts[22] = 5, 7                       # the underflow bin is counts[0]; bin i+1 starts at edges[i]
+    fig = feature_histogram(Feature(7, 0.1, 0.1, 0.2, {"log10_edges": edges, "counts": counts}, [], [], []))
+    bar = fig.data[0]
+    assert list(bar.y) == [0, 5, 0, 7, 0]               # one empty bin either side of the used range
+    assert bar.x[1] == f"{10 ** edges[19]:.3g}" and sum(bar.y) == 12
+    empty = feature_histogram(Feature(8, 0.0, 0.0, 0.0, {"log10_edges": edges, "counts": [0] * len(counts)},
+                                      [], [], []))
+    assert len(empty.data[0].y) == len(counts)          # a latent that never fired: every bin, all zero

@@ -64,6 +64,10 @@ def feature_histogram(feature: Feature):
     edges = feature.histogram["log10_edges"]
     counts = feature.histogram["counts"]
     labels = [f"<1e{edges[0]:g}"] + [f"{10 ** e:.3g}" for e in edges]
+    used = [i for i, c in enumerate(counts) if c]
+    if used:                       # the bins the latent reaches, one empty bin either side: bars wide enough to read
+        lo, hi = max(0, used[0] - 1), min(len(counts), used[-1] + 2)
+        labels, counts = labels[lo:hi], counts[lo:hi]
     fig = go.Figure(go.Bar(x=labels, y=counts))
     fig.update_layout(title=f"Activation histogram of latent {feature.index} (firing tokens; bins of log10 "
                             f"activation, lower edges)", xaxis_title="activation (normalised units)",
