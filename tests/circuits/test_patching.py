@@ -153,3 +153,28 @@ def test_patch_and_task_cli(tmp_path, capsys):
     empty.write_text("\n")
     assert main(["task", "--pairs", str(empty), "--model", "random:llama"]) == 2
     assert capsys.readouterr().err.strip() == f"lmscope: error: pair file {empty} is empty"
+
+
+def test_prompts_batch_by_their_first_change():
+    """Prompts whose first changes alternate (1, 4, 1, 4) in batches of 2: in the task's order every batch shares a
+    1-token prefix; ordered by first change the second batch shares 4 tokens, so its patched runs are shorter. The
+    numbers are those of the full runs."""
+    m = random_model("llama")
+    g = torch.Generator().manual_seed(9)
+    clean = torch.randint(0, 256, (4, 7), generator=g).tolist()
+    firsts = (1, 4, 1, 4)
+    corrupt = [row[:f] + [(row[f] + 3) % 256] + row[f + 1:] for row, f in zip(clean, firsts)]
+    task = TaskSet("toy", clean, corrupt, [10, 11, 12, 13], [20, 21, 22, 23], "logit_diff", 0, {}, [0] * 4)
+    lengths = []
+    hook = m.hf.register_forward_pre_hook(lambda mod, a, k: lengths.append(k["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    try:
+        r = activation_patching(m, task, ["z", "mlp_out"], per_position=False, direction="noising", batch_size=2)
+    finally:
+        hook.remove()
+    full = activation_patching(m, task, ["z", "mlp_out"], per_position=False, direction="noising", batch_size=2,
+                               prefix_cache=False)
+    assert 3 in lengths                          # 7 - 4 positions after the shared 4-token prefix of prompts 2 and 4
+    for kind in full.raw:
+        torch.testing.assert_close(torch.tensor(r.raw[kind]), torch.tensor(full.raw[kind]), rtol=1e-4, atol=1e-5)
+    assert r.tokens == full.tokens == m.to_str_tokens(clean[0])    # the axis shows the task's first prompt

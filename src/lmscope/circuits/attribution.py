@@ -39,7 +39,7 @@ from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError
 from lmscope.core.runs import on_cache, prefix_cache as cache_of, supports_kv_cache
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, align_changes, task_last_logits
+from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, task_last_logits
 
 METHODS = ("eap", "eap-ig")
 
@@ -190,7 +190,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     clean_sum = corrupt_sum = 0.0
     cached = prefix_cache and supports_kv_cache(model)
     reuse = step_rows > 0   # the clean run is the alpha = 1 copy of the last gradient pass, not a pass of its own
-    ordered = _by_shared_prefix(task) if cached else task     # the scores are sums over prompts: order is free
+    ordered = by_first_change(task) if cached else task     # the scores are sums over prompts: order is free
     n_batches, prefixed = math.ceil(len(task) / batch_size), 0
     bar = tqdm(total=n_batches * k, unit="pass", desc=method, disable=not progress)
     begin = time.perf_counter()
@@ -277,15 +277,6 @@ def _embedding(model, ids, mask, prefix, positions) -> torch.Tensor:
     with model.trace(["embed"], stop_early=True) as tr:
         model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra, **on_cache(model, prefix))
     return tr["embed"]
-
-
-def _by_shared_prefix(task: TaskSet) -> TaskSet:
-    """The task's prompts ordered by the position where clean and corrupt first differ, then by length, so that
-    the prompts of a batch share a prefix as long as their own (and need little padding)."""
-    def key(i: int) -> tuple[int, int]:
-        clean, corrupt = task.clean[i], task.corrupt[i]
-        return next((p for p, (a, b) in enumerate(zip(clean, corrupt)) if a != b), len(clean)), len(clean)
-    return task.subset(sorted(range(len(task)), key=key))
 
 
 def _sum_copies(g: torch.Tensor, copies: int) -> torch.Tensor:

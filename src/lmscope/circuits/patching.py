@@ -27,7 +27,7 @@ from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.core.runs import on_cache, prefix_cache as kv_prefix
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, first_change, task_last_logits
+from lmscope.circuits.tasks import TaskSet, by_first_change, first_change, task_last_logits
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
@@ -140,8 +140,10 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     skip_equal: where the source activation equals the one it would replace (bit for bit, every prompt of the
     batch, take the unpatched run's metric instead of running the identical forward pass again.
     prefix_cache: positions before the first token where clean and corrupt differ are the same in both runs;
-    compute them once per batch (the model's KV cache) and run each patch on the rest only. Equal to the full
-    pass up to float rounding (the attention sums are split differently); prefix_cache=False for bit-exact runs.
+    compute them once per batch (the model's KV cache) and run each patch on the rest only; the prompts are
+    batched in the order of their first change (tasks.by_first_change), so a batch shares a long prefix. Equal to
+    the full pass up to float rounding (the attention sums are split differently, batches hold other prompts);
+    prefix_cache=False for bit-exact runs.
     resume: each patched run starts at the patched layer from the target run's cached resid_pre (the blocks below
     compute exactly what the unpatched run computed), and with prefix_cache at the patched position (a patch at
     position x changes nothing before x). head_batch (with resume): the z patches of one layer run as one batch,
@@ -167,7 +169,9 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
         notes.append(f"prompts differ in length: the layer x position maps use the largest group of one template "
                      f"and one length ({len(rows)} of {len(task)} prompts, template {task.templates[rows[0]]})")
         task = task.subset(rows)
-    seq = len(task.clean[0])
+    seq, shown = len(task.clean[0]), task.clean[0]
+    if prefix_cache:     # the sums are over prompts, so the order is free: batches that share longer prefixes
+        task = by_first_change(task)
     plan = []                                           # (kind, layer, x) per patched run
     for kind in kinds:
         xs = range(model.n_heads) if kind == "z" else (range(seq) if per_position else [None])
@@ -275,7 +279,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                      f"token" + (" (before the patched position, on position maps)" if resume else "")
                      + " were computed once and each patched run computed the rest")
     axes = {k: "head" if k == "z" else ("position" if per_position else "all positions") for k in kinds}
-    tokens = model.to_str_tokens(task.clean[0]) if all(len(c) == seq for c in task.clean) else []
+    tokens = model.to_str_tokens(shown) if all(len(c) == seq for c in task.clean) else []
     return PatchResult(model.spec, task.name, task.metric_name, direction, count, rows, m_clean, m_corrupt,
                        tokens, effects, raw, axes, layers, (len(plan) + 2) * n_batches - skipped,
                        time.perf_counter() - start, notes)

@@ -197,6 +197,16 @@ def first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor)
     return max(0, min(first, int(mask.sum(1).min()) - 1))
 
 
+def by_first_change(task: TaskSet) -> TaskSet:
+    """The task's prompts ordered by the position where clean and corrupt first differ, then by length, so that
+    the prompts of a batch share a prefix nearly as long as their own (and need little padding). For methods whose
+    numbers are sums over prompts, where the order is free."""
+    def key(i: int) -> tuple[int, int]:
+        clean, corrupt = task.clean[i], task.corrupt[i]
+        return next((p for p, (a, b) in enumerate(zip(clean, corrupt)) if a != b), len(clean)), len(clean)
+    return task.subset(sorted(range(len(task)), key=key))
+
+
 def align_changes(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", int]:
     """A right-padded batch laid out so that the tokens where clean and corrupt are the same (each row's tokens
