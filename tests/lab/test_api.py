@@ -234,6 +234,8 @@ def test_papers(client, lab_model):
 
 
 def test_runs_listing_and_reopen(client):
+    """A job reads as done only once its result is in the cache, so the runs listing holds it at once (it used to
+    be written after the status changed: this test failed when run on its own)."""
     wait(client, client.post("/api/jobs/neuron", json={"layer": 2, "index": 1, "n_tokens": 512, "top_k": 2}).json())
     assert any(j["kind"] == "neuron" for j in client.get("/api/jobs").json()["jobs"])
     listing = client.get("/api/runs").json()

@@ -195,6 +195,9 @@ class JobQueue:
         try:
             with Meter(self.model, job):
                 payload = job.run(self.model)
+            job.finished = time.time()
+            if job.use_cache:        # on disk before the job reads as done, so that the runs listing holds it
+                self._store(job, payload)
             job.payload, job.status = payload, "done"
         except Cancelled:
             job.status = "cancelled"
@@ -204,13 +207,14 @@ class JobQueue:
             log.exception("job %s failed", job.id)
             job.status, job.error = "failed", f"internal error ({type(e).__name__}); see the lab's log"
         finally:
-            job.finished = time.time()
+            job.finished = job.finished or time.time()
             job.run = None
-        if job.status == "done" and job.use_cache:
-            record = {"status": "done", "kind": job.kind, "title": job.title, "params": job.params,
-                      "model": self.model_id, "seconds": round(job.finished - job.started, 2),
-                      "tokens": job.tokens, "payload": job.payload, "key": job.key}
-            try:
-                self.cache.put(job.key, record)
-            except (OSError, TypeError, ValueError):
-                log.exception("could not cache job %s", job.id)
+
+    def _store(self, job: Job, payload: dict) -> None:
+        record = {"status": "done", "kind": job.kind, "title": job.title, "params": job.params,
+                  "model": self.model_id, "seconds": round(job.finished - job.started, 2),
+                  "tokens": job.tokens, "payload": payload, "key": job.key}
+        try:
+            self.cache.put(job.key, record)
+        except (OSError, TypeError, ValueError):
+            log.exception("could not cache job %s", job.id)
