@@ -178,3 +178,29 @@ def test_prompts_batch_by_their_first_change():
     for kind in full.raw:
         torch.testing.assert_close(torch.tensor(r.raw[kind]), torch.tensor(full.raw[kind]), rtol=1e-4, atol=1e-5)
     assert r.tokens == full.tokens == m.to_str_tokens(clean[0])    # the axis shows the task's first prompt
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2", "gemma3", "sparse_gpt"])
+def test_rows_with_their_own_prefixes_give_the_full_runs(family):
+    """First changes 2, 6, 6 and the row that changes first the shortest (5 tokens, the others 9), in one batch:
+    each row's unchanged tokens go to the prefix cache (6 columns, padding inside the short row) and every patched
+    run computes 3 positions, not the 7 after a shared 2-token prefix; the numbers are those of the full runs."""
+    m = random_model(family)
+    g = torch.Generator().manual_seed(11)
+    clean = torch.randint(0, 256, (3, 9), generator=g).tolist()
+    clean[0] = clean[0][:5]
+    corrupt = [row[:f] + [(row[f] + 13) % 256] + row[f + 1:] for row, f in zip(clean, (2, 6, 6))]
+    task = TaskSet("toy", clean, corrupt, [30, 31, 32], [60, 61, 62], "logit_diff", 0, {}, [0] * 3)
+    kw = dict(sites=["z", "mlp_out"], per_position=False, direction="noising", batch_size=3)
+    lengths = []
+    hook = m.hf.register_forward_pre_hook(lambda mod, a, k: lengths.append(k["input_ids"].shape[1]),
+                                          with_kwargs=True)
+    try:
+        r = activation_patching(m, task, **kw)
+    finally:
+        hook.remove()
+    full = activation_patching(m, task, prefix_cache=False, **kw)
+    assert sorted(set(lengths)) == [3, 6, 9]       # clean and corrupt runs, the 6-column prefix, the patched runs
+    for kind in full.raw:
+        torch.testing.assert_close(torch.tensor(r.raw[kind]), torch.tensor(full.raw[kind]), rtol=1e-4, atol=1e-5)
+    assert r.clean_metric == pytest.approx(full.clean_metric, rel=1e-5, abs=1e-6)

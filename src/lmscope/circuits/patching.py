@@ -27,7 +27,7 @@ from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
 from lmscope.core.runs import on_cache, prefix_cache as kv_prefix
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, by_first_change, first_change, task_last_logits
+from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, first_change, task_last_logits
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
@@ -141,7 +141,9 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     batch, take the unpatched run's metric instead of running the identical forward pass again.
     prefix_cache: positions before the first token where clean and corrupt differ are the same in both runs;
     compute them once per batch (the model's KV cache) and run each patch on the rest only; the prompts are
-    batched in the order of their first change (tasks.by_first_change), so a batch shares a long prefix. Equal to
+    batched in the order of their first change (tasks.by_first_change), so a batch shares a long prefix, and
+    without position maps each row's own first change sits at one column (tasks.align_changes: padding inside the
+    rows, position ids per row), so the cache holds every row's unchanged tokens. Equal to
     the full pass up to float rounding (the attention sums are split differently, batches hold other prompts);
     prefix_cache=False for bit-exact runs.
     resume: each patched run starts at the patched layer from the target run's cached resid_pre (the blocks below
@@ -183,10 +185,18 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                                + ([f"resid_pre.{layer}" for layer in layers] if resume else [])))
     bar = tqdm(total=len(plan) * math.ceil(len(task) / batch_size), unit="fwd", desc="patching", disable=not progress)
     start = time.perf_counter()
+    # without position maps, each row's own first change can sit at one column (tasks.align_changes): the prefix
+    # cache then holds every row's unchanged tokens and each patched run computes only what follows the change
+    ragged = prefix_cache and not (per_position and any(k != "z" for k in kinds))
     with torch.no_grad():
         for clean, corrupt, mask, batch_rows in task.batches(model, batch_size):
-            clean_logits, clean_acts = task_last_logits(model, clean, mask, read=reads)
-            corrupt_logits, corrupt_acts = task_last_logits(model, corrupt, mask, read=reads)
+            positions, first = None, 0            # first: the prefix cache's length (0: none)
+            if ragged:
+                clean, corrupt, mask, positions, first = align_changes(clean, corrupt, mask)
+            elif prefix_cache:
+                first = first_change(clean, corrupt, mask)
+            clean_logits, clean_acts = task_last_logits(model, clean, mask, read=reads, positions=positions)
+            corrupt_logits, corrupt_acts = task_last_logits(model, corrupt, mask, read=reads, positions=positions)
             clean_sum += float(task.metric(clean_logits, batch_rows).double().sum())
             corrupt_sum += float(task.metric(corrupt_logits, batch_rows).double().sum())
             if direction == "denoising":
@@ -194,7 +204,6 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
             else:
                 source, target, target_acts, target_logits = corrupt_acts, clean, clean_acts, clean_logits
             unpatched = task.metric(target_logits, batch_rows).double().sum()
-            first = first_change(clean, corrupt, mask) if prefix_cache else 0
             last_start = int(mask.sum(1).min()) - 1
             prefixes: dict[int, _Prefix] = {}
             pending: dict[int, list[tuple[int, int]]] = {}     # layer -> (plan index, head) of z patches to run
@@ -222,7 +231,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                     begin = min(max(first, x), last_start)     # the patch at x changes nothing before x
                 from_layer = (layer, target_acts[f"resid_pre.{layer}"]) if resume else None
                 if begin > 0 and begin not in prefixes:       # built at the first patch that needs it
-                    prefixes[begin] = _Prefix(model, target, mask, begin)
+                    prefixes[begin] = _Prefix(model, target, mask, begin, positions)
                     prefixed += len(prefixes) == 1
                 if begin > 0:
                     logits = prefixes[begin].logits([edit], from_layer)
@@ -234,7 +243,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
                 bar.update(1)
             for layer, cells in pending.items():
                 if first > 0 and first not in prefixes:
-                    prefixes[first] = _Prefix(model, target, mask, first)
+                    prefixes[first] = _Prefix(model, target, mask, first, positions)
                     prefixed += len(prefixes) == 1
                 metric = _patch_heads(model, task, batch_rows, source, target_acts, target, mask, layer,
                                       [h for _, h in cells], prefixes.get(first))
@@ -245,7 +254,7 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
             for (kind, x), all_cells in by_position.items():
                 begin = min(max(first, x), last_start) if prefix_cache else 0
                 if begin > 0 and begin not in prefixes:
-                    prefixes[begin] = _Prefix(model, target, mask, begin)
+                    prefixes[begin] = _Prefix(model, target, mask, begin, positions)
                     prefixed += len(prefixes) == 1
                 for at in range(0, len(all_cells), per_pass):
                     cells = all_cells[at:at + per_pass]
@@ -290,9 +299,12 @@ class _Prefix:
     compute only the positions from `start` on. Valid because every position before `start` has the same tokens
     in the clean and the corrupt prompt, hence the same activations in both runs (the models are causal)."""
 
-    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, start: int):
-        self.model, self.ids, self.mask, self.start = model, ids, mask, start
-        self.cache = kv_prefix(model, ids[:, :start], mask[:, :start])
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor, start: int,
+                 positions: "torch.Tensor | None" = None):
+        """positions: each token's position id where the rows are padded inside (tasks.align_changes)."""
+        self.model, self.ids, self.mask, self.start, self.positions = model, ids, mask, start, positions
+        self.cache = kv_prefix(model, ids[:, :start], mask[:, :start],
+                               None if positions is None else positions[:, :start])
 
     def logits(self, edits, resume=None, copies: int = 1) -> torch.Tensor:
         """Last-token logits of the target with edits; with copies > 1 every row is repeated that many times in
@@ -302,9 +314,12 @@ class _Prefix:
         ids, mask = self.ids.repeat_interleave(copies, 0), self.mask.repeat_interleave(copies, 0)
         # the trace counts positions over prefix + suffix, so edits' positions and full-length values (the resumed
         # resid_pre too) apply as is; skipped blocks leave their cache layers as they are, which nothing reads
+        extra = {} if self.positions is None else {
+            "position_ids": self.positions.repeat_interleave(copies, 0)[:, start:]}
         with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
-            model.hf(input_ids=ids[:, start:], attention_mask=mask, **on_cache(model, self.cache, rows=copies))
-        last = mask.sum(1) - 1 - start
+            model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra,
+                     **on_cache(model, self.cache, rows=copies))
+        last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - start       # each row's last real token
         return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
 
 
