@@ -63,6 +63,10 @@ def test_result_methods(llama, tmp_path):
     j = c.to_json()
     assert j["n_positive"] == 5 and len(j["probe_accuracy"]) == 2 and len(j["probe_accuracy"][0]) == 3
     assert "layer" in c.summary() and c.figure().data
+    colours = {}                                                  # one colour per position in every panel
+    for trace in c.figure().data:
+        colours.setdefault(trace.name, set()).add(trace.line.color)
+    assert len(colours) == 2 and all(len(v) == 1 for v in colours.values())
     page = c.save(tmp_path / "c.html")
     assert "plotly" in page.read_text()[:200000].lower()
     assert isinstance(c, Contrast) and c.direction(0, -2, "probe").method == "probe"

@@ -101,7 +101,8 @@ def test_figure_and_html(trained, tmp_path):
     ev = evaluate_tuned_lens(m, lens, n_tokens=100)
     fig = ev.figure()
     assert [t.name for t in fig.data] == ["logit lens", "tuned lens", "logit lens", "tuned lens"]
-    assert list(fig.data[1].y) == ev.kl_tuned
+    assert list(fig.data[1].y) == ev.kl_tuned[:-1]         # the KL panel stops before the last layer: 0 there
+    assert ev.kl_tuned[-1] == pytest.approx(0.0, abs=1e-9) and list(fig.data[3].y) == ev.ppl_tuned
     page = ev.save(tmp_path / "ev.html").read_text()
     assert "Tuned lens" in page
 

@@ -39,6 +39,7 @@ from lmscope.core.runs import mean_activations, prompt_rows, token_index
 from lmscope.directions.probes import fit_probe
 from lmscope.directions.vector_files import Direction
 from lmscope.results.base import Result
+from lmscope.results.html import PALETTE
 
 
 def difference_of_means(model, positive: Sequence[str], negative: Sequence[str], site, *,
@@ -181,20 +182,22 @@ class Contrast(Result, kind="contrast"):
                                             "cosine with the difference of means (pca: solid, probe: dotted)"))
         rel = self.dom.norm(dim=-1) / self.resid_norm
         for p, (pos, tok) in enumerate(zip(self.positions, self.position_tokens)):
-            name = f"pos {pos} {tok!r}"
+            name, colour = f"pos {pos} {tok!r}", PALETTE[p % len(PALETTE)]    # one colour per position, all panels
             if self.probe_accuracy is not None:
                 fig.add_trace(go.Scatter(x=self.layers, y=self.probe_accuracy[p].tolist(), name=name,
-                                         legendgroup=name), 1, 1)
+                                         legendgroup=name, line={"color": colour}), 1, 1)
                 fig.add_trace(go.Scatter(x=self.layers, y=self.dom_accuracy[p].tolist(), name=name, legendgroup=name,
-                                         line={"dash": "dot"}, showlegend=False), 1, 1)
+                                         line={"dash": "dot", "color": colour}, showlegend=False), 1, 1)
             fig.add_trace(go.Scatter(x=self.layers, y=rel[p].tolist(), name=name, legendgroup=name,
-                                     showlegend=self.probe_accuracy is None), 2, 1)
+                                     line={"color": colour}, showlegend=self.probe_accuracy is None), 2, 1)
             for method, dash in (("pca", None), ("probe", "dot")):
                 cos = self.cosines(method)
                 if cos is not None:
                     fig.add_trace(go.Scatter(x=self.layers, y=cos[p].tolist(), name=name, legendgroup=name,
-                                             line={"dash": dash}, showlegend=False), 3, 1)
+                                             line={"dash": dash, "color": colour}, showlegend=False), 3, 1)
         fig.update_xaxes(title_text=f"layer ({self.site_kind})", row=3, col=1)
+        if len(self.layers) <= 40:
+            fig.update_xaxes(tickvals=list(self.layers))                  # whole layers only
         fig.update_layout(height=900, width=950, title=f"Contrastive directions - {self.model}: "
                           f"{len(self.positive)} vs {len(self.negative)} prompts"
                           + (" (chat template)" if self.chat else ""))

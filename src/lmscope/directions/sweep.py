@@ -48,7 +48,7 @@ from lmscope.directions.contrast import Contrast, contrast as build_contrast
 from lmscope.directions.steering import ablation_edits
 from lmscope.directions.vector_files import Direction
 from lmscope.results.base import Result
-from lmscope.results.html import table
+from lmscope.results.html import PALETTE, table
 
 
 def token_ids(model, tokens: Sequence[str]) -> list[int]:
@@ -85,9 +85,6 @@ class SweepConfig:
                                      "metric, KL(clean || ablated) on harmless selection prompts (the paper's); "
                                      "same_prompts: the old variant", choices=PROTOCOLS)
     split_seed: int = option(0, "arditi: seed of the build / selection split")
-
-
-PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
 
 
 @dataclass

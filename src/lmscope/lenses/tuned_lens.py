@@ -280,15 +280,19 @@ class TunedLensEval(Result, kind="tuned_lens_eval"):
         return {"tuned_worse": self.tuned_worse}
 
     def figure(self):
+        """KL and perplexity per layer on log axes; the KL panel stops before the last layer, where both lenses are
+        the model's output and the KL is 0 (no point on a log axis)."""
         layers = list(range(len(self.kl_logit)))
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(final || lens), nats", "next-token perplexity"))
-        for col, (a, b) in enumerate(((self.kl_logit, self.kl_tuned), (self.ppl_logit, self.ppl_tuned)), 1):
-            fig.add_trace(go.Scatter(x=layers, y=a, name="logit lens", mode="lines+markers",
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("KL(final || lens), nats (0 at the last layer)",
+                                                            "next-token perplexity"))
+        kl = (self.kl_logit[:-1], self.kl_tuned[:-1])
+        for col, (a, b) in enumerate((kl, (self.ppl_logit, self.ppl_tuned)), 1):
+            fig.add_trace(go.Scatter(x=layers[:len(a)], y=a, name="logit lens", mode="lines+markers",
                                      line={"color": "#1f77b4"}, showlegend=col == 1), row=1, col=col)
-            fig.add_trace(go.Scatter(x=layers, y=b, name="tuned lens", mode="lines+markers",
+            fig.add_trace(go.Scatter(x=layers[:len(b)], y=b, name="tuned lens", mode="lines+markers",
                                      line={"color": "#d62728"}, showlegend=col == 1), row=1, col=col)
         fig.update_yaxes(type="log")
-        fig.update_xaxes(title_text="layer")
+        fig.update_xaxes(title_text="layer", range=[-0.5, len(layers) - 0.5])
         fig.update_layout(title=f"Tuned vs logit lens on held-out {self.corpus!r} text ({self.n_tokens} tokens): "
                                 f"{self.model}", height=450, width=1100)
         return fig

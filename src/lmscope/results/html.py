@@ -9,6 +9,10 @@ import plotly.io as pio
 from lmscope.results.files import write_atomic
 
 
+# colours for series that keep one colour across a figure's panels (plotly's default sequence)
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880")
+
+
 def write_page(path: "str | Path", figures, title: str, intro: str = "", body_html: str = "") -> Path:
     """`body_html` is inserted as is (already escaped) between the intro and the figures."""
     figures = figures if isinstance(figures, (list, tuple)) else [figures]
