@@ -95,10 +95,9 @@ class AttributionResult(Result, kind="circuit_attribution"):
         return f"Attribution patching - {self.task}"
 
     def page_intro(self) -> str:
-        return (f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig"
-                                                             else "")
-                           + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
-                           f"{self.corrupt_metric:.4f}. {' '.join(self.notes)}")
+        return (f"{self.model}, {self.method}" + (f" ({self.steps} steps)" if self.method == "eap-ig" else "")
+                + f", {self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt {self.corrupt_metric:.4f}. "
+                + " ".join(self.notes))
 
     def summary(self, n: int = 10) -> str:
         lines = [f"attribution patching | {self.model} | {self.task} | {self.method}"

@@ -146,7 +146,7 @@ class FaithfulnessResult(Result, kind="circuit_faithfulness"):
         return f"Circuit faithfulness - {self.task}"
 
     def page_intro(self) -> str:
-        return (f"{self.model}, method {self.method}, {self.n_prompts} prompts.")
+        return f"{self.model}, method {self.method}, {self.n_prompts} prompts."
 
     def page_body(self) -> str:
         rows = [[run, f"{value:.4f}"] for run, value in (

@@ -99,8 +99,7 @@ class CircuitGraph(Result, kind="circuit_graph"):
         return f"Circuit graph - {self.task}"
 
     def page_intro(self) -> str:
-        return (f"{self.model}: nodes by layer, edges weighted by EAP edge scores on {self.n_prompts} "
-                           f"prompts.")
+        return f"{self.model}: nodes by layer, edges weighted by EAP edge scores on {self.n_prompts} prompts."
 
     def page_body(self) -> str:
         return f"<pre>{html.escape(self.summary(25))}</pre>"

@@ -90,12 +90,12 @@ class PatchResult(Result, kind="activation_patching"):
 
     def page_intro(self) -> str:
         return (f"{self.model}. {self.direction}: "
-                           + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
-                              else "clean prompts with one corrupt activation put in")
-                           + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "
-                           f"{self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
-                           f"{self.corrupt_metric:.4f}. A cell is null in the JSON where the metric gap is 0 or the "
-                           f"position does not exist. {' '.join(self.notes)}")
+                + ("corrupt prompts with one clean activation put back" if self.direction == "denoising"
+                   else "clean prompts with one corrupt activation put in")
+                + f". Effect = (m(patched) - m(corrupt)) / (m(clean) - m(corrupt)), means over "
+                f"{self.n_prompts} prompts; clean {self.clean_metric:.4f}, corrupt "
+                f"{self.corrupt_metric:.4f}. A cell is null in the JSON where the metric gap is 0 or the "
+                f"position does not exist. {' '.join(self.notes)}")
 
     def summary(self, n: int = 5) -> str:
         lines = [f"activation patching | {self.model} | {self.task} | {self.direction} | {self.n_prompts} prompts | "
@@ -143,9 +143,9 @@ def activation_patching(model, task: TaskSet, sites=("resid_pre", "attn_out", "m
     compute them once per batch (the model's KV cache) and run each patch on the rest only; the prompts are
     batched in the order of their first change (tasks.by_first_change), so a batch shares a long prefix, and
     without position maps each row's own first change sits at one column (tasks.align_changes: padding inside the
-    rows, position ids per row), so the cache holds every row's unchanged tokens. Equal to
-    the full pass up to float rounding (the attention sums are split differently, batches hold other prompts);
-    prefix_cache=False for bit-exact runs.
+    rows, position ids per row), so the cache holds every row's unchanged tokens. Equal to the full pass up to
+    float rounding (the attention sums are split differently, batches hold other prompts); prefix_cache=False for
+    bit-exact runs.
     resume: each patched run starts at the patched layer from the target run's cached resid_pre (the blocks below
     compute exactly what the unpatched run computed), and with prefix_cache at the patched position (a patch at
     position x changes nothing before x). head_batch (with resume): the z patches of one layer run as one batch,

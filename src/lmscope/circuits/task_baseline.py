@@ -39,7 +39,7 @@ class TaskBaseline(Result, kind="circuit_task"):
         return f"Task baseline - {self.task}"
 
     def page_intro(self) -> str:
-        return (self.summary())
+        return self.summary()
 
     def page_body(self) -> str:
         rows = [[e["clean"], e["corrupt"], e["answer"], e["wrong"], f"{e['metric']:.3f}"] for e in self.examples]

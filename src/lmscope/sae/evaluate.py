@@ -83,7 +83,7 @@ class EvalResult(Result, kind="sae_eval"):
         return "SAE evaluation"
 
     def page_intro(self) -> str:
-        return (self.summary().replace("\n", "; "))
+        return self.summary().replace("\n", "; ")
 
     def page_body(self) -> str:
         rows = [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in self.to_json().items()]

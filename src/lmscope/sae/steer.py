@@ -46,7 +46,7 @@ class SaeSteerResult(Result, kind="sae_steer"):
         return f"Steering with latent {self.latent}"
 
     def page_intro(self) -> str:
-        return (self.summary().split("\n")[0])
+        return self.summary().split("\n")[0]
 
     def page_body(self) -> str:
         return table(["run", "continuation"], [["clean", self.clean], [f"{self.mode} {self.value:g}", self.steered]])

@@ -103,7 +103,7 @@ class SyntheticResult(Result, kind="sae_synthetic"):
         return "Synthetic SAE check"
 
     def page_intro(self) -> str:
-        return (self.summary())
+        return self.summary()
 
 
 @dataclass

@@ -80,7 +80,7 @@ class TrainResult(Result, kind="sae_train"):
         return "SAE training"
 
     def page_intro(self) -> str:
-        return (self.summary())
+        return self.summary()
 
     def summary(self) -> str:
         f = self.final
