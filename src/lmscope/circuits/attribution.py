@@ -37,7 +37,7 @@ from torch import nn
 
 from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError
-from lmscope.core.runs import on_cache, prefix_cache as cache_of, supports_kv_cache
+from lmscope.core.runs import on_cache, position_kwargs, prefix_cache as cache_of, supports_kv_cache
 from lmscope.results.base import Result
 from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, task_last_logits
 
@@ -178,8 +178,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     last = f"resid_post.{n - 1}"
     node_sites = z_sites + mlp_sites + ["resid_pre.0"]
     base_reads = node_sites + ["embed"]
-    grad_reads = list(dict.fromkeys(z_sites + mlp_sites + ["resid_pre.0"]
-                                    + (head_in + mlp_in + [last] if edges else [])))
+    grad_reads = list(dict.fromkeys(node_sites + (head_in + mlp_in + [last] if edges else [])))
     up, down = _node_names(model) if edges else ([], [])
     w_o = [_w_o(model, layer) for layer in range(n)] if edges else []
     head_sum = torch.zeros(n, heads, dtype=torch.float64)
@@ -272,9 +271,9 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
 def _embedding(model, ids, mask, prefix, positions) -> torch.Tensor:
     """The embed site of ids' positions after the cached prefix (the pass stops right there)."""
     start = 0 if prefix is None else prefix.get_seq_length()
-    extra = {} if positions is None else {"position_ids": positions[:, start:]}
     with model.trace(["embed"], stop_early=True) as tr:
-        model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra, **on_cache(model, prefix))
+        model.hf(input_ids=ids[:, start:], attention_mask=mask, **position_kwargs(positions, start),
+                 **on_cache(model, prefix))
     return tr["embed"]
 
 

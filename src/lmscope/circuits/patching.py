@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from lmscope.core.edits import replace
 from lmscope.core.errors import InputError
-from lmscope.core.runs import on_cache, prefix_cache as kv_prefix
+from lmscope.core.runs import on_cache, position_kwargs, prefix_cache as kv_prefix
 from lmscope.results.base import Result
-from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, first_change, task_last_logits
+from lmscope.circuits.tasks import (TaskSet, align_changes, by_first_change, first_change, last_real,
+                                    task_last_logits)
 
 POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 DIRECTIONS = ("denoising", "noising")
@@ -314,12 +315,11 @@ class _Prefix:
         ids, mask = self.ids.repeat_interleave(copies, 0), self.mask.repeat_interleave(copies, 0)
         # the trace counts positions over prefix + suffix, so edits' positions and full-length values (the resumed
         # resid_pre too) apply as is; skipped blocks leave their cache layers as they are, which nothing reads
-        extra = {} if self.positions is None else {
-            "position_ids": self.positions.repeat_interleave(copies, 0)[:, start:]}
+        positions = None if self.positions is None else self.positions.repeat_interleave(copies, 0)
         with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
-            model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra,
+            model.hf(input_ids=ids[:, start:], attention_mask=mask, **position_kwargs(positions, start),
                      **on_cache(model, self.cache, rows=copies))
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - start       # each row's last real token
+        last = last_real(mask, start)
         return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
 
 
@@ -367,7 +367,7 @@ def _resumed_logits(model, ids, mask, edits, resume) -> torch.Tensor:
     last_block = f"resid_post.{model.n_layers - 1}"
     with model.trace([last_block], edits, stop_early=True, resume=resume) as tr:
         model.hf(input_ids=ids, attention_mask=mask, use_cache=False)
-    last = mask.sum(1) - 1
+    last = last_real(mask)
     return model.unembed(tr[last_block][torch.arange(len(last), device=last.device), last])
 
 

@@ -44,7 +44,7 @@ import torch
 from lmscope.core.checks import read_text_file
 from lmscope.core.edits import Edit
 from lmscope.core.errors import InputError
-from lmscope.core.runs import on_cache
+from lmscope.core.runs import on_cache, position_kwargs
 
 BUILTIN = ("ioi", "greater-than", "quote-type", "bracket-depth")
 
@@ -177,16 +177,21 @@ def task_last_logits(model, ids: torch.Tensor, mask: torch.Tensor, edits=(), rea
     last_block = f"resid_post.{model.n_layers - 1}"
     reads = list(read) + ([] if late else [last_block])
     start = 0 if prefix is None else prefix.get_seq_length()
-    extra = {} if positions is None else {"position_ids": positions[:, start:]}
     with torch.set_grad_enabled(grad):
         with model.trace(reads, edits, stop_early=not late, grad=grad) as tr:
-            out = model.hf(input_ids=ids[:, start:], attention_mask=mask, **extra,
+            out = model.hf(input_ids=ids[:, start:], attention_mask=mask, **position_kwargs(positions, start),
                            **on_cache(model, prefix, copies=copies))
         acts = tr.acts()
-        last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - start       # each row's last real token
+        last = last_real(mask, start)
         rows = torch.arange(len(last), device=last.device)
         logits = out.logits[rows, last] if late else model.unembed(acts[last_block][rows, last])
     return logits, acts
+
+
+def last_real(mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Each row's last real token [batch], as a column counted from `start` (the columns before it in a KV
+    cache); the padding may be on the right or inside the rows (align_changes)."""
+    return mask.shape[1] - 1 - mask.flip(1).argmax(1) - start
 
 
 def first_change(clean: torch.Tensor, corrupt: torch.Tensor, mask: torch.Tensor) -> int:

@@ -7,6 +7,7 @@
     last_logits(model, prompts_or_rows, edits)     [n, vocab] logits at each prompt's last token
     prefix_cache(model, ids, mask=None, positions=None)   the key/value cache of a prefix
     on_cache(model, cache, rows=1, copies=1, select=None)  forward kwargs that run on a fresh copy of that cache
+    position_kwargs(positions, start=0)            forward kwargs for explicit position ids (rows padded inside)
 """
 from __future__ import annotations
 
@@ -129,9 +130,15 @@ def prefix_cache(model, ids: torch.Tensor, mask: "torch.Tensor | None" = None,
     position's logits are made."""
     if not supports_kv_cache(model):
         raise InputError(f"{model.spec} keeps no key/value cache; run this method with resume=False")
-    extra = {} if positions is None else {"position_ids": positions}
-    out = model.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **extra)
+    out = model.hf(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **position_kwargs(positions))
     return getattr(out, "cache", None) or out.past_key_values
+
+
+def position_kwargs(positions: "torch.Tensor | None", start: int = 0) -> dict:
+    """Keyword arguments for `model.hf(...)` with explicit position ids (rows padded inside, e.g. by
+    circuits.tasks.align_changes) for the columns from `start` on (the ones before it are in a KV cache); {}
+    without positions: the model counts them itself."""
+    return {} if positions is None else {"position_ids": positions[:, start:]}
 
 
 def on_cache(model, cache, rows: int = 1, copies: int = 1, select=None) -> dict:
