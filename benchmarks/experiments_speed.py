@@ -1,7 +1,7 @@
 """Experiments, old path against new path in the same run: wall time and the numbers each path reports.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/experiments_speed.py [--model smollm2] [--rounds 2]
-        [--only patching,eap-ig,eap-ig-cli,eap-ig-edges,dose,patchscope,backpatch] [--json FILE]
+        [--only patching,eap-ig,eap-ig-cli,eap-ig-edges,eap-ig-edges-cli,dose,patchscope,backpatch] [--json FILE]
 
 Each experiment runs its old path (what main did before issue 15: a full forward from the embedding for every
 patched run / factor, a clean pass and one interpolation step per pass over every position, one generation per
@@ -80,8 +80,19 @@ def _eap_ig_nodes(model, task, kw, what):
 
 
 def eap_ig_edges(model, args):
-    task = load_task(model, "ioi", n=args.prompts)
-    kw = dict(method="eap-ig", steps=3, edges=True, batch_size=args.prompts)
+    return _eap_ig_edges(model, load_task(model, "ioi", n=args.prompts),
+                         dict(method="eap-ig", steps=3, edges=True, batch_size=args.prompts),
+                         f"IOI, {args.prompts} prompts, 3 steps, node and edge scores")
+
+
+def eap_ig_edges_cli(model, args):
+    """`lmscope attribute ioi --method eap-ig --edges`: 32 prompts, batches of 16, 5 steps."""
+    return _eap_ig_edges(model, load_task(model, "ioi", n=32), dict(method="eap-ig", steps=5, edges=True, batch_size=16),
+                         "IOI, 32 prompts in batches of 16, 5 steps, node and edge scores (the attribute command's "
+                         "defaults with --edges)")
+
+
+def _eap_ig_edges(model, task, kw, what):
     old = lambda: attribute(model, task, step_rows=0, prefix_cache=False, **kw)  # noqa: E731
     new = lambda: attribute(model, task, **kw)  # noqa: E731
 
@@ -91,7 +102,7 @@ def eap_ig_edges(model, args):
                 "max_abs_diff_mlps": _max_diff(a.mlps, b.mlps),
                 "max_abs_edge_score": max(abs(v) for v in flat(a) if v == v),
                 "top_edges_old": a.top_edges(3), "top_edges_new": b.top_edges(3), "notes_new": b.notes}
-    return old, new, compare, f"IOI, {args.prompts} prompts, 3 steps, node and edge scores"
+    return old, new, compare, what
 
 
 def dose(model, args):
@@ -156,7 +167,8 @@ def backpatch_row(model, args):
     return old, new, compare, f"4 queries, layers {layers}, own and control donors"
 
 
-EXPERIMENTS = {"patching": patching, "eap-ig": eap_ig, "eap-ig-cli": eap_ig_cli, "eap-ig-edges": eap_ig_edges, "dose": dose, "patchscope": patchscope_row,
+EXPERIMENTS = {"patching": patching, "eap-ig": eap_ig, "eap-ig-cli": eap_ig_cli, "eap-ig-edges": eap_ig_edges,
+               "eap-ig-edges-cli": eap_ig_edges_cli, "dose": dose, "patchscope": patchscope_row,
                "backpatch": backpatch_row}
 
 

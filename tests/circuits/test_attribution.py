@@ -7,6 +7,7 @@ from lmscope.circuits.attribution import attribute, compare, spearman
 from lmscope.circuits.patching import activation_patching
 from lmscope.circuits.tasks import TaskSet, task_last_logits
 from lmscope.core.errors import InputError
+from lmscope.core.models.random_models import FAMILIES
 
 
 def _task(n=3, length=5, seed=2):
@@ -28,7 +29,7 @@ def _grad_at(model, task, site, ids, mask, rows):
     return acts[site], leaf.grad
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_eap_node_scores_by_hand(family):
     m = random_model(family)
     task = _task()

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import random_model
-from lmscope.circuits.attribution import attribute
+from lmscope.core.models.random_models import FAMILIES
+from lmscope.circuits.attribution import _EdgePlan, attribute
 from lmscope.circuits.tasks import TaskSet
 
 
@@ -21,17 +22,32 @@ def _close(a, b):
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
-def test_batched_steps_equal_one_pass_per_step(family):
+# the families whose heads' edge gradients go through per-head slices of the q/k/v projections, and whose MLPs
+# read a channel of their own; the others take the masked backward of the old path for that part
+SLICED = {"falcon": False, "falcon_rw": False, "sparse_gpt": False}   # no q/k/v sites; q/k/v after AbsTopK
+CHANNEL = {"falcon": False, "gptj": False, "cohere": False, "stablelm_parallel": False}   # a norm shared with attention
+EDGE_FAMILIES = [f for f in FAMILIES if not f.startswith("gemma")]
+
+
+@pytest.mark.parametrize("family", EDGE_FAMILIES)
+def test_batched_steps_equal_one_pass_per_step(family, monkeypatch):
     m = random_model(family)
+    sliced = []
+    through = _EdgePlan._through_projections
+    monkeypatch.setattr(_EdgePlan, "_through_projections", lambda self, *a: sliced.append(through(self, *a)) or sliced[-1])
     # 5 steps over batches of 3 and 2 prompts, 6 rows a pass: passes of 2 steps, 2 steps and 1 step
     kw = dict(method="eap-ig", steps=5, edges=True, batch_size=3)
-    old, new = attribute(m, _task(), step_rows=0, **kw), attribute(m, _task(), step_rows=6, **kw)
+    old = attribute(m, _task(), step_rows=0, **kw)
+    assert not sliced                                     # the old path: one backward per head and per MLP
+    new = attribute(m, _task(), step_rows=6, **kw)
+    assert bool(sliced) == SLICED.get(family, True)
+    assert all(g is not None for g in sliced)           # every pass had the structure calibrate() found
+    assert bool(_EdgePlan(m, batched=True).mlp_reads) == CHANNEL.get(family, True)
     _close(new.heads, old.heads)
     _close(new.mlps, old.mlps)
     _close([new.embed], [old.embed])
     _close([[v or 0.0 for v in row] for row in new.edges], [[v or 0.0 for v in row] for row in old.edges])
-    assert max(abs(v) for row in old.heads for v in row) > 1e-3          # scores that are not all zero
+    assert max(abs(v) for row in old.heads for v in row) > 1e-5          # scores that are not all zero
     # the batched path's clean run is the alpha = 1 copy of its last pass (a larger batch: float rounding)
     assert new.clean_metric == pytest.approx(old.clean_metric, rel=1e-5, abs=1e-6)
     assert new.corrupt_metric == old.corrupt_metric
@@ -40,3 +56,33 @@ def test_batched_steps_equal_one_pass_per_step(family):
 def test_eap_is_untouched_by_step_batching():
     m = random_model("llama")
     assert attribute(m, _task(), "eap").to_json()["heads"] == attribute(m, _task(), "eap", step_rows=0).to_json()["heads"]
+
+
+def test_heads_are_grouped_into_rounds_that_share_no_slot():
+    # 4 query heads on 2 KV heads (head h reads KV head h // 2): heads of one KV group go to different rounds
+    assert _EdgePlan(random_model("llama"), batched=True).rounds[0][0] == [[0, 2], [1, 3]]
+    assert _EdgePlan(random_model("gpt2"), batched=True).rounds[0][0] == [[0, 1, 2, 3]]      # one KV head each
+    # OLMo 2's q/k norm runs over all heads at once: every head reaches every slot, a round of its own
+    assert _EdgePlan(random_model("olmo2"), batched=True).rounds[0][0] == [[0], [1], [2], [3]]
+
+
+def test_a_path_the_calibration_missed_falls_back_to_the_masked_backward(monkeypatch):
+    m = random_model("llama")
+    kw = dict(method="eap-ig", steps=2, edges=True, batch_size=3)
+    old = attribute(m, _task(), step_rows=0, **kw)
+    calibrate = _EdgePlan.calibrate
+
+    def missed(self, model):      # as if every head read KV head 0 only: the heads of KV head 1 reach a slot unseen
+        calibrate(self, model)
+        for layer, (rounds, (q, k, v)) in enumerate(self.rounds):
+            k, v = torch.zeros_like(k), torch.zeros_like(v)
+            k[:, 0] = v[:, 0] = True
+            self.rounds[layer] = ([[h] for h in range(model.n_heads)], [q, k, v])
+    monkeypatch.setattr(_EdgePlan, "calibrate", missed)
+    results = []
+    through = _EdgePlan._through_projections
+    monkeypatch.setattr(_EdgePlan, "_through_projections",
+                        lambda self, *a: results.append(through(self, *a)) or results[-1])
+    new = attribute(m, _task(), step_rows=6, **kw)
+    assert results and all(g is None for g in results)
+    _close([[v or 0.0 for v in row] for row in new.edges], [[v or 0.0 for v in row] for row in old.edges])

@@ -22,14 +22,25 @@ def _task(firsts=(4, 5, 4, 6, 4), length=9):
 
 
 def _run(model, task, **kw):
-    """The result and the token count of every forward call of the model."""
-    lengths = []
-    handle = model.hf.register_forward_pre_hook(lambda m, a, k: lengths.append(k["input_ids"].shape[1]),
-                                                with_kwargs=True)
+    """The result and the token count of every forward call of the model over the task (the edge plan's
+    calibration probe, 4 tokens once per call, not counted)."""
+    lengths, probing = [], []
+    calibrate = attribution._EdgePlan.calibrate
+
+    def quiet(self, m):
+        probing.append(True)
+        try:
+            calibrate(self, m)
+        finally:
+            probing.pop()
+    attribution._EdgePlan.calibrate = quiet
+    handle = model.hf.register_forward_pre_hook(
+        lambda m, a, k: None if probing else lengths.append(k["input_ids"].shape[1]), with_kwargs=True)
     try:
         return attribute(model, task, **kw), lengths
     finally:
         handle.remove()
+        attribution._EdgePlan.calibrate = calibrate
 
 
 def _close(new, old, edges: bool):

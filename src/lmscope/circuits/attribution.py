@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
@@ -36,8 +37,9 @@ from tqdm import tqdm
 from torch import nn
 
 from lmscope.core.edits import replace, scale
-from lmscope.core.errors import InputError
+from lmscope.core.errors import InputError, ModelSpecError
 from lmscope.core.runs import on_cache, position_kwargs, prefix_cache as cache_of, supports_kv_cache
+from lmscope.core.trace import qkv_view, weight_matrix
 from lmscope.results.base import Result
 from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, task_last_logits
 
@@ -115,9 +117,7 @@ class AttributionResult(Result, kind="circuit_attribution"):
 
 def _w_o(model, layer: int) -> torch.Tensor:
     """The output projection as [d_model, heads, d_head]."""
-    o = model.block_module(layer, model.adapter.o_proj)
-    w = o.weight.detach()
-    w = w if isinstance(o, nn.Linear) else w.T          # GPT-2 Conv1D stores [in, out]
+    w = weight_matrix(model.block_module(layer, model.adapter.o_proj))     # [d_model, heads * d_head]
     return w.reshape(model.d_model, model.n_heads, model.d_head)
 
 
@@ -179,6 +179,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     node_sites = z_sites + mlp_sites + ["resid_pre.0"]
     base_reads = node_sites + ["embed"]
     grad_reads = list(dict.fromkeys(node_sites + (head_in + mlp_in + [last] if edges else [])))
+    plan = _EdgePlan(model, batched=step_rows > 0) if edges else None
     up, down = _node_names(model) if edges else ([], [])
     w_o = [_w_o(model, layer) for layer in range(n)] if edges else []
     head_sum = torch.zeros(n, heads, dtype=torch.float64)
@@ -210,7 +211,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 ca = {"embed": _embedding(model, clean, mask, prefix, positions)}
         corrupt_sum += float(ordered.metric(corrupt_logits, rows).double().sum())
         # a no-op scale on z makes the per-head tensor the one the model computes with, so it gets a gradient
-        flow = [scale(s, 1.0) for s in z_sites]
+        flow = [scale(s, 1.0) for s in z_sites] + (plan.edits if plan else [])
         # gradients summed over steps in float32 at least (bfloat16 models too)
         acc = torch.promote_types(ka[mlp_sites[0]].dtype, torch.float32)
         g_nodes = [torch.zeros_like(ka[s], dtype=acc) for s in node_sites]
@@ -227,21 +228,24 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 point = torch.cat([(1 - a) * ka["embed"] + a * ca["embed"] for a in alphas]).requires_grad_()
                 # an edit's value covers the whole sequence (the trace takes positions start.. of it)
                 edits.append(replace("embed", nn.functional.pad(point, (0, 0, start, 0))))
-            logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits, read=grad_reads,
-                                            grad=True, prefix=prefix, copies=c,
-                                            positions=None if positions is None else positions.repeat(c, 1))
+            with _inputs_of(plan.modules if plan else []) as inputs:
+                logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits,
+                                                read=grad_reads + (plan.reads if plan else []), grad=True,
+                                                prefix=prefix, copies=c,
+                                                positions=None if positions is None else positions.repeat(c, 1))
             if reuse and alphas[-1] == 1:   # the last copy is the clean run itself (alpha = 1; EAP: every pass)
                 clean_logits = logits[-b:].detach()
                 ca = {s: acts[s][-b:].detach().clone() for s in node_sites}
             metric = ordered.metric(logits, rows * c).sum()
             nodes = [acts[s] for s in node_sites]
-            grads = torch.autograd.grad(metric, nodes + ([acts[last]] if edges else []), retain_graph=edges)
+            extra = [acts[last]] + [acts[s] for s in plan.mlp_reads] if edges else []
+            grads = torch.autograd.grad(metric, nodes + extra, retain_graph=edges)
             for total, g in zip(g_nodes, grads):
                 total += _sum_copies(g.detach(), c)
             if edges:
-                _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, c, step_rows > 0)
-                g_in[-1] += _sum_copies(grads[-1].detach(), c)   # the logits read resid_post of the last block
-            del acts, logits, metric, grads
+                plan.add(acts, grads[:len(nodes)], grads[len(nodes) + 1:], inputs, g_in, c)
+                g_in[-1] += _sum_copies(grads[len(nodes)].detach(), c)   # the logits read resid_post of the last block
+            del acts, logits, metric, grads, inputs
             bar.update(c)
         clean_sum += float(ordered.metric(clean_logits, rows).double().sum())
         delta = {s: ka[s] - ca[s] for s in node_sites}
@@ -282,25 +286,171 @@ def _sum_copies(g: torch.Tensor, copies: int) -> torch.Tensor:
     return g if copies == 1 else g.reshape(copies, -1, *g.shape[1:]).sum(0)
 
 
-def _edge_grads(acts, grads, g_in, z_sites, mlp_sites, head_in, mlp_in, heads, copies=1, batched=True):
-    """Add to g_in[v] the gradient of m with respect to the residual stream v reads, through v alone."""
-    n = len(z_sites)
-    for layer in range(n):
-        z, g_z = acts[z_sites[layer]], grads[layer]
-        if batched:   # one backward for all heads of the layer: the heads' masked gradients as a batch (vmap)
-            masked = torch.zeros(heads, *g_z.shape, dtype=g_z.dtype, device=g_z.device)
-            for h in range(heads):
-                masked[h, :, :, h] = g_z[:, :, h]
-            (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True, is_grads_batched=True)
+@contextmanager
+def _inputs_of(modules):
+    """{module: the input of its last call} while the block runs (forward pre-hooks, removed on exit)."""
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen[module] = args[0] if args else next(iter(kwargs.values()))
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _EdgePlan:
+    """How the gradient of m with respect to the residual stream a node reads, through that node alone, is taken
+    (EAP's edge input gradients, g_in[v]).
+
+    Old path (batched=False): one backward per head, from z.L masked to head h, to resid_pre.L, and one per MLP,
+    from mlp_out.L to its input.
+    Batched path:
+    - MLPs: the MLP reads its own copy of the residual stream (a no-op edit on the mlp_in read channel), so the
+      pass's one backward already gives the gradient through the MLP alone. Where the MLP's input norm is also
+      attention's (GPT-J, Cohere) or the model names none, one backward per MLP as before.
+    - Heads: backward passes from z.L to the q, k and v sites only (the attention core), one per round of heads
+      that share no q/k/v slot (calibrate); then each head's part of the projection, a [d_head, d_in] slice of
+      the model's own weight (with grouped KV heads, its group's k and v), instead of the whole projection per
+      head; then one batched backward through what lies between the residual stream and the projection's input
+      (the norm).
+      Where the q/k/v sites are not the projections' outputs (the weight-sparse model's AbsTopK) or the three
+      projections do not read one tensor, the heads take the masked backward to resid_pre.L as before. A head
+      whose q (or k, v) gradient reaches several slots (a norm over all heads' queries, OLMo 2) takes all of
+      them, in a round of its own: exact either way.
+    The same numbers up to float rounding (tests/circuits/test_attribution_batched.py, every family)."""
+
+    def __init__(self, model, batched: bool):
+        a, n = model.adapter, model.n_layers
+        self.n, self.heads, self.batched = n, model.n_heads, batched
+        self.z = [f"z.{layer}" for layer in range(n)]
+        self.mlp_out = [f"mlp_out.{layer}" for layer in range(n)]
+        self.resid_pre = [f"resid_pre.{layer}" for layer in range(n)]
+        self.mlp_resid = [f"resid_pre.{layer}" if model.parallel else f"resid_mid.{layer}" for layer in range(n)]
+        channel = batched and model.has_block_module(a.mlp_in_norm) and a.mlp_in_norm != a.attn_in_norm
+        self.mlp_reads = [f"mlp_in.{layer}" for layer in range(n)] if channel else []
+        # per layer: [(site, module, weight [d_in, n, d_head])] for q, k, v, or None (the masked backward)
+        self.projections: list = [None] * n
+        if batched and a.qkv:
+            try:
+                for layer in range(n):
+                    mods = [model.block_module(layer, rel) for rel in a.qkv]
+                    mods = mods if a.qkv_layout == "separate" else mods * 3
+                    self.projections[layer] = [
+                        (f"{x}.{layer}", mod, qkv_view(model, f"{x}.{layer}", weight_matrix(mod).T))
+                        for x, mod in zip("qkv", mods)]
+            except ModelSpecError:       # a q/k/v site that is not a projection's output
+                self.projections = [None] * n
+        qkv_sites = [site for p in self.projections if p for site, _, _ in p]
+        self.reads = qkv_sites + self.mlp_reads
+        self.edits = [scale(site, 1.0) for site in self.reads]    # no-op edits: the pass runs through these tensors
+        self.modules = list(dict.fromkeys(mod for p in self.projections if p for _, mod, _ in p))
+        self.calibrate(model)
+
+    def calibrate(self, model) -> None:
+        """Which q/k/v slots each head's output depends on, per layer, read off one small pass (4 tokens, random
+        output gradients: the zeros left are structural, where no path exists), and the heads of a layer grouped
+        into rounds whose heads share no slot. One backward through the attention core then serves a whole round:
+        one round with one KV head per query head, the group size with grouped KV heads, one round per head where
+        a norm runs over all heads' queries. Every pass checks that no round's gradient reaches a slot outside its
+        heads' (a path this probe did not see) and otherwise takes the masked backward for that layer."""
+        self.rounds = [None] * self.n
+        if not any(self.projections):
+            return
+        ids = torch.arange(1, 5, device=model.device).unsqueeze(0) % model.hf.config.vocab_size
+        with torch.no_grad(), model.trace(["embed"], stop_early=True) as tr:
+            model.hf(input_ids=ids)
+        leaf = tr["embed"].detach().clone().requires_grad_()
+        sites = [site for p in self.projections if p for site, _, _ in p]
+        reads = [self.z[layer] for layer in range(self.n) if self.projections[layer]] + sites
+        edits = [replace("embed", leaf)] + [scale(site, 1.0) for site in reads]
+        with torch.enable_grad(), model.trace(reads, edits, grad=True, stop_early=True) as tr:
+            model.hf(input_ids=ids)
+        acts = tr.acts()
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        for layer, proj in enumerate(self.projections):
+            if not proj:
+                continue
+            z = acts[self.z[layer]]
+            g_z = torch.randn(z.shape, generator=gen).to(z.device, z.dtype)
+            outs = torch.autograd.grad(z, [acts[site] for site, _, _ in proj], self._masks(g_z, _each_head(self.heads)),
+                                       retain_graph=True, is_grads_batched=True)
+            reach = [g.abs().amax((1, 2, 4)) > 0 for g in outs]                  # per site: [heads, slots]
+            rounds: list[list[int]] = []
+            for h in range(self.heads):
+                for r in rounds:
+                    if not any(bool((x[h] & x[r].any(0)).any()) for x in reach):
+                        r.append(h)
+                        break
+                else:
+                    rounds.append([h])
+            self.rounds[layer] = (rounds, reach)
+
+    @staticmethod
+    def _masks(g_z: torch.Tensor, rounds: list[list[int]]) -> torch.Tensor:
+        """[rounds, *g_z.shape]: round r keeps the heads in rounds[r] (the z gradient's head axis is -2)."""
+        masks = torch.zeros(len(rounds), *g_z.shape, dtype=g_z.dtype, device=g_z.device)
+        for r, hs in enumerate(rounds):
+            masks[r, ..., hs, :] = g_z[..., hs, :]
+        return masks
+
+    def add(self, acts, node_grads, channel_grads, inputs, g_in, copies: int) -> None:
+        """Add this pass's gradients into g_in (node_grads: z.L then mlp_out.L per layer; channel_grads: mlp_in.L)."""
+        n, heads = self.n, self.heads
+        for layer in range(n):
+            z, g_z = acts[self.z[layer]], node_grads[layer]
+            proj, resid = self.projections[layer], acts[self.resid_pre[layer]]
+            u = inputs.get(proj[0][1]) if proj else None
+            g = None
+            if proj and all(inputs.get(mod) is u for _, mod, _ in proj):
+                g = self._through_projections(acts, z, g_z, proj, u, resid, self.rounds[layer])
+            if g is None and self.batched:   # one backward for all heads of the layer, masked, as a batch (vmap)
+                (g,) = torch.autograd.grad(z, resid, self._masks(g_z, _each_head(heads)), retain_graph=True,
+                                           is_grads_batched=True)
+            elif g is None:
+                masks = self._masks(g_z, _each_head(heads))
+                g = [torch.autograd.grad(z, resid, masks[h], retain_graph=True)[0] for h in range(heads)]
             for h in range(heads):
                 g_in[layer * (heads + 1) + h] += _sum_copies(g[h].detach(), copies)
-        for h in range(0 if batched else heads):
-            masked = torch.zeros_like(g_z)
-            masked[:, :, h] = g_z[:, :, h]
-            (g,) = torch.autograd.grad(z, acts[head_in[layer]], masked, retain_graph=True)
-            g_in[layer * (heads + 1) + h] += _sum_copies(g.detach(), copies)
-        (g,) = torch.autograd.grad(acts[mlp_sites[layer]], acts[mlp_in[layer]], grads[n + layer], retain_graph=True)
-        g_in[layer * (heads + 1) + heads] += _sum_copies(g.detach(), copies)
+            if self.mlp_reads:
+                g_mlp = channel_grads[layer]
+            else:
+                (g_mlp,) = torch.autograd.grad(acts[self.mlp_out[layer]], acts[self.mlp_resid[layer]],
+                                               node_grads[n + layer], retain_graph=True)
+            g_in[layer * (heads + 1) + heads] += _sum_copies(g_mlp.detach(), copies)
+
+    def _through_projections(self, acts, z, g_z, proj, u, resid, calibrated) -> "torch.Tensor | None":
+        """[heads, batch, seq, d_model]: each head's gradient w.r.t. resid, through its own q, k, v slices; None
+        where this pass does not have the structure calibrate() found (the caller takes the masked backward)."""
+        heads = self.heads
+        rounds, reach = calibrated
+        outs = torch.autograd.grad(z, [acts[site] for site, _, _ in proj], self._masks(g_z, rounds),
+                                   retain_graph=True, is_grads_batched=True)
+        owner = torch.empty(heads, dtype=torch.long)                 # each head's round
+        for r, hs in enumerate(rounds):
+            owner[hs] = r
+        g_u = None
+        for (_, _, w), g, x in zip(proj, outs, reach):   # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
+            slots, d_head = g.shape[-2:]
+            flat = g.reshape(len(rounds), -1, slots, d_head)
+            allowed = torch.stack([x[hs].any(0) for hs in rounds])                  # [rounds, slots]
+            if bool(((flat.abs().amax((1, 3)) > 0) & ~allowed).any()):
+                return None                       # a slot reached that no head of its round should reach
+            if bool((x.sum(1) == 1).all()):       # each head reaches one slot: its own (k, v: its group's)
+                slot = x.to(torch.float32).argmax(1)
+                part = torch.bmm(flat[owner, :, slot], w[:, slot].permute(1, 2, 0).to(g.dtype))
+            else:                                 # its reached slots, from its round (no other head there shares one)
+                part = torch.einsum("hbsk,dsk->hbd", flat[owner] * x[:, None, :, None].to(g.dtype), w.to(g.dtype))
+            g_u = part if g_u is None else g_u + part
+        (g,) = torch.autograd.grad(u, resid, g_u.reshape(heads, *u.shape).to(u.dtype), retain_graph=True,
+                                   is_grads_batched=True)
+        return g
+
+
+def _each_head(heads: int) -> list[list[int]]:
+    return [[h] for h in range(heads)]
 
 
 def _upstream_outputs(delta, w_o, n, heads) -> torch.Tensor:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from lmscope.core.edits import OPS, Edit
-from lmscope.core.errors import EditError, SiteError
+from lmscope.core.errors import EditError, ModelSpecError, SiteError
 from lmscope.core.models.adapters import residual_scale
 from lmscope.core.models.sites import Site, expand_sites, parse_site
 
@@ -641,6 +642,10 @@ class Trace:
 
     def _hook(self, loc: _Location, site: Site, edits: list[_BoundEdit], reads: bool):
         stop_here = self.stop_early and site == self._last_read
+        # with grad=True a read is handed back to the model, so that the tensor recorded is the one the model goes on
+        # with and has a gradient: where `get` computes a new tensor (a residual scale, a q/k/v view), it would not
+        # (an exact no-op: put(get(x)) == x)
+        hand_back = bool(edits) or loc.fresh or (self.grad and reads and loc.set is not None)
 
         def process(act):
             for bound in edits:
@@ -654,12 +659,12 @@ class Trace:
         if loc.when == "pre":
             def pre_hook(module, args, kwargs):
                 act = process(loc.get(args, kwargs))
-                return loc.set(args, kwargs, act) if edits else None
+                return loc.set(args, kwargs, act) if hand_back else None
             self._handles.append(loc.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         else:
             def post_hook(module, args, output):
                 act = process(loc.get(output))
-                return loc.set(output, act) if edits or loc.fresh else None
+                return loc.set(output, act) if hand_back else None
             self._handles.append(loc.module.register_forward_hook(post_hook))
 
     def _record(self, site: Site, act: torch.Tensor):
@@ -673,6 +678,14 @@ class Trace:
         if self._offset == 0:  # a new sequence starts
             calls.clear()
         calls.append(act)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """[out, in] of an nn.Linear or GPT-2 Conv1D (whose weight is stored [in, out]), detached."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ModelSpecError(f"{type(module).__name__} has no 2-D weight")
+    return w.detach().T if hasattr(module, "nf") else w.detach()
 
 
 def qkv_view(model, site, output: torch.Tensor) -> torch.Tensor:

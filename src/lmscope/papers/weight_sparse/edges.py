@@ -13,21 +13,12 @@ The norms' elementwise gains between a read site and its projection are not incl
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lmscope.core.errors import ModelSpecError
-from lmscope.core.trace import qkv_view
+from lmscope.core.trace import qkv_view, weight_matrix
 
 # the weight-sparse GPT's q/k/v sites are the AbsTopK after each projection; its weight is the projection's
 _PROJECTION_OF = {"q_act": "q_proj", "k_act": "k_proj", "v_act": "v_proj"}
-
-
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """[out, in] of an nn.Linear or GPT-2 Conv1D (whose weight is stored [in, out])."""
-    w = getattr(module, "weight", None)
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        raise ModelSpecError(f"{type(module).__name__} has no 2-D weight")
-    return w.detach().T if hasattr(module, "nf") else w.detach()
 
 
 def _qkv_weight(model, layer: int, kind: str) -> torch.Tensor:
