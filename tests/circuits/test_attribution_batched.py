@@ -4,7 +4,7 @@ import torch
 
 from conftest import random_model
 from lmscope.core.models.random_models import FAMILIES
-from lmscope.circuits.attribution import _EdgePlan, attribute
+from lmscope.circuits.attribution import _EdgePlan, _slot_layout, attribute
 from lmscope.circuits.tasks import TaskSet
 
 
@@ -58,12 +58,33 @@ def test_eap_is_untouched_by_step_batching():
     assert attribute(m, _task(), "eap").to_json()["heads"] == attribute(m, _task(), "eap", step_rows=0).to_json()["heads"]
 
 
+def _kinds(family):
+    rounds, layouts = _EdgePlan(random_model(family), batched=True).rounds[0]
+    return rounds, [lay.kind for lay in layouts]
+
+
 def test_heads_are_grouped_into_rounds_that_share_no_slot():
     # 4 query heads on 2 KV heads (head h reads KV head h // 2): heads of one KV group go to different rounds
-    assert _EdgePlan(random_model("llama"), batched=True).rounds[0][0] == [[0, 2], [1, 3]]
-    assert _EdgePlan(random_model("gpt2"), batched=True).rounds[0][0] == [[0, 1, 2, 3]]      # one KV head each
-    # OLMo 2's q/k norm runs over all heads at once: every head reaches every slot, a round of its own
-    assert _EdgePlan(random_model("olmo2"), batched=True).rounds[0][0] == [[0], [1], [2], [3]]
+    assert _kinds("llama") == ([[0, 2], [1, 3]], ["own", "grouped", "grouped"])
+    assert _kinds("gpt2") == ([[0, 1, 2, 3]], ["own", "own", "own"])                  # one KV head each
+    # OLMo 2's q/k norms run over all heads at once: every head reaches every q and k slot, a round of its own
+    assert _kinds("olmo2") == ([[0], [1], [2], [3]], ["several", "several", "grouped"])
+
+
+def test_slots_in_another_order_give_the_same_scores(monkeypatch):
+    m = random_model("llama")
+    kw = dict(method="eap-ig", steps=2, edges=True, batch_size=3)
+    want = attribute(m, _task(), step_rows=6, **kw)
+    calibrate = _EdgePlan.calibrate
+
+    def as_one(self, model):      # the same reach, taken by the general gather ("one": any order of slots)
+        calibrate(self, model)
+        for rounds, layouts in self.rounds:
+            for lay in layouts:
+                lay.kind = "one"
+    monkeypatch.setattr(_EdgePlan, "calibrate", as_one)
+    got = attribute(m, _task(), step_rows=6, **kw)
+    _close([[v or 0.0 for v in row] for row in got.edges], [[v or 0.0 for v in row] for row in want.edges])
 
 
 def test_a_path_the_calibration_missed_falls_back_to_the_masked_backward(monkeypatch):
@@ -74,10 +95,12 @@ def test_a_path_the_calibration_missed_falls_back_to_the_masked_backward(monkeyp
 
     def missed(self, model):      # as if every head read KV head 0 only: the heads of KV head 1 reach a slot unseen
         calibrate(self, model)
-        for layer, (rounds, (q, k, v)) in enumerate(self.rounds):
+        for layer, (rounds, layouts) in enumerate(self.rounds):
+            q, k, v = (lay.reach for lay in layouts)
             k, v = torch.zeros_like(k), torch.zeros_like(v)
             k[:, 0] = v[:, 0] = True
-            self.rounds[layer] = ([[h] for h in range(model.n_heads)], [q, k, v])
+            rounds = [[h] for h in range(model.n_heads)]
+            self.rounds[layer] = (rounds, [_slot_layout(x, rounds) for x in (q, k, v)])
     monkeypatch.setattr(_EdgePlan, "calibrate", missed)
     results = []
     through = _EdgePlan._through_projections

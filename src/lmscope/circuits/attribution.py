@@ -22,7 +22,8 @@ Speed: the positions before a prompt's first token where clean and corrupt diffe
 differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache; the rows of
 a batch are laid out so that each row's own first change sits at one column, tasks.align_changes); the
 interpolation steps of a batch run as one pass, and the clean run is the alpha = 1 copy of the last one
-(step_rows).
+(step_rows). Edge input gradients: each head's through its own slices of the q/k/v projections, each MLP's from
+the pass's one backward (_EdgePlan).
 """
 from __future__ import annotations
 
@@ -386,7 +387,7 @@ class _EdgePlan:
                         break
                 else:
                     rounds.append([h])
-            self.rounds[layer] = (rounds, reach)
+            self.rounds[layer] = (rounds, [_slot_layout(x, rounds) for x in reach])
 
     @staticmethod
     def _masks(g_z: torch.Tensor, rounds: list[list[int]]) -> torch.Tensor:
@@ -425,28 +426,61 @@ class _EdgePlan:
         """[heads, batch, seq, d_model]: each head's gradient w.r.t. resid, through its own q, k, v slices; None
         where this pass does not have the structure calibrate() found (the caller takes the masked backward)."""
         heads = self.heads
-        rounds, reach = calibrated
+        rounds, layouts = calibrated
         outs = torch.autograd.grad(z, [acts[site] for site, _, _ in proj], self._masks(g_z, rounds),
                                    retain_graph=True, is_grads_batched=True)
-        owner = torch.empty(heads, dtype=torch.long)                 # each head's round
-        for r, hs in enumerate(rounds):
-            owner[hs] = r
         g_u = None
-        for (_, _, w), g, x in zip(proj, outs, reach):   # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
+        for (_, _, w), g, lay in zip(proj, outs, layouts):   # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
             slots, d_head = g.shape[-2:]
             flat = g.reshape(len(rounds), -1, slots, d_head)
-            allowed = torch.stack([x[hs].any(0) for hs in rounds])                  # [rounds, slots]
-            if bool(((flat.abs().amax((1, 3)) > 0) & ~allowed).any()):
+            if bool(((flat.abs().amax((1, 3)) > 0) & ~lay.allowed).any()):
                 return None                       # a slot reached that no head of its round should reach
-            if bool((x.sum(1) == 1).all()):       # each head reaches one slot: its own (k, v: its group's)
-                slot = x.to(torch.float32).argmax(1)
-                part = torch.bmm(flat[owner, :, slot], w[:, slot].permute(1, 2, 0).to(g.dtype))
-            else:                                 # its reached slots, from its round (no other head there shares one)
-                part = torch.einsum("hbsk,dsk->hbd", flat[owner] * x[:, None, :, None].to(g.dtype), w.to(g.dtype))
+            w_t = w.permute(1, 2, 0).to(g.dtype)                    # [slots, d_head, d_in]: a view of the weight
+            if lay.kind == "several":             # its reached slots, from its round (no other head there shares one)
+                part = torch.einsum("hbsk,dsk->hbd", flat[lay.owner] * lay.reach[:, None, :, None].to(g.dtype),
+                                    w.to(g.dtype))
+            else:                                 # each head reaches one slot: its own (k, v: its group's)
+                g_h = flat[lay.owner, :, lay.slot]                               # [heads, batch * seq, d_head]
+                if lay.kind == "own":
+                    part = torch.bmm(g_h, w_t)
+                elif lay.kind == "grouped":       # heads g * rep .. g * rep + rep - 1 read slot g: no weight copy
+                    part = torch.bmm(g_h.reshape(slots, -1, d_head), w_t).reshape(heads, -1, w_t.shape[-1])
+                else:
+                    part = torch.bmm(g_h, w_t[lay.slot])
             g_u = part if g_u is None else g_u + part
         (g,) = torch.autograd.grad(u, resid, g_u.reshape(heads, *u.shape).to(u.dtype), retain_graph=True,
                                    is_grads_batched=True)
         return g
+
+
+@dataclass
+class _SlotLayout:
+    """Which q (or k, v) slots the heads of one layer reach (calibrate): kind "own" (head h reaches slot h),
+    "grouped" (slot h // rep, contiguous groups), "one" (one slot each, another order) or "several"."""
+    kind: str
+    reach: torch.Tensor          # [heads, slots] bool
+    slot: torch.Tensor           # [heads]: the one slot each reaches (kinds own, grouped, one)
+    owner: torch.Tensor          # [heads]: each head's round
+    allowed: torch.Tensor        # [rounds, slots]: the slots the heads of each round reach
+
+
+def _slot_layout(reach: torch.Tensor, rounds: list[list[int]]) -> _SlotLayout:
+    heads, slots = reach.shape
+    owner = torch.empty(heads, dtype=torch.long)
+    for r, hs in enumerate(rounds):
+        owner[hs] = r
+    allowed = torch.stack([reach[hs].any(0) for hs in rounds])
+    slot = reach.to(torch.float32).argmax(1)
+    every = torch.arange(heads)
+    if not bool((reach.sum(1) == 1).all()):
+        kind = "several"
+    elif slots == heads and torch.equal(slot, every):
+        kind = "own"
+    elif heads % slots == 0 and torch.equal(slot, every // (heads // slots)):
+        kind = "grouped"
+    else:
+        kind = "one"
+    return _SlotLayout(kind, reach, slot, owner, allowed)
 
 
 def _each_head(heads: int) -> list[list[int]]:
