@@ -433,21 +433,23 @@ class _EdgePlan:
         for (_, _, w), g, lay in zip(proj, outs, layouts):   # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
             slots, d_head = g.shape[-2:]
             flat = g.reshape(len(rounds), -1, slots, d_head)
-            if bool(((flat.abs().amax((1, 3)) > 0) & ~lay.allowed).any()):
+            reached = torch.linalg.vector_norm(flat, ord=float("inf"), dim=(1, 3)) > 0           # [rounds, slots]
+            if bool((reached & ~lay.allowed).any()):
                 return None                       # a slot reached that no head of its round should reach
             w_t = w.permute(1, 2, 0).to(g.dtype)                    # [slots, d_head, d_in]: a view of the weight
+            if g_u is None:
+                g_u = torch.zeros(heads, flat.shape[1], w_t.shape[-1], dtype=g.dtype, device=g.device)
             if lay.kind == "several":             # its reached slots, from its round (no other head there shares one)
-                part = torch.einsum("hbsk,dsk->hbd", flat[lay.owner] * lay.reach[:, None, :, None].to(g.dtype),
+                g_u += torch.einsum("hbsk,dsk->hbd", flat[lay.owner] * lay.reach[:, None, :, None].to(g.dtype),
                                     w.to(g.dtype))
-            else:                                 # each head reaches one slot: its own (k, v: its group's)
-                g_h = flat[lay.owner, :, lay.slot]                               # [heads, batch * seq, d_head]
-                if lay.kind == "own":
-                    part = torch.bmm(g_h, w_t)
-                elif lay.kind == "grouped":       # heads g * rep .. g * rep + rep - 1 read slot g: no weight copy
-                    part = torch.bmm(g_h.reshape(slots, -1, d_head), w_t).reshape(heads, -1, w_t.shape[-1])
-                else:
-                    part = torch.bmm(g_h, w_t[lay.slot])
-            g_u = part if g_u is None else g_u + part
+                continue
+            g_h = flat[lay.owner, :, lay.slot]      # each head's one slot: its own (k, v: its group's) [heads, b*s, d_head]
+            if lay.kind == "own":
+                g_u.baddbmm_(g_h, w_t)
+            elif lay.kind == "grouped":           # heads g * rep .. g * rep + rep - 1 read slot g: no weight copy
+                g_u.view(slots, -1, w_t.shape[-1]).baddbmm_(g_h.reshape(slots, -1, d_head), w_t)
+            else:
+                g_u.baddbmm_(g_h, w_t[lay.slot])
         (g,) = torch.autograd.grad(u, resid, g_u.reshape(heads, *u.shape).to(u.dtype), retain_graph=True,
                                    is_grads_batched=True)
         return g
