@@ -151,8 +151,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     step_rows: EAP-IG runs several interpolation steps of a batch in one forward and backward pass (the batch
     repeated, one interpolation point per copy), up to this many rows; the clean run is not a pass of its own
     but the alpha = 1 copy of the last pass (EAP: its one pass), whose input is the clean embedding bit for bit;
-    edge gradients take one backward per layer for all its heads (batched gradients). 0 runs a clean pass, one
-    step per pass and one backward per head (the old path). The scores are the same up to float rounding (a
+    edge gradients go through each head's own q/k/v slices and the MLPs' read channels (_EdgePlan). 0 runs a
+    clean pass, one step per pass and one backward per head and per MLP (the old path). The scores are the same up to float rounding (a
     larger matrix product may sum in another order).
     prefix_cache: the positions before the first token where a prompt's clean and corrupt tokens differ hold the
     same activations in the clean run, the corrupt run and every interpolation between them (the models are
