@@ -8,11 +8,12 @@ from circuit_toy_task import toy_task
 from conftest import random_model
 from lmscope.circuits.circuit_file import CircuitFile, load_circuit
 from lmscope.core.fingerprint import config_sha256
-from lmscope.circuits.faithfulness import evaluate_circuit, gated_metric, normalised
+from lmscope.circuits.faithfulness import evaluate_circuit, gated_logits, gated_metric, normalised
 from lmscope.circuits.means import task_means
 from lmscope.circuits.nodes import gates
 from lmscope.cli import main
 from lmscope.core.errors import InputError
+from lmscope.core.models.random_models import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,15 @@ def test_the_result_names_the_tasks_corruption(setup):
     finally:
         del task.info
     assert "corruption: all three names resampled (Wang et al.'s ABC)" in named.notes
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lengths", [(7, 9), (7,)])
+def test_every_gate_kept_gives_the_plain_last_logits(family, lengths):
+    # gated_logits unembeds only the positions where some prompt ends (logits_to_keep as a tensor of positions):
+    # the weight-sparse model took only an int, and crashed with two lengths or read the wrong position with one
+    m, task = random_model(family), toy_task(4, lengths=lengths)
+    got = gated_logits(m, task, task_means(m, task), torch.ones(m.n_layers, m.n_heads), torch.ones(m.n_layers))
+    for row, ids in enumerate(task.clean):
+        want = m.run([ids]).logits[0, -1]
+        torch.testing.assert_close(got[row], want, rtol=1e-5, atol=1e-5)

@@ -219,16 +219,21 @@ class SparseGPTForCausalLM(SparseGPTPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: "torch.Tensor | None" = None,
                 position_ids: "torch.Tensor | None" = None, cache=None, labels: "torch.Tensor | None" = None,
-                use_cache: bool = False, logits_to_keep: int = 0, **kwargs) -> CausalLMOutputWithPast:
+                use_cache: bool = False, logits_to_keep: "int | torch.Tensor" = 0, **kwargs) -> CausalLMOutputWithPast:
         """A key/value cache as in transformers: `cache` (or `past_key_values`) holds earlier positions and is
         extended in place; use_cache=True without one starts a new cache, returned as `.cache`. logits_to_keep=n:
-        logits of the last n positions only (0: all). Generation runs without a cache (prepare_inputs_for_generation).
+        logits of the last n positions only (0: all); a 1-D tensor: of those positions (as transformers' models).
+        Generation runs without a cache (prepare_inputs_for_generation).
         Other generation kwargs are accepted and ignored."""
         cache = cache if cache is not None else kwargs.get("past_key_values")
         if cache is None and use_cache:
             cache = DynamicCache()
         hidden = self.transformer(input_ids, attention_mask, position_ids, cache if use_cache else None)
-        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        if isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        elif logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
