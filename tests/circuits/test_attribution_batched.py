@@ -34,7 +34,8 @@ def test_batched_steps_equal_one_pass_per_step(family, monkeypatch):
     m = random_model(family)
     sliced = []
     through = _EdgePlan._through_projections
-    monkeypatch.setattr(_EdgePlan, "_through_projections", lambda self, *a: sliced.append(through(self, *a)) or sliced[-1])
+    monkeypatch.setattr(_EdgePlan, "_through_projections",
+                        lambda self, *a: sliced.append(through(self, *a)) or sliced[-1])
     # 5 steps over batches of 3 and 2 prompts, 6 rows a pass: passes of 2 steps, 2 steps and 1 step
     kw = dict(method="eap-ig", steps=5, edges=True, batch_size=3)
     old = attribute(m, _task(), step_rows=0, **kw)

@@ -152,8 +152,8 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     repeated, one interpolation point per copy), up to this many rows; the clean run is not a pass of its own
     but the alpha = 1 copy of the last pass (EAP: its one pass), whose input is the clean embedding bit for bit;
     edge gradients go through each head's own q/k/v slices and the MLPs' read channels (_EdgePlan). 0 runs a
-    clean pass, one step per pass and one backward per head and per MLP (the old path). The scores are the same up to float rounding (a
-    larger matrix product may sum in another order).
+    clean pass, one step per pass and one backward per head and per MLP (the old path). The scores are the same
+    up to float rounding (a larger matrix product may sum in another order).
     prefix_cache: the positions before the first token where a prompt's clean and corrupt tokens differ hold the
     same activations in the clean run, the corrupt run and every interpolation between them (the models are
     causal), so their activation differences, and their share of every score, are zero: they run once per batch
@@ -430,7 +430,8 @@ class _EdgePlan:
         outs = torch.autograd.grad(z, [acts[site] for site, _, _ in proj], self._masks(g_z, rounds),
                                    retain_graph=True, is_grads_batched=True)
         g_u = None
-        for (_, _, w), g, lay in zip(proj, outs, layouts):   # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
+        # g [rounds, batch, seq, slots, d_head]; w [d_in, slots, d_head]
+        for (_, _, w), g, lay in zip(proj, outs, layouts):
             slots, d_head = g.shape[-2:]
             flat = g.reshape(len(rounds), -1, slots, d_head)
             reached = torch.linalg.vector_norm(flat, ord=float("inf"), dim=(1, 3)) > 0           # [rounds, slots]
@@ -443,7 +444,7 @@ class _EdgePlan:
                 g_u += torch.einsum("hbsk,dsk->hbd", flat[lay.owner] * lay.reach[:, None, :, None].to(g.dtype),
                                     w.to(g.dtype))
                 continue
-            g_h = flat[lay.owner, :, lay.slot]      # each head's one slot: its own (k, v: its group's) [heads, b*s, d_head]
+            g_h = flat[lay.owner, :, lay.slot]      # [heads, b*s, d_head]: each head's one slot (k, v: its group's)
             if lay.kind == "own":
                 g_u.baddbmm_(g_h, w_t)
             elif lay.kind == "grouped":           # heads g * rep .. g * rep + rep - 1 read slot g: no weight copy
