@@ -173,9 +173,16 @@ EXPERIMENTS = {"patching": patching, "eap-ig": eap_ig, "eap-ig-cli": eap_ig_cli,
 
 
 def timed(fn):
+    _sync()
     start = time.perf_counter()
     out = fn()
+    _sync()
     return time.perf_counter() - start, out
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -186,10 +193,11 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(EXPERIMENTS))
     parser.add_argument("--patch-sites", default="resid_pre,attn_out,mlp_out,z", help="site kinds of the heatmap")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = lmscope.load(args.model, dtype=args.dtype)
+    model = lmscope.load(args.model, dtype=args.dtype, device=args.device)
     rows = []
     for name in args.only.split(","):
         old, new, compare, what = EXPERIMENTS[name](model, args)
@@ -207,7 +215,8 @@ def main() -> None:
         print(f"{name:<11} old {statistics.median(times['old']):8.2f}s  new {statistics.median(times['new']):8.2f}s"
               f"  speed-up x{row['speedup_median']:.2f}  ({what})", flush=True)
         print("            ", json.dumps(row["results"], default=str)[:400], flush=True)
-    report = {"model": args.model, "dtype": args.dtype, "threads": torch.get_num_threads(), "rounds": args.rounds,
+    report = {"model": args.model, "dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads(),
+              "rounds": args.rounds,
               "elsewhere": ["knowledge neurons, LRE, FV CIE: benchmarks/resume_speedups.py"], "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One go on a GPU machine, within ten minutes: tracing overhead on the GPU (vs raw hooks and the peers that are
 # installed), harvest tokens/s, SAE training tokens/s (each with its absolute figure and model FLOP utilisation),
-# and the DDP paths of harvest and SAE training under torchrun (nccl with 2+ GPUs).
+# the DDP paths of harvest and SAE training under torchrun (nccl with 2+ GPUs), and EAP-IG old vs new path.
 #
 #   bash benchmarks/gpu.sh                  # on the GPU machine; results in $OUT (default benchmarks/gpu_results)
 #   DRY=1 bash benchmarks/gpu.sh            # on a CPU: the same steps, tiny sizes, torchrun with 2 gloo ranks
@@ -69,5 +69,10 @@ step ddp_harvest "$STEP_LIMIT" $PY -m torch.distributed.run --standalone --nproc
 step ddp_sae "$STEP_LIMIT" $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m lmscope.cli \
     sae train --model "$CLI_MODEL" --harvest "$OUT/ddp_harvest" --site "$SITE" --n-tokens $((HTOKENS / 4)) --batch-size "$SAE_BATCH" \
     --k 32 --d-sae "$D_SAE" --out "$OUT/ddp_sae" --json
-# 5. one table: absolute figures and model FLOP utilisation
+# 5. EAP-IG old path vs new path on the device (float32; the default model: IOI needs its tokenizer's names)
+if [ "$DRY" = 1 ]; then EAP_ARGS="--rounds 1 --prompts 2 --only eap-ig,eap-ig-edges"
+else EAP_ARGS="--rounds 3 --prompts 4 --only eap-ig,eap-ig-cli,eap-ig-edges,eap-ig-edges-cli"; fi
+step eapig "$STEP_LIMIT" $PY benchmarks/experiments_speed.py --model smollm2 --device "$DEVICE" $EAP_ARGS \
+    --json "$OUT/eapig.json"
+# 6. one table: absolute figures and model FLOP utilisation
 $PY benchmarks/gpu_summary.py "$OUT" --peak-tflops "$PEAK_TFLOPS" | tee "$OUT/summary.md"

@@ -64,6 +64,13 @@ def main() -> None:
             lines.append(f"| {who} | {r['step_ms']} | {r['tokens_per_s']:,} | "
                          f"{r['tokens_per_s'] * 6 * st['d_in'] * st['d_sae'] / peak:.2%} | {r['heldout_fvu']} |")
         lines += [f"missing: {s['missing']}" if s["missing"] else "", ""]
+    e = _json(out / "eapig.json")
+    if e:
+        lines += [f"### EAP-IG, old path vs new path ({e['model']}, {e['dtype']}, {e.get('device', 'cpu')}, "
+                  f"{e['rounds']} rounds)", "| row | old s | new s | speed-up (median) |", "|---|---|---|---|"]
+        for r in e["rows"]:
+            lines.append(f"| {r['what']} | {r['old_s']} | {r['new_s']} | {r['speedup_median']}x |")
+        lines.append("")
     status = (out / "status.txt").read_text() if (out / "status.txt").exists() else ""
     lines += ["### steps", "```", status.strip(), "```"]
     for name in ("ddp_harvest", "ddp_sae"):
