@@ -4,7 +4,17 @@ import pytest
 import torch
 
 import lmscope
-from lmscope.core.models.random_models import FAMILIES
+from lmscope.core.models.adapters import ADAPTERS
+from lmscope.core.models.random_models import FAMILIES, random_config
+
+
+def _nonadditive(family: str) -> str:
+    model_type = random_config(family).model_type
+    return next(a.nonadditive_heads for a in ADAPTERS if model_type in a.model_types)
+
+
+# the families whose heads' writes add up to attn_out (edges, per-head DLA and function vectors are defined)
+ADDITIVE_HEADS = tuple(f for f in FAMILIES if not _nonadditive(f))
 
 
 @functools.cache

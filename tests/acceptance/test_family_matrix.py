@@ -30,14 +30,11 @@ from circuit_toy_task import toy_task  # noqa: E402
 
 NEURON_METHODS = ("integrated_gradients", "find_knowledge_neurons", "neuron_dose_response", "neuron_effects",
                   "record_neurons")
-REFUSED = {
-    # gemma normalises each sublayer's output before adding it: head writes are not additive
-    "gemma2": {"dla heads", "function_vector", "attribute eap edges", "attribute eap-ig edges", "orthogonalize"},
-    "gemma3": {"dla heads", "function_vector", "attribute eap edges", "attribute eap-ig edges", "orthogonalize"},
-    "olmo2": {"orthogonalize"},                 # output norms after the sublayers
-    "sparse_gpt": {"orthogonalize"},            # AbsTopK activations
-    "mixtral": {"orthogonalize", *NEURON_METHODS},     # fused experts: no neurons site
-}
+# a norm (Gemma, OLMo 2) or a top-k (the weight-sparse model) after the heads are summed: no head has a write of
+# its own; the same three also refuse orthogonalisation (a projection in the weights is not one of what is added)
+PER_HEAD = {"dla heads", "function_vector", "attribute eap edges", "attribute eap-ig edges", "orthogonalize"}
+REFUSED = {"gemma2": PER_HEAD, "gemma3": PER_HEAD, "olmo2": PER_HEAD, "sparse_gpt": PER_HEAD,
+           "mixtral": {"orthogonalize", *NEURON_METHODS}}     # fused experts: no neurons site, no one down projection
 POS = ["hello there", "ab", "the cat sat down", "a good day", "yes yes yes"]
 NEG = ["xyz", "a much longer prompt here", "q r", "bad day", "no no"]
 PAIRS = [(f"w{a}{b}", f"{b}{a}x") for a in "abcdefg" for b in "hij"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lmscope
-from conftest import random_model
+from conftest import ADDITIVE_HEADS, random_model
 from lmscope.circuits.attribution import attribute, compare, spearman
 from lmscope.circuits.patching import activation_patching
 from lmscope.circuits.tasks import TaskSet, task_last_logits
@@ -59,7 +59,7 @@ def test_eap_ig_one_step_is_eap_and_more_steps_differ():
     assert ig4.steps == 4 and ig4.heads != eap.heads
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_neox", "qwen2"])
+@pytest.mark.parametrize("family", ADDITIVE_HEADS)
 def test_edge_scores_sum_to_node_scores(family):
     m = random_model(family)
     task = _task()
@@ -117,6 +117,9 @@ def test_bad_input():
         attribute(m, task, "eap-ig", steps=0)
     with pytest.raises(InputError, match="gemma"):
         attribute(random_model("gemma2"), task, edges=True)
+    for family in ("olmo2", "sparse_gpt"):       # a norm / a top-k after the heads are summed
+        with pytest.raises(InputError, match="edge scores are refused"):
+            attribute(random_model(family), task, edges=True)
     with pytest.raises(InputError, match="spearman"):
         spearman([1], [2])
     assert not m.has_hooks()

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from conftest import random_model
-from lmscope.core.models.random_models import FAMILIES
+from conftest import ADDITIVE_HEADS, random_model
 from lmscope.circuits.attribution import _EdgePlan, _slot_layout, attribute
 from lmscope.circuits.tasks import TaskSet
 
@@ -24,9 +23,9 @@ def _close(a, b):
 
 # the families whose heads' edge gradients go through per-head slices of the q/k/v projections, and whose MLPs
 # read a channel of their own; the others take the masked backward of the old path for that part
-SLICED = {"falcon": False, "falcon_rw": False, "sparse_gpt": False}   # no q/k/v sites; q/k/v after AbsTopK
+SLICED = {"falcon": False, "falcon_rw": False}                          # no q/k/v projection sites
 CHANNEL = {"falcon": False, "gptj": False, "cohere": False, "stablelm_parallel": False}   # a norm shared with attention
-EDGE_FAMILIES = [f for f in FAMILIES if not f.startswith("gemma")]
+EDGE_FAMILIES = ADDITIVE_HEADS
 
 
 @pytest.mark.parametrize("family", EDGE_FAMILIES)

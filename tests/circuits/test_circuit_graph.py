@@ -83,3 +83,20 @@ def test_figure_labels_the_strongest_edges_and_bows_edges_within_a_row():
     assert next(t for t in fig.data if t.name == "embed").text == ("",)
     assert fig.layout.xaxis.ticktext[0] == "embed" and fig.layout.xaxis.ticktext[-1] == "logits"
     assert list(fig.layout.yaxis.ticktext) == ["head 0", "MLP"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "granite", "gpt_neox"])
+def test_edges_equal_attribution_patchings_eap_edges(family):
+    # two implementations of the same EAP edge score: the circuit graph's (one backward per node) and attribute's
+    # (Granite: both must carry the residual multiplier in a head's write)
+    from lmscope.circuits.attribution import attribute
+    from lmscope.circuits.tasks import TaskSet
+    m, toy = random_model(family), toy_task(6)
+    task = TaskSet("toy", toy.clean, toy.corrupt, toy.answer, toy.wrong, "logit_diff", 0, {}, toy.templates)
+    nodes = [Node("head", 0, 1), Node("mlp", 0), Node("head", 1, 2), Node("mlp", 2)]
+    g = circuit_graph(m, task, nodes, n_prompts=6)
+    r = attribute(m, task, "eap", edges=True, batch_size=6)
+    for e in g.edges:
+        want = r.edges[r.upstream.index(e["src"])][r.downstream.index(e["dst"])]
+        assert e["score"] == pytest.approx(want, rel=1e-3, abs=1e-6 * max(1.0, abs(want))), (e["src"], e["dst"])
+    assert max(abs(e["score"]) for e in g.edges) > 0

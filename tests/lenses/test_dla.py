@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lmscope
-from conftest import random_model
+from conftest import ADDITIVE_HEADS, random_model
 from lmscope.core.errors import InputError
 from lmscope.core.models.random_models import FAMILIES
 from lmscope.lenses.dla import direct_logit_attribution, norm_affine
@@ -76,7 +76,7 @@ def test_parts_sum_to_logit_gpt2_with_biases(gpt2_biased):
     assert r.logit == pytest.approx(float(gpt2_biased.run("hello world").logits[0, 4, gpt2_biased.token_id("o")]))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ADDITIVE_HEADS)
 def test_heads_sum_to_attention_minus_bias(family, gpt2_biased):
     m = gpt2_biased if family == "gpt2" else random_model(family)
     r = direct_logit_attribution(m, "hello world", "l")
@@ -130,3 +130,14 @@ def test_default_model_sums(smollm2):
     attn = {c.layer: c.contribution for c in r.components if c.kind == "attn"}
     for layer, row in enumerate(r.heads):
         assert sum(row) + r.head_bias[layer] == pytest.approx(attn[layer], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["olmo2", "sparse_gpt"])
+def test_heads_refused_where_their_writes_are_not_additive(family):
+    # a norm (OLMo 2) or a top-k (the weight-sparse model) after the heads are summed, as on Gemma
+    m = random_model(family)
+    r = direct_logit_attribution(m, "hello world", "o")
+    _sum_check(r)
+    assert r.heads is None and "not additive" in r.heads_note
+    with pytest.raises(InputError, match="per-head"):
+        direct_logit_attribution(m, "hello world", "o", heads=True)

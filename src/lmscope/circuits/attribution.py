@@ -116,12 +116,6 @@ class AttributionResult(Result, kind="circuit_attribution"):
         return "\n".join(lines)
 
 
-def _w_o(model, layer: int) -> torch.Tensor:
-    """The output projection as [d_model, heads, d_head]."""
-    w = weight_matrix(model.block_module(layer, model.adapter.o_proj))     # [d_model, heads * d_head]
-    return w.reshape(model.d_model, model.n_heads, model.d_head)
-
-
 def _node_names(model) -> tuple[list[str], list[str]]:
     n, h = model.n_layers, model.n_heads
     heads = [f"head.{layer}.{i}" for layer in range(n) for i in range(h)]
@@ -167,9 +161,9 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
         raise InputError(f"attribute takes a TaskSet (lmscope.circuits.load_circuit_task), got {type(task).__name__}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
-    if edges and model.adapter.family == "gemma":
-        raise InputError("edge scores are refused on gemma: its post-attention norm makes head outputs "
-                         "non-additive in the residual stream (node scores work: edges=False)")
+    if edges and model.adapter.nonadditive_heads:
+        raise InputError(f"edge scores are refused: {model.adapter.nonadditive_heads}, so a head's output is not "
+                         f"additive in the residual stream (node scores work: edges=False)")
     k = steps if method == "eap-ig" else 1
     n, heads = model.n_layers, model.n_heads
     z_sites = [f"z.{layer}" for layer in range(n)]
@@ -182,7 +176,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     grad_reads = list(dict.fromkeys(node_sites + (head_in + mlp_in + [last] if edges else [])))
     plan = _EdgePlan(model, batched=step_rows > 0) if edges else None
     up, down = _node_names(model) if edges else ([], [])
-    w_o = [_w_o(model, layer) for layer in range(n)] if edges else []
+    w_o = [model.head_write_weights(layer, "edge scores")[0] for layer in range(n)] if edges else []
     head_sum = torch.zeros(n, heads, dtype=torch.float64)
     mlp_sum = torch.zeros(n, dtype=torch.float64)
     embed_sum = 0.0

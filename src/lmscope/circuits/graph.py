@@ -106,13 +106,10 @@ class CircuitGraph(Result, kind="circuit_graph"):
 
 
 def _head_write(model, layer: int, head: int, dz: torch.Tensor) -> torch.Tensor:
-    """What head `head` adds to the residual stream for a z difference dz [b, s, heads, d_head]: its slice through
-    the output projection, bias cancelled (works for Linear and GPT-2's Conv1D alike)."""
-    proj = model.block_module(layer, model.adapter.o_proj)
-    only = torch.zeros_like(dz)
-    only[:, :, head] = dz[:, :, head]
-    flat = only.reshape(*only.shape[:2], -1)
-    return proj(flat) - proj(torch.zeros_like(flat))
+    """What head `head` adds to the residual stream for a z difference dz [b, s, heads, d_head] (the family's
+    residual scale included; approximate where heads are not additive, which circuit_graph notes)."""
+    w, _ = model.head_write_weights(layer, approximate=True)              # [d_model, heads, d_head]
+    return dz[:, :, head] @ w[:, head].T.to(dz.dtype)
 
 
 def circuit_graph(model, task, nodes: list[Node], *, n_prompts: int = 16, max_edges: int = 500) -> CircuitGraph:
@@ -182,6 +179,6 @@ def circuit_graph(model, task, nodes: list[Node], *, n_prompts: int = 16, max_ed
                    + [{"name": nd.name, "layer": nd.layer, "y": nd.head if nd.kind == "head" else model.n_heads + 0.5,
                        "kind": nd.kind} for nd in nodes]
                    + [{"name": "logits", "layer": n, "y": model.n_heads / 2, "kind": "logits"}])
-    notes = (["gemma: heads pass a post-attention norm before the residual stream; head writes are approximate"]
-             if model.adapter.family == "gemma" else [])
+    reason = model.adapter.nonadditive_heads
+    notes = [f"head writes are approximate: {reason}"] if reason else []
     return CircuitGraph(model.spec, task.name, graph_nodes, edges[:max_edges], len(rows), notes=notes)

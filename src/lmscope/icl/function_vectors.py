@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from lmscope.core import edits
@@ -176,10 +175,8 @@ class FunctionVectorResult(Result, kind="function_vector"):
 
 def head_writes(model, layer: int, z: torch.Tensor) -> torch.Tensor:
     """What each head writes into the residual stream: z [heads, d_head] -> [heads, d_model] (no bias)."""
-    o = model.block_module(layer, model.adapter.o_proj)
-    w = o.weight if isinstance(o, nn.Linear) else o.weight.T     # [d_model, heads * d_head] (GPT-2 Conv1D: [in, out])
-    w_h = w.detach().to(z.dtype).reshape(model.d_model, model.n_heads, model.d_head)
-    return torch.einsum("hk,dhk->hd", z, w_h)
+    w_h, _ = model.head_write_weights(layer, "function vectors")      # residual scale included (Granite)
+    return torch.einsum("hk,dhk->hd", z, w_h.to(z.dtype))
 
 
 @torch.no_grad()
@@ -248,10 +245,9 @@ def function_vector(model, task, config: "FvConfig | None" = None, *, progress: 
     n_shots, n_heads, n_mean_prompts = config.n_shots, config.n_heads, config.n_mean_prompts
     n_cie_prompts, layers, seed = config.n_cie_prompts, config.layers, config.seed
     heldout_fraction, with_task_vector = config.heldout_fraction, config.with_task_vector
-    if model.adapter.family == "gemma":
-        raise InputError("function vectors need each head's write into the residual stream; gemma normalises "
-                         "attention's output after summing the heads, so that write is not defined (task vectors "
-                         "work: lmscope.icl.task_vector)")
+    if model.adapter.nonadditive_heads:
+        raise InputError(f"function vectors need each head's write into the residual stream, which is not defined "
+                         f"here: {model.adapter.nonadditive_heads} (task vectors work: lmscope.icl.task_vector)")
     task = resolve_task(task)
     layers = check_layers(model, layers)
     check_count("n_mean_prompts", n_mean_prompts)

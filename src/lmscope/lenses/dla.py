@@ -161,15 +161,16 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                              top_k: int = 5) -> DLAResult:
     """Decompose the target logit at `position` into embedding, attention layers, heads and MLP layers.
 
-    heads: None = per head where the model allows it (not Gemma); True = required (Gemma: error); False = off.
+    heads: None = per head where the model allows it (not Gemma, OLMo 2 or the weight-sparse model, whose heads'
+    writes are not additive: Adapter.nonadditive_heads); True = required (those: error); False = off.
     """
     if not isinstance(top_k, int) or top_k < 0:
         raise InputError(f"top_k must be a non-negative integer, got {top_k!r}")
-    gemma = model.adapter.family == "gemma"
-    if heads and gemma:
-        raise InputError("per-head attribution is not linear on gemma (attention output passes through its "
-                         "post-attention norm after the heads are summed); use heads=False for layer-level DLA")
-    do_heads = (not gemma) if heads is None else bool(heads)
+    nonadditive = model.adapter.nonadditive_heads
+    if heads and nonadditive:
+        raise InputError(f"per-head attribution is not linear here ({nonadditive}); use heads=False for "
+                         f"layer-level DLA")
+    do_heads = (not nonadditive) if heads is None else bool(heads)
     target_id = target if isinstance(target, int) and not isinstance(target, bool) else model.token_id(target)
     if not 0 <= target_id < model.vocab_size:
         raise InputError(f"target id {target_id} is outside the vocabulary 0..{model.vocab_size - 1}")
@@ -249,17 +250,13 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     if do_heads:
         head_rows, head_bias = [], []
         for layer in range(n):
-            o = model.block_module(layer, model.adapter.o_proj)
-            w = o.weight.double()
-            w_o = w if isinstance(o, nn.Linear) else w.T        # [d_model, heads * d_head] (GPT-2 Conv1D: [in, out])
+            w_h, b = model.head_write_weights(layer, "per-head attribution")     # residual scale included
             z = a[f"z.{layer}"][0, pos].double()                # [heads, d_head]
-            w_h = w_o.reshape(model.d_model, model.n_heads, model.d_head)
-            per_head = torch.einsum("hk,dhk->hd", z, w_h)       # each head's write into the residual
+            per_head = torch.einsum("hk,dhk->hd", z, w_h.double())   # each head's write into the residual
             head_rows.append((centre(per_head) @ read_dir).tolist())
-            b = getattr(o, "bias", None)
             head_bias.append(float(centre(b.double()) @ read_dir) if b is not None else 0.0)
-    elif gemma:
-        note = "per-head attribution refused on gemma: its post-attention norm makes heads non-additive"
+    elif nonadditive:
+        note = f"per-head attribution refused: {nonadditive}, so the heads' writes are not additive"
     return DLAResult(model.spec, prompt if isinstance(prompt, str) else str(prompt),
                      model.to_str_tokens(run.input_ids[0]), pos, model.tokenizer.decode([target_id]), target_id,
                      model_logit, components, head_rows, head_bias, remainder, scale, note)

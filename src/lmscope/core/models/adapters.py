@@ -54,6 +54,9 @@ class Adapter:
     logits_divisor: str | None = None
     mlp_out_reused: bool = False            # the model adds into the MLP's output tensor in place (Falcon): copy it
     block_returns_pair: bool = False        # a block returns (hidden_states, attention weights) (Falcon)
+    # why one head's write into the residual stream is not defined (attention's output summed over heads passes a
+    # norm or a top-k before it is added); empty: the heads' writes z_h W_O[h] (x residual scale) add up to attn_out
+    nonadditive_heads: str = ""
 
     def is_parallel(self, config) -> bool:
         if self.always_parallel:
@@ -88,11 +91,14 @@ ADAPTERS: tuple[Adapter, ...] = (
             qkv=("attention.query_key_value",), qkv_layout="per_head", attn_in_norm="input_layernorm",
             notes="Pythia uses parallel attention: resid_post = resid_pre + attn_out + mlp_out"),
     Adapter("llama", ("llama", "mistral", "qwen2", "qwen3"), **_LLAMA_LIKE),
-    Adapter("gemma", ("gemma2", "gemma3_text"), **_GEMMA_LIKE),
+    Adapter("gemma", ("gemma2", "gemma3_text"), **_GEMMA_LIKE,
+            nonadditive_heads="gemma normalises attention's output (its post-attention norm) after the heads are "
+                              "summed"),
     Adapter("sparse_gpt", ("lmscope_sparse_gpt",), layers="transformer.h", embed="transformer.wte",
             final_norm="transformer.ln_f", lm_head="lm_head", attn="attn", attn_out="attn", mlp_out="mlp",
             mlp_in_norm="ln_2", down_proj="mlp.c_proj", o_proj="attn.c_proj",
             qkv=("attn.q_act", "attn.k_act", "attn.v_act"), attn_in_norm="ln_1",
+            nonadditive_heads="the weight-sparse model keeps the top-k of attention's summed write (AbsTopK)",
             notes="lmscope's weight-sparse GPT (papers/weight_sparse): resid_pre.0 = embed + wpe; neurons are "
                   "after AbsTopK; attention has sinks, so a pattern row sums to less than 1; q/k/v are after "
                   "their AbsTopK"),
@@ -100,6 +106,7 @@ ADAPTERS: tuple[Adapter, ...] = (
                                       qkv=("self_attn.qkv_proj",), qkv_layout="concat")),
     # --- added for issue 14 ---
     Adapter("olmo2", ("olmo2",), **dict(_GEMMA_LIKE, mlp_in_norm="mlp", attn_in_norm="self_attn"),
+            nonadditive_heads="OLMo 2 normalises attention's output (post-norm) after the heads are summed",
             notes="no pre-norms: attention reads resid_pre and the MLP reads resid_mid directly; each sublayer's "
                   "output is normalised before it is added (attn_out / mlp_out are those norms' outputs)"),
     Adapter("granite", ("granite",), **_LLAMA_LIKE, residual_scale="residual_multiplier",

@@ -9,9 +9,9 @@ import torch
 
 from lmscope.core.errors import InputError, SiteError
 from lmscope.core.models.adapters import (FIXED_POSITIONS, Adapter, adapter_for, final_logit_softcap, in_features,
-                                          scale_logits)
+                                          residual_scale, scale_logits)
 from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
-from lmscope.core.trace import Trace
+from lmscope.core.trace import Trace, weight_matrix
 
 
 @dataclass
@@ -332,6 +332,23 @@ class Model:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def head_write_weights(self, layer: int, what: str = "per-head writes", *, approximate: bool = False
+                           ) -> "tuple[torch.Tensor, torch.Tensor | None]":
+        """(W [d_model, heads, d_head], bias [d_model] or None) of one layer's heads: head h adds z_h @ W[:, h].T
+        to the residual stream, and the output projection's bias is added once. The family's residual scale is
+        included (Granite), so the heads' writes plus the bias add up to attn_out. Refused (InputError, naming
+        `what`) where a head's write is not defined (Adapter.nonadditive_heads: Gemma, OLMo 2, the weight-sparse
+        model), unless approximate=True (the output projection's part only; the caller says so)."""
+        a = self.adapter
+        if a.nonadditive_heads and not approximate:
+            raise InputError(f"{what} need each head's write into the residual stream, which is not defined here: "
+                             f"{a.nonadditive_heads}")
+        o = self.block_module(layer, a.o_proj)
+        factor = residual_scale(a, self.hf.config) or 1.0
+        w = weight_matrix(o).reshape(self.d_model, self.n_heads, self.d_head) * factor
+        b = getattr(o, "bias", None)
+        return w, None if b is None else b.detach() * factor
 
     def has_hooks(self) -> bool:
         """True if any module of the model still holds a forward hook or pre-hook."""
