@@ -58,3 +58,21 @@ def test_resume_and_batched_generation_on_the_offloaded_model(pair):
                          positions=[1])]
     assert off.generate_batch(prompts, edits, max_new_tokens=5) == plain.generate_batch(prompts, edits,
                                                                                           max_new_tokens=5)
+
+
+def test_methods_that_read_weights_match_on_the_offloaded_model(pair):
+    # EAP-IG edges slice the q/k/v and output projections' weights, DLA reads the unembedding and the heads' output
+    # weights: offloaded weights are meta tensors in place, read as a copy loaded for the moment (core.trace.resident)
+    from lmscope.circuits.attribution import attribute
+    from lmscope.circuits.tasks import TaskSet
+    from lmscope.lenses.dla import direct_logit_attribution
+    plain, off = pair
+    g = torch.Generator().manual_seed(4)
+    clean = torch.randint(0, 256, (3, 6), generator=g).tolist()
+    corrupt = [row[:2] + [(row[2] + 5) % 256] + row[3:] for row in clean]
+    task = TaskSet("toy", clean, corrupt, [30, 31, 32], [40, 41, 42], "logit_diff", 0, {}, [0, 0, 0])
+    a, b = (attribute(m, task, "eap-ig", steps=2, edges=True, batch_size=3) for m in (plain, off))
+    assert a.edges == b.edges and a.heads == b.heads
+    da, db = (direct_logit_attribution(m, "hello world", "o") for m in (plain, off))
+    assert da.heads == db.heads and da.to_json()["components"] == db.to_json()["components"]
+    assert any(p.is_meta for p in off.hf.parameters())          # still offloaded: nothing was loaded for good

@@ -462,6 +462,8 @@ class _SlotLayout:
 
 
 def _slot_layout(reach: torch.Tensor, rounds: list[list[int]]) -> _SlotLayout:
+    """Worked out on the CPU; the tensors are kept on reach's device (the model's), where the passes index with them."""
+    device, reach = reach.device, reach.cpu()
     heads, slots = reach.shape
     owner = torch.empty(heads, dtype=torch.long)
     for r, hs in enumerate(rounds):
@@ -477,7 +479,7 @@ def _slot_layout(reach: torch.Tensor, rounds: list[list[int]]) -> _SlotLayout:
         kind = "grouped"
     else:
         kind = "one"
-    return _SlotLayout(kind, reach, slot, owner, allowed)
+    return _SlotLayout(kind, reach.to(device), slot.to(device), owner.to(device), allowed.to(device))
 
 
 def _each_head(heads: int) -> list[list[int]]:

@@ -680,12 +680,23 @@ class Trace:
         calls.append(act)
 
 
+def resident(module: nn.Module, name: str) -> "torch.Tensor | None":
+    """The module's parameter `name`, detached; where accelerate offloaded it (device_map with CPU or disk offload:
+    a meta tensor in place), a copy loaded for the moment onto the module's execution device."""
+    t = getattr(module, name, None)
+    if not isinstance(t, torch.Tensor) or not t.is_meta:
+        return t.detach() if isinstance(t, torch.Tensor) else t
+    from accelerate.utils import align_module_device      # only a model accelerate dispatched has meta weights
+    with align_module_device(module):
+        return getattr(module, name).detach().clone()
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """[out, in] of an nn.Linear or GPT-2 Conv1D (whose weight is stored [in, out]), detached."""
-    w = getattr(module, "weight", None)
+    """[out, in] of an nn.Linear or GPT-2 Conv1D (whose weight is stored [in, out]), detached (offloaded: a copy)."""
+    w = resident(module, "weight")
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ModelSpecError(f"{type(module).__name__} has no 2-D weight")
-    return w.detach().T if hasattr(module, "nf") else w.detach()
+    return w.T if hasattr(module, "nf") else w
 
 
 def qkv_view(model, site, output: torch.Tensor) -> torch.Tensor:

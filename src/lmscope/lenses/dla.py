@@ -35,6 +35,7 @@ from lmscope.core.checks import tolerance
 from lmscope.core.errors import InputError
 from lmscope.core.models.adapters import final_logit_softcap, scale_logits
 from lmscope.core.models.sites import resolve_position
+from lmscope.core.trace import resident
 from lmscope.lenses.text import show_token
 from lmscope.results import Result
 
@@ -130,7 +131,7 @@ class DLAResult(Result, kind="direct_logit_attribution"):
         return "\n".join(lines)
 
 
-def norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+def norm_affine(norm: nn.Module, d: int, device=None) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
     """(gain, bias, centred, eps) of a (Layer|RMS)Norm module (e.g. the model's final norm), read by probing the
     module itself with +-v: gain as the model applies it (Gemma's 1 + weight included), float64. `centred` (a
     LayerNorm, which subtracts the mean: also one of its own class, as Cohere's) is probed too: a centred norm
@@ -144,7 +145,8 @@ def norm_affine(norm: nn.Module, d: int) -> tuple[torch.Tensor, torch.Tensor, bo
     if d % 2:
         raise InputError("direct logit attribution needs an even d_model (the norm is probed with +-1)")
     p = next(norm.parameters())
-    v = torch.ones(d, dtype=p.dtype, device=p.device)
+    # device: where the norm runs (an offloaded norm's own parameters are meta tensors)
+    v = torch.ones(d, dtype=p.dtype, device=device if device is not None else p.device)
     v[1::2] = -1                                          # mean 0, mean square 1, variance 1
     with torch.no_grad():
         plus, minus = norm(v[None]).double()[0], norm(-v[None]).double()[0]
@@ -201,7 +203,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                          f"decomposition does not hold here")
 
     norm = model.module(model.adapter.final_norm)
-    gain, bias, centred, eps = norm_affine(norm, model.d_model)
+    gain, bias, centred, eps = norm_affine(norm, model.d_model, model.device)
     xc = x - x.mean() if centred else x
     scale = 1.0 / float((xc.pow(2).mean() + eps).sqrt())
     normed = xc * scale * gain + bias
@@ -213,7 +215,7 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
                          f"with an elementwise gain by {gap:.3g}, more than {model.dtype}'s rounding allows "
                          f"({tol:.3g}): DLA's frozen-scale decomposition does not hold here")
     head = model.module(model.adapter.lm_head)
-    w_u = head.weight.double()                               # [vocab, d_model]
+    w_u = resident(head, "weight").double()                  # [vocab, d_model] (offloaded: a copy)
     factor = float(scale_logits(model.adapter, model.hf.config, torch.ones(1, dtype=torch.float64)))
     u = w_u[target_id] * factor                              # the family's own logit multiplier (Granite, Cohere)
     read_dir = scale * gain * u                              # contribution(c) = centre(c) . read_dir
@@ -231,7 +233,8 @@ def direct_logit_attribution(model, prompt, target, *, position: int = -1, heads
     components = [Component(name, kind, layer, None, float(c), t)
                   for (name, kind, layer, _), c, t in zip(parts, contribs.tolist(), tops)]
 
-    lm_bias = float(head.bias[target_id]) * factor if getattr(head, "bias", None) is not None else 0.0
+    unembed_bias = resident(head, "bias")
+    lm_bias = float(unembed_bias[target_id]) * factor if unembed_bias is not None else 0.0
     norm_bias = float(bias @ u)
     raw = float(normed @ u) + lm_bias                       # the logit before soft-capping
     model_logit = float(run.logits[0, pos, target_id])

@@ -11,7 +11,7 @@ from lmscope.core.errors import InputError, SiteError
 from lmscope.core.models.adapters import (FIXED_POSITIONS, Adapter, adapter_for, final_logit_softcap, in_features,
                                           residual_scale, scale_logits)
 from lmscope.core.models.sites import LAYER_KINDS, Site, expand_sites, parse_site
-from lmscope.core.trace import Trace, weight_matrix
+from lmscope.core.trace import Trace, resident, weight_matrix
 
 
 @dataclass
@@ -347,8 +347,8 @@ class Model:
         o = self.block_module(layer, a.o_proj)
         factor = residual_scale(a, self.hf.config) or 1.0
         w = weight_matrix(o).reshape(self.d_model, self.n_heads, self.d_head) * factor
-        b = getattr(o, "bias", None)
-        return w, None if b is None else b.detach() * factor
+        b = resident(o, "bias")
+        return w, None if b is None else b * factor
 
     def has_hooks(self) -> bool:
         """True if any module of the model still holds a forward hook or pre-hook."""
