@@ -15,8 +15,9 @@ Edges u -> v: (u's output difference as written into the residual stream) . (the
 the residual stream that v reads, through v alone): v's input is resid_pre.L for a head of layer L (the path
 through that one head, its q, k and v), resid_mid.L for the MLP of layer L (resid_pre.L with parallel attention),
 resid_post of the last layer for the logits. A head's residual output is z_h W_O[h]; the sum of a node's outgoing
-edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused on
-Gemma, whose post-attention norm makes head outputs non-additive (node scores still work).
+edge scores is its node score (the residual stream is a sum and every reader is a node). Edges are refused where
+a head has no write of its own (Adapter.nonadditive_heads: Gemma's and OLMo 2's post-attention norms, the
+weight-sparse model's AbsTopK write); node scores still work there.
 
 Speed: the positions before a prompt's first token where clean and corrupt differ add nothing (their activation
 differences are zero), so they run once into the KV cache and every pass runs the rest (prefix_cache; the rows of
@@ -40,7 +41,7 @@ from torch import nn
 from lmscope.core.edits import replace, scale
 from lmscope.core.errors import InputError, ModelSpecError
 from lmscope.core.runs import on_cache, position_kwargs, prefix_cache as cache_of, supports_kv_cache
-from lmscope.core.trace import qkv_view, weight_matrix
+from lmscope.core.trace import qkv_module, qkv_view, weight_matrix
 from lmscope.results.base import Result
 from lmscope.circuits.tasks import TaskSet, align_changes, by_first_change, task_last_logits
 
@@ -168,13 +169,11 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
     n, heads = model.n_layers, model.n_heads
     z_sites = [f"z.{layer}" for layer in range(n)]
     mlp_sites = [f"mlp_out.{layer}" for layer in range(n)]
-    mlp_in = [f"resid_pre.{layer}" if model.parallel else f"resid_mid.{layer}" for layer in range(n)]
-    head_in = [f"resid_pre.{layer}" for layer in range(n)]
     last = f"resid_post.{n - 1}"
     node_sites = z_sites + mlp_sites + ["resid_pre.0"]
     base_reads = node_sites + ["embed"]
-    grad_reads = list(dict.fromkeys(node_sites + (head_in + mlp_in + [last] if edges else [])))
     plan = _EdgePlan(model, batched=step_rows > 0) if edges else None
+    grad_reads = list(dict.fromkeys(node_sites + (plan.reads + [last] if edges else [])))
     up, down = _node_names(model) if edges else ([], [])
     w_o = [model.head_write_weights(layer, "edge scores")[0] for layer in range(n)] if edges else []
     head_sum = torch.zeros(n, heads, dtype=torch.float64)
@@ -225,7 +224,7 @@ def attribute(model, task: TaskSet, method: str = "eap", *, steps: int = 5, edge
                 edits.append(replace("embed", nn.functional.pad(point, (0, 0, start, 0))))
             with _inputs_of(plan.modules if plan else []) as inputs:
                 logits, acts = task_last_logits(model, clean.repeat(c, 1), mask.repeat(c, 1), edits,
-                                                read=grad_reads + (plan.reads if plan else []), grad=True,
+                                                read=grad_reads, grad=True,
                                                 prefix=prefix, copies=c,
                                                 positions=None if positions is None else positions.repeat(c, 1))
             if reuse and alphas[-1] == 1:   # the last copy is the clean run itself (alpha = 1; EAP: every pass)
@@ -331,16 +330,19 @@ class _EdgePlan:
         if batched and a.qkv:
             try:
                 for layer in range(n):
-                    mods = [model.block_module(layer, rel) for rel in a.qkv]
-                    mods = mods if a.qkv_layout == "separate" else mods * 3
+                    mods = [qkv_module(model, layer, x) for x in "qkv"]
                     self.projections[layer] = [
                         (f"{x}.{layer}", mod, qkv_view(model, f"{x}.{layer}", weight_matrix(mod).T))
                         for x, mod in zip("qkv", mods)]
             except ModelSpecError:       # a q/k/v site that is not a projection's output
                 self.projections = [None] * n
-        qkv_sites = [site for p in self.projections if p for site, _, _ in p]
-        self.reads = qkv_sites + self.mlp_reads
-        self.edits = [scale(site, 1.0) for site in self.reads]    # no-op edits: the pass runs through these tensors
+        self.qkv_sites = [site for p in self.projections if p for site, _, _ in p]
+        # no-op edits: the pass runs through these tensors (they get gradients of their own)
+        self.edits = [scale(site, 1.0) for site in self.qkv_sites + self.mlp_reads]
+        # what the pass reads for the edge gradients: the residual streams the heads read (and the MLPs, where
+        # they take a backward of their own), the q/k/v sites and the MLPs' channels
+        self.reads = list(dict.fromkeys(self.resid_pre + ([] if self.mlp_reads else self.mlp_resid)
+                                        + self.qkv_sites + self.mlp_reads))
         self.modules = list(dict.fromkeys(mod for p in self.projections if p for _, mod, _ in p))
         self.calibrate(model)
 
@@ -358,8 +360,7 @@ class _EdgePlan:
         with torch.no_grad(), model.trace(["embed"], stop_early=True) as tr:
             model.hf(input_ids=ids)
         leaf = tr["embed"].detach().clone().requires_grad_()
-        sites = [site for p in self.projections if p for site, _, _ in p]
-        reads = [self.z[layer] for layer in range(self.n) if self.projections[layer]] + sites
+        reads = [self.z[layer] for layer in range(self.n) if self.projections[layer]] + self.qkv_sites
         edits = [replace("embed", leaf)] + [scale(site, 1.0) for site in reads]
         with torch.enable_grad(), model.trace(reads, edits, grad=True, stop_early=True) as tr:
             model.hf(input_ids=ids)

@@ -393,6 +393,13 @@ def set_attention(hf, implementation: str) -> None:
         hf.config._attn_implementation = implementation
 
 
+def qkv_module(model, layer: int, kind: str) -> nn.Module:
+    """The module (named by the adapter) whose output holds the q.L, k.L or v.L site: its own projection, or the one
+    fused projection (Adapter.qkv_layout)."""
+    a = model.adapter
+    return model.block_module(layer, a.qkv["qkv".index(kind)] if a.qkv_layout == "separate" else a.qkv[0])
+
+
 def _qkv_location(model, site: Site) -> _Location:
     """q.L / k.L / v.L at the output of the projection(s) named by the adapter (see Adapter.qkv_layout), viewed as
     [..., heads, d_head]; setting one rebuilds the fused output around it (no in-place write, so gradients flow)."""
@@ -400,12 +407,11 @@ def _qkv_location(model, site: Site) -> _Location:
     if not a.qkv:
         raise SiteError(f"'{site}': the {a.family} adapter names no q/k/v projections")
     dh, heads = model.d_head, (model.n_heads, model.n_kv_heads, model.n_kv_heads)
+    module = qkv_module(model, site.layer, site.kind)
     if a.qkv_layout == "separate":
         n = heads[which]
-        return _Location(model.block_module(site.layer, a.qkv[which]), "post",
-                         lambda out: out.reshape(*out.shape[:-1], n, dh),
+        return _Location(module, "post", lambda out: out.reshape(*out.shape[:-1], n, dh),
                          lambda out, new: new.reshape(*new.shape[:-2], n * dh))
-    module = model.block_module(site.layer, a.qkv[0])
     if a.qkv_layout == "concat":
         widths = [h * dh for h in heads]
         start, n = sum(widths[:which]), heads[which]
