@@ -76,3 +76,40 @@ def test_methods_that_read_weights_match_on_the_offloaded_model(pair):
     da, db = (direct_logit_attribution(m, "hello world", "o") for m in (plain, off))
     assert da.heads == db.heads and da.to_json()["components"] == db.to_json()["components"]
     assert any(p.is_meta for p in off.hf.parameters())          # still offloaded: nothing was loaded for good
+
+
+def test_icl_update_on_the_offloaded_model(pair):
+    # the implicit update reads the first MLP matrices' weights and runs the MLP with W + dW: on offloaded matrices
+    # (meta in place) it raised "Tensor on device cpu is not on the expected device meta"
+    from lmscope.papers.icl_update.dynamics import implicit_update
+    plain, off = pair
+    a, b = (implicit_update(m, "hello there the cat", " sat on") for m in (plain, off))
+    for x, y in zip(a, b):      # the loaded copies may be summed in another order (float32 round-off)
+        assert y.update_norms == pytest.approx(x.update_norms, rel=1e-5)
+    assert [x.ranks for x in b] == [{"gate_proj": 1, "up_proj": 1}] * len(b)
+    assert max(x.mlp_error for x in b) < 1e-6 and max(x.block_error for x in b) < 1e-6
+    assert max(abs(x.mlp_error - y.mlp_error) for x, y in zip(a, b)) < 1e-8
+    assert any(p.is_meta for p in off.hf.parameters())
+
+
+def test_sae_logit_effect_on_the_offloaded_model(pair):
+    # a latent's logit effect reads the unembedding and the final norm's gain (offloaded: meta tensors in place)
+    from lmscope.sae.architectures import build_sae
+    from lmscope.sae.config import SAEConfig
+    from lmscope.sae.features import logit_effect
+    plain, off = pair
+    sae = build_sae(SAEConfig(architecture="topk", d_in=plain.d_model, d_sae=16, k=2))
+    a = [logit_effect(plain, sae, i, n=5) for i in range(3)]
+    assert [logit_effect(off, sae, i, n=5) for i in range(3)] == a
+    assert all(up[0][1] > 0 > down[0][1] for up, down in a)
+
+
+def test_weight_orthogonalisation_is_refused_on_the_offloaded_model(pair):
+    # the copy's edited weights would be overwritten by the offload store at each forward: the original model
+    from lmscope.core.errors import InputError
+    from lmscope.directions.orthogonalize import orthogonalize
+    plain, off = pair
+    v = torch.randn(plain.d_model, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(orthogonalize(plain, v).run("hello").logits, plain.run("hello").logits)
+    with pytest.raises(InputError, match="offloaded"):
+        orthogonalize(off, v)

@@ -697,6 +697,20 @@ def resident(module: nn.Module, name: str) -> "torch.Tensor | None":
         return getattr(module, name).detach().clone()
 
 
+def forward_with(module: nn.Module, args: tuple, **params: torch.Tensor):
+    """The module's own forward on `args` with the parameters named in `params` replaced and the others resident
+    (offloaded by accelerate: copies loaded for the moment). It runs its class's forward, past an accelerate
+    wrapper, which would load the stored weights over the replaced ones; the module's parameters are put back."""
+    saved = dict(module._parameters)
+    try:
+        for name, value in saved.items():
+            if value is not None:
+                module._parameters[name] = params[name] if name in params else resident(module, name)
+        return type(module).forward(module, *args)
+    finally:
+        module._parameters.update(saved)
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
     """[out, in] of an nn.Linear or GPT-2 Conv1D (whose weight is stored [in, out]), detached (offloaded: a copy)."""
     w = resident(module, "weight")

@@ -68,6 +68,10 @@ def orthogonalize(model, direction):
     if model.adapter.family in REFUSED_FAMILIES:
         raise InputError(f"cannot orthogonalise {model.adapter.family} weights exactly: "
                          f"{REFUSED_FAMILIES[model.adapter.family]}")
+    if any(p.is_meta for p in model.hf.parameters()):
+        # accelerate's hooks would load the stored weights over the copy's edited ones: silently the original model
+        raise InputError("cannot orthogonalise an offloaded model (device_map with CPU or disk offload): its weights "
+                         "are loaded from the offload store at each forward; load it without offload")
     v = as_vector(model, direction).double()
     if float(v.norm()) == 0:
         raise InputError("cannot orthogonalise against a zero direction")

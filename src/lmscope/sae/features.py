@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from lmscope.core.errors import InputError
+from lmscope.core.trace import resident
 from lmscope.lenses import norm_affine
 from lmscope.sae.data import evaluation_windows, prefix_token
 from lmscope.sae.interop import check_against_model
@@ -114,8 +115,8 @@ class FeatureStats:
 def logit_effect(model, sae, index: int, n: int = 10) -> tuple[list, list]:
     """Tokens the latent's decoder direction promotes and suppresses: W_U (gain * d), d the unit decoder row."""
     d = sae.feature_directions()[index].double()
-    gain, _, _, _ = norm_affine(model.module(model.adapter.final_norm), model.d_model)
-    w_u = model.module(model.adapter.lm_head).weight.double()
+    gain, _, _, _ = norm_affine(model.module(model.adapter.final_norm), model.d_model, model.device)
+    w_u = resident(model.module(model.adapter.lm_head), "weight").double()      # offloaded: a copy
     effect = w_u @ (gain.to(d.device) * d.to(w_u.device))
     top, bottom = effect.topk(n), (-effect).topk(n)
     tok = model.tokenizer

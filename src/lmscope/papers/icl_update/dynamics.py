@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 import plotly.graph_objects as go
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from lmscope.core.checks import check_count
 from lmscope.core.errors import InputError
+from lmscope.core.trace import forward_with, resident, weight_matrix
 from lmscope.results import Result
 
 # The MLP's first matrices (the ones that read A), per adapter family, relative to the block's MLP module.
@@ -234,16 +234,24 @@ def first_matrices(model, layer: int) -> dict[str, nn.Module]:
     return {name: mlp.get_submodule(name) for name in FIRST_MATRICES[family]}
 
 
-def _linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as [out, in]; GPT-2's Conv1D stores [in, out]."""
-    return module.weight if isinstance(module, nn.Linear) else module.weight.T
-
-
 def rank1_update(module: nn.Module, a: torch.Tensor, delta_a: torch.Tensor) -> torch.Tensor:
     """dW = (W dA) A^T / |A|^2 in the module's own weight layout."""
-    weight = _linear_weight(module)
-    dw = torch.outer(weight @ delta_a, a) / a.dot(a)
+    dw = torch.outer(weight_matrix(module) @ delta_a, a) / a.dot(a)
     return dw if isinstance(module, nn.Linear) else dw.T
+
+
+def _with_updates(mlp: nn.Module, matrices: dict[str, nn.Module], updates: dict[str, torch.Tensor], a):
+    """MLP_(W+dW)(a): the MLP's own forward, each first matrix computing with its weight + dW (a forward hook runs
+    the matrix's own forward with that weight, so an offloaded model computes it too)."""
+    def with_weight(weight):
+        return lambda module, args, output: forward_with(module, args, weight=weight)
+    handles = [m.register_forward_hook(with_weight(resident(m, "weight") + updates[name]))
+               for name, m in matrices.items()]
+    try:
+        return mlp(a)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _numerical_rank(matrix: torch.Tensor, dtype: torch.dtype) -> int:
@@ -275,8 +283,7 @@ def implicit_update(model, context: str, query: str, *, position: int = -1) -> l
         matrices = first_matrices(model, layer)
         updates = {name: rank1_update(m, a, delta_a) for name, m in matrices.items()}
         mlp = model.block_module(layer, MLP_MODULE)
-        params = {f"{name}.weight": m.weight + updates[name] for name, m in matrices.items()}
-        mlp_updated = functional_call(mlp, params, (a[None, None],))
+        mlp_updated = _with_updates(mlp, matrices, updates, a[None, None])
         if post_mlp:
             mlp_updated = model.block_module(layer, model.adapter.mlp_out)(mlp_updated)
         mlp_updated = mlp_updated[0, 0]
@@ -304,7 +311,7 @@ def _update_distance(model, a_query: torch.Tensor, a_1: torch.Tensor, a_2: torch
     for layer in range(model.n_layers):
         diff = a_1[layer] - a_2[layer]
         for m in first_matrices(model, layer).values():
-            total += float((_linear_weight(m) @ diff).square().sum()) / float(a_query[layer].dot(a_query[layer]))
+            total += float((weight_matrix(m) @ diff).square().sum()) / float(a_query[layer].dot(a_query[layer]))
     return math.sqrt(total)
 
 
