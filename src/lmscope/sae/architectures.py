@@ -45,6 +45,8 @@ class SAE(nn.Module):
     """Base class; subclasses define `activate` (pre-activations -> latents) and `sparsity_terms`."""
 
     architecture = ""
+    # the tied encoder starts as this times the decoder's transpose (unit rows): it sets the first latents' scale
+    encoder_init_scale = 1.0
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -57,7 +59,8 @@ class SAE(nn.Module):
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w)
         # tied initialisation: the encoder starts as the decoder's transpose (Gao et al. 2024, Conerly et al. 2024)
-        w_enc = w.T.clone() if d_out == d_in else torch.randn(d_in, d_sae, generator=generator) / math.sqrt(d_in)
+        w_enc = (w.T * self.encoder_init_scale if d_out == d_in
+                 else torch.randn(d_in, d_sae, generator=generator) / math.sqrt(d_in))
         self.W_enc = nn.Parameter(w_enc)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_out))
@@ -186,6 +189,10 @@ def _sparse_decode(w_dec, idx, vals):
 
 class TopKSAE(SAE):
     architecture = "topk"
+    # chosen on real activations, not the benchmark's synthetic ones (SmolLM2 resid_post.12, 234k wiki tokens, 16k
+    # held-out rows; d_sae 4608, k 32, Adam, 57 steps of 4096): held-out FVU 0.271 at 1.0, 0.260 at 0.3, 0.257 at
+    # 0.45, 0.256 at 0.577, 0.257 at 0.7 (lr 2e-3); 0.328 at 1.0 and 0.306 at 0.577 with lr 1e-3
+    encoder_init_scale = 0.577
 
     def activate(self, pre):
         return _topk_latents(pre, self.cfg.k)
