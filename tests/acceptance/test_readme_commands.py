@@ -81,7 +81,7 @@ OVERRIDES = {
     "fv": ["--mean-prompts", "4", "--cie-prompts", "2", "--layers", "13,17"],   # 32 + 20 prompts, every layer
     "harvest": ["--tokens", "4096", "--shard-tokens", "1024"],       # 2M tokens; several shards all the same
     "sae train": ["--n-tokens", "4096", "--batch-size", "512", "--expansion", "64"],   # 2M tokens, batch 4096;
-    # d_sae = 72 x 64 = 4608, the README's (576 x 8), so `sae steer --latent 3685` names a latent that exists
+    # d_sae = 72 x 64 = 4608, the README's (576 x 8), so `sae steer --latent 2144` names a latent that exists
     "sae eval": ["--tokens", "256"],                                  # 16,384 held-out tokens
     "sae features": ["--tokens", "1024"],                             # 50,000 held-out tokens
     "sae steer": ["--max-new-tokens", "4"],                           # 20 generated tokens
