@@ -249,10 +249,12 @@ def test_resumed_cie_equals_the_plain_path(family):
     answers = [answer_id(m, "h"), 65, 66]
     mean_z = torch.randn(m.n_layers, m.n_heads, m.d_head, generator=torch.Generator().manual_seed(1),
                          dtype=torch.float64)
-    fast = causal_indirect_effects(m, prompts, answers, mean_z)
     plain = causal_indirect_effects(m, prompts, answers, mean_z, resume=False)
     assert plain.abs().max() > 1e-5
-    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-9)
+    # layers sharing a pass: row (prompt, layer, head) is patched at its own layer and head only
+    for per_pass in (0, 1, 2, m.n_layers):
+        fast = causal_indirect_effects(m, prompts, answers, mean_z, layers_per_pass=per_pass)
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-9)
 
 
 def test_filtered_figure_uses_exactly_the_queries_answered_correctly_few_shot(monkeypatch):
