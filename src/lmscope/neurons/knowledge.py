@@ -60,7 +60,7 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
             edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
             logits = model.run(ids.expand(steps, -1), edits=[edit], grad=True,
                                forward_kwargs={"logits_to_keep": 1}).logits
-            out.append(_attribution(logits, target_id, scaled, acts[layer], steps))
+            out.append(_attribution(logits, target_id, scaled, acts[layer]))
         return torch.stack(out)
     with torch.no_grad():
         cache = prefix_cache(model, ids[:, :last]) if last > 0 else None
@@ -88,7 +88,8 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
     return torch.stack([out[layer] for layer in layers])
 
 
-def _attribution(logits, target_id, scaled, a, steps) -> torch.Tensor:
+def _attribution(logits, target_id, scaled, a) -> torch.Tensor:
+    """IG attribution a * mean over steps of dP(target)/d(scaled) (the plain path: one layer's steps a pass)."""
     prob = torch.softmax(logits[:, -1].float(), -1)[:, target_id]
     (grad,) = torch.autograd.grad(prob.sum(), scaled)
     return (a * grad.mean(0)).float().detach()
