@@ -393,11 +393,15 @@ def set_attention(hf, implementation: str) -> None:
         hf.config._attn_implementation = implementation
 
 
-def qkv_module(model, layer: int, kind: str) -> nn.Module:
-    """The module (named by the adapter) whose output holds the q.L, k.L or v.L site: its own projection, or the one
+def qkv_path(adapter, kind: str) -> str:
+    """The path, in a block, of the module whose output holds the q, k or v site: its own projection, or the one
     fused projection (Adapter.qkv_layout)."""
-    a = model.adapter
-    return model.block_module(layer, a.qkv["qkv".index(kind)] if a.qkv_layout == "separate" else a.qkv[0])
+    return adapter.qkv["qkv".index(kind)] if adapter.qkv_layout == "separate" else adapter.qkv[0]
+
+
+def qkv_module(model, layer: int, kind: str) -> nn.Module:
+    """The module (named by the adapter) whose output holds the q.L, k.L or v.L site (qkv_path)."""
+    return model.block_module(layer, qkv_path(model.adapter, kind))
 
 
 def _qkv_location(model, site: Site) -> _Location:

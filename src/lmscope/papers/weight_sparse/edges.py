@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from lmscope.core.errors import ModelSpecError
-from lmscope.core.trace import qkv_view, weight_matrix
+from lmscope.core.trace import qkv_path, qkv_view, weight_matrix
 
 # the weight-sparse GPT's q/k/v sites are the AbsTopK after each projection; its weight is the projection's
 _PROJECTION_OF = {"q_act": "q_proj", "k_act": "k_proj", "v_act": "v_proj"}
@@ -23,8 +23,7 @@ _PROJECTION_OF = {"q_act": "q_proj", "k_act": "k_proj", "v_act": "v_proj"}
 
 def _qkv_weight(model, layer: int, kind: str) -> torch.Tensor:
     """[d_in, heads, d_head]: the weight into q/k/v.L from what attention reads."""
-    a = model.adapter
-    rel = a.qkv[0] if a.qkv_layout != "separate" else a.qkv["qkv".index(kind)]
+    rel = qkv_path(model.adapter, kind)
     module = model.block_module(layer, rel)
     if getattr(module, "weight", None) is None:
         parent, _, name = rel.rpartition(".")
