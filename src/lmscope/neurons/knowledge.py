@@ -60,7 +60,7 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
             edit = edits.replace(f"neurons.{layer}", scaled[:, None], positions=[last])
             logits = model.run(ids.expand(steps, -1), edits=[edit], grad=True,
                                forward_kwargs={"logits_to_keep": 1}).logits
-            out.append(_attribution(logits, target_id, scaled, acts[layer]))
+            out.append((acts[layer] * _target_prob_grad(logits, target_id, scaled).mean(0)).float().detach())
         return torch.stack(out)
     with torch.no_grad():
         cache = prefix_cache(model, ids[:, :last]) if last > 0 else None
@@ -71,28 +71,26 @@ def integrated_gradients(model, prompt: str, target: str, *, layers=None, steps:
         rows = steps * len(group)
         # copy g of the steps (rows g * steps ..) holds alpha * a of layer group[g], edited at that layer only
         scaled = torch.cat([alphas[:, None] * acts[layer][None] for layer in group]).detach().requires_grad_(True)
-        where = torch.zeros(len(group), steps, last + 1, dtype=torch.bool, device=ids.device)
         grouped = []
         for g, layer in enumerate(group):
-            mask = where.clone()
+            mask = torch.zeros(len(group), steps, last + 1, dtype=torch.bool, device=ids.device)
             mask[g, :, last] = True
             grouped.append(edits.replace(f"neurons.{layer}", scaled[:, None], positions=mask.view(rows, -1)))
         start = clean[f"resid_pre.{group[0]}"].expand(rows, -1, -1)     # indexed from the cache offset on
         with torch.enable_grad(), model.trace(edits=grouped, grad=True, resume=(group[0], start)):
             logits = model.hf(input_ids=ids[:, last:].expand(rows, -1), logits_to_keep=1,
                               **on_cache(model, cache, rows)).logits
-        prob = torch.softmax(logits[:, -1].float(), -1)[:, target_id]
-        (grad,) = torch.autograd.grad(prob.sum(), scaled)
+        grad = _target_prob_grad(logits, target_id, scaled)
         for g, layer in enumerate(group):
             out[layer] = (acts[layer] * grad[g * steps:(g + 1) * steps].mean(0)).float().detach()
     return torch.stack([out[layer] for layer in layers])
 
 
-def _attribution(logits, target_id, scaled, a) -> torch.Tensor:
-    """IG attribution a * mean over steps of dP(target)/d(scaled) (the plain path: one layer's steps a pass)."""
+def _target_prob_grad(logits, target_id, scaled) -> torch.Tensor:
+    """dP(target)/d(scaled) at the last position of every row (each IG step is a row)."""
     prob = torch.softmax(logits[:, -1].float(), -1)[:, target_id]
     (grad,) = torch.autograd.grad(prob.sum(), scaled)
-    return (a * grad.mean(0)).float().detach()
+    return grad
 
 
 @dataclass
